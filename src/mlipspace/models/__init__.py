@@ -1,1 +1,9 @@
-"""models."""
+"""Per-atom latent features from uMLIPs: one adapter per family behind one interface.
+
+``load(name)`` returns an :class:`Extractor`; ``names()`` lists the registry.
+"""
+
+from mlipspace.models.base import Extractor, FeatureSet
+from mlipspace.models.registry import ModelSpec, get_spec, load, names, register, why_unavailable
+
+__all__ = ["Extractor", "FeatureSet", "ModelSpec", "get_spec", "load", "names", "register", "why_unavailable"]
