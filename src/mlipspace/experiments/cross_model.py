@@ -1,0 +1,178 @@
+"""Cross-model comparison: GFRE/LFRE matrices between models, both directions, atom and structure level.
+
+For every ordered pair (source, target) of models the error of reconstructing the target's features
+from the source's is computed on several seeded splits grouped by structure; the record keeps the
+mean over seeds (``value``) and the sample standard deviation (``spread``). Rows are checked to
+describe the same atoms in the same order before anything is fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mlipspace.data.rows import check_aligned
+from mlipspace.errors import InputError
+from mlipspace.experiments._common import (
+    atom_splits,
+    fre,
+    record,
+    select,
+    structure_features,
+    structure_splits,
+)
+
+
+def pair_errors(
+    features: Mapping[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    metrics: Sequence[str] = ("gfre", "lfre"),
+    analysis: str = "cross-model",
+    level: str = "atom",
+    layer: str = "last",
+    dataset: str = "",
+    fingerprints: Mapping[str, Mapping] | None = None,
+    lfre_max_test: int | None = 200,
+    extra: Mapping[str, Mapping] | None = None,
+    progress=None,
+) -> list[dict]:
+    """Records of ``metric(source -> target)`` for each pair, over the given splits.
+
+    ``features`` maps a name to a matrix whose rows the splits index; ``extra`` optionally maps
+    ``(source, target)`` to additional record fields; ``progress`` is called once per pair.
+    """
+    out = []
+    for source, target in pairs:
+        X, Y = features[source], features[target]
+        for metric in metrics:
+            vals, n_test = [], 0
+            for seed, (train, test) in enumerate(splits):
+                value, n_test = fre(metric, X, Y, train, test, lfre_max_test=lfre_max_test, seed=seed)
+                vals.append(value)
+            out.append(
+                record(
+                    analysis, source, target, metric, vals,
+                    level=level, layer=layer, n_train=len(splits[0][0]), n_test=n_test,
+                    dataset=dataset, fingerprints=fingerprints,
+                    **(dict(extra.get((source, target), {})) if extra else {}),
+                )
+            )
+        if progress is not None:
+            progress()
+    return out
+
+
+def level_features(
+    features: Mapping[str, np.ndarray],
+    rows: Mapping[str, np.ndarray],
+    *,
+    level: str,
+    order: int,
+    seeds: Sequence[int],
+    n_test: int | None = None,
+):
+    """Feature matrices and seeded splits for ``level`` ("atom": rows as given; "structure": cumulants)."""
+    if level == "atom":
+        return dict(features), atom_splits(rows, seeds, n_test)
+    if level == "structure":
+        feats = {name: structure_features(X, rows, order) for name, X in features.items()}
+        return feats, structure_splits(rows, seeds)
+    raise InputError(f"unknown level {level!r}; choose 'atom' or 'structure'")
+
+
+def check_features(features: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray]) -> None:
+    """Raise unless every matrix is 2-D, finite and has one row per entry of ``rows``."""
+    n = len(rows["frame"])
+    for name, X in features.items():
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[0] != n:
+            raise InputError(f"features of {name!r} have shape {X.shape}, expected ({n}, d) to match the row table")
+        if not np.all(np.isfinite(X)):
+            raise InputError(f"features of {name!r} contain NaN or infinite values")
+
+
+def cross_model(
+    features: Mapping[str, np.ndarray],
+    rows: Mapping[str, np.ndarray],
+    *,
+    metrics: Sequence[str] = ("gfre", "lfre"),
+    level: str = "atom",
+    order: int = 3,
+    seeds: Sequence[int] = (0, 1, 2),
+    n_test: int | None = None,
+    layer: str = "last",
+    dataset: str = "",
+    fingerprints: Mapping[str, Mapping] | None = None,
+    row_tables: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    lfre_max_test: int | None = 200,
+    progress=None,
+) -> list[dict]:
+    """GFRE/LFRE of every ordered pair of models (source ≠ target) on ``layer`` features.
+
+    ``features`` maps model name -> (n_atoms, d) matrix, all rows described by ``rows``; when the
+    models' own row tables are given in ``row_tables`` they are checked against ``rows`` first.
+    ``level="structure"`` compares progressive cumulants of order ``order`` per structure.
+    Returns one record per (source, target, metric), ``analysis="cross-model"``.
+    """
+    names = list(features)
+    if len(names) < 2:
+        raise InputError(f"cross-model comparison needs at least 2 models, got {names}")
+    for name, table in (row_tables or {}).items():
+        check_aligned(rows, table, ("dataset", name))
+    check_features(features, rows)
+    feats, splits = level_features(features, rows, level=level, order=order, seeds=seeds, n_test=n_test)
+    pairs = [(a, b) for a in names for b in names if a != b]
+    extra = {p: {"order": int(order)} for p in pairs} if level == "structure" else None
+    return pair_errors(
+        feats, pairs, splits, metrics=metrics, level=level, layer=layer, dataset=dataset,
+        fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra, progress=progress,
+    )
+
+
+def matrix(records: Sequence[Mapping], metric: str, level: str = "atom", *, analysis: str = "cross-model",
+           names: Sequence[str] | None = None, layer: str | None = None):
+    """``(names, M, S)``: value and spread matrices (rows = source, columns = target, NaN diagonal)."""
+    recs = select(records, analysis=analysis, metric=metric, level=level)
+    if layer is not None:
+        recs = select(recs, layer=layer)
+    if names is None:
+        seen = {}
+        for r in recs:
+            seen.setdefault(r["source"], None)
+            seen.setdefault(r["target"], None)
+        names = list(seen)
+    index = {n: i for i, n in enumerate(names)}
+    M = np.full((len(names), len(names)), np.nan)
+    S = np.full_like(M, np.nan)
+    for r in recs:
+        if r["source"] in index and r["target"] in index:
+            M[index[r["source"]], index[r["target"]]] = r["value"]
+            S[index[r["source"]], index[r["target"]]] = r["spread"]
+    return list(names), M, S
+
+
+def mean_off_diagonal(
+    records: Sequence[Mapping],
+    metric: str,
+    level: str = "atom",
+    *,
+    analysis: str = "cross-model",
+    families: Mapping[str, str] | None = None,
+    across_families: bool = False,
+) -> float:
+    """Mean of the off-diagonal entries; with ``across_families`` only pairs of different families.
+
+    NaN if there is no such pair.
+    """
+    vals = []
+    for r in select(records, analysis=analysis, metric=metric, level=level):
+        if r["source"] == r["target"]:
+            continue
+        if across_families and families is not None:
+            if families.get(r["source"], r["source"]) == families.get(r["target"], r["target"]):
+                continue
+        vals.append(r["value"])
+    return float(np.mean(vals)) if vals else float("nan")

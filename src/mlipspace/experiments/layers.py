@@ -1,0 +1,110 @@
+"""Layer analyses: how the features change through one model, and across models per layer.
+
+* :func:`layer_pairs` — FRE between every ordered pair of layers of one model (backbone layers and
+  the last layer): how much of a later layer can be read from an earlier one and back.
+* :func:`cross_model_layers` — for each source model and each of its layers, the FRE of
+  reconstructing every other model's last-layer features: where in the source network the
+  information the target ends up with becomes available (plotted against relative depth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mlipspace.errors import InputError
+from mlipspace.experiments._common import atom_splits, fre, record
+from mlipspace.experiments.cross_model import check_features
+
+
+def layer_pairs(
+    layers: Mapping[str, np.ndarray],
+    rows: Mapping[str, np.ndarray],
+    *,
+    model: str,
+    metrics: Sequence[str] = ("gfre",),
+    seeds: Sequence[int] = (0,),
+    n_test: int | None = None,
+    dataset: str = "",
+    fingerprints: Mapping[str, Mapping] | None = None,
+    lfre_max_test: int | None = 200,
+) -> list[dict]:
+    """Records (``analysis="layers"``) of every ordered pair of ``layers`` of ``model``.
+
+    ``layers`` maps layer name -> (n_atoms, d) in network order (last layer at the end). Each record
+    has ``source = target = model``, ``source_layer``, ``target_layer``, ``layer = source_layer`` and
+    the relative depths ``source_depth``/``target_depth`` in [0, 1].
+    """
+    names = list(layers)
+    if len(names) < 2:
+        raise InputError(f"{model}: layer comparison needs at least 2 layers, got {names}")
+    check_features(layers, rows)
+    splits = atom_splits(rows, seeds, n_test)
+    depth = {n: (i / (len(names) - 1)) for i, n in enumerate(names)}
+    out = []
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            for metric in metrics:
+                vals, nt = [], 0
+                for seed, (train, test) in enumerate(splits):
+                    v, nt = fre(metric, layers[a], layers[b], train, test, lfre_max_test=lfre_max_test, seed=seed)
+                    vals.append(v)
+                out.append(record(
+                    "layers", model, model, metric, vals, layer=a, n_train=len(splits[0][0]), n_test=nt,
+                    dataset=dataset, fingerprints=fingerprints, source_layer=a, target_layer=b,
+                    source_depth=round(depth[a], 6), target_depth=round(depth[b], 6),
+                ))
+    return out
+
+
+def cross_model_layers(
+    model_layers: Mapping[str, Mapping[str, np.ndarray]],
+    rows: Mapping[str, np.ndarray],
+    *,
+    last: str = "last",
+    metrics: Sequence[str] = ("gfre",),
+    seeds: Sequence[int] = (0,),
+    n_test: int | None = None,
+    dataset: str = "",
+    fingerprints: Mapping[str, Mapping] | None = None,
+    lfre_max_test: int | None = 200,
+    progress=None,
+) -> list[dict]:
+    """Records (``analysis="layers-cross"``): each layer of each source -> every other model's last layer.
+
+    ``model_layers`` maps model -> {layer -> (n_atoms, d)} in network order; every model must have
+    the ``last`` layer. Records carry ``layer`` (the source layer) and ``source_depth`` in [0, 1].
+    """
+    models = list(model_layers)
+    if len(models) < 2:
+        raise InputError(f"cross-model layer comparison needs at least 2 models, got {models}")
+    for m, lay in model_layers.items():
+        if last not in lay:
+            raise InputError(f"model {m!r} has no {last!r} layer (has {', '.join(lay)})")
+        check_features(lay, rows)
+    splits = atom_splits(rows, seeds, n_test)
+    out = []
+    for src in models:
+        names = list(model_layers[src])
+        for i, lay in enumerate(names):
+            X = model_layers[src][lay]
+            for tgt in models:
+                if tgt == src:
+                    continue
+                Y = model_layers[tgt][last]
+                for metric in metrics:
+                    vals, nt = [], 0
+                    for seed, (train, test) in enumerate(splits):
+                        v, nt = fre(metric, X, Y, train, test, lfre_max_test=lfre_max_test, seed=seed)
+                        vals.append(v)
+                    out.append(record(
+                        "layers-cross", src, tgt, metric, vals, layer=lay, n_train=len(splits[0][0]),
+                        n_test=nt, dataset=dataset, fingerprints=fingerprints, source_layer=lay,
+                        target_layer=last, source_depth=round(i / max(1, len(names) - 1), 6),
+                    ))
+            if progress is not None:
+                progress()
+    return out

@@ -1,0 +1,202 @@
+"""Property probe: how linearly do a model's features encode the DFT energy? And 2-D maps.
+
+The probe removes a composition baseline (a linear fit of the total energy on the element counts,
+fitted on the training folds only), then fits a ridge regression from structure features to the
+residual and reports the cross-validated RMSE of the energy per atom (meV/atom):
+
+* ``level="atom"``: structure features = sum of the atom features (extensive, like an energy
+  readout), target = residual total energy; error per atom = error / n_atoms.
+* ``level="structure"``: progressive cumulants (intensive), target = residual energy per atom.
+
+The composition-only baseline is reported as ``source="composition"`` for reference.
+Maps: PCA of each model's structure features (for chemiscope) and, where labels exist, PCovR
+(scikit-matter, mixing α = 0.5) between the features and the residual energy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mlipspace.errors import InputError
+from mlipspace.experiments._common import frame_subsets, record, structure_features
+
+ALPHAS = np.logspace(-6, 4, 21)
+
+
+def energies(frames: Sequence) -> np.ndarray | None:
+    """Total DFT energies (eV) of ``frames`` from ``atoms.info["energy"]``; ``None`` if any is missing."""
+    out = []
+    for atoms in frames:
+        e = atoms.info.get("energy")
+        if e is None:
+            return None
+        out.append(float(e))
+    return np.asarray(out, dtype=np.float64)
+
+
+def composition(rows: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, elements)``: element counts per structure (frames in sorted id order) and the Zs."""
+    frame = np.asarray(rows["frame"])
+    Z = np.asarray(rows["Z"])
+    frames, inv = np.unique(frame, return_inverse=True)
+    elements, zi = np.unique(Z, return_inverse=True)
+    counts = np.zeros((len(frames), len(elements)))
+    np.add.at(counts, (inv, zi), 1.0)
+    return counts, elements
+
+
+def summed_features(X: np.ndarray, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Sum of the atom features of each structure (frames in sorted id order), float64."""
+    frames, inv = np.unique(np.asarray(rows["frame"]), return_inverse=True)
+    out = np.zeros((len(frames), X.shape[1]))
+    np.add.at(out, inv, np.asarray(X, dtype=np.float64))
+    return out
+
+
+def _folds(n: int, n_splits: int, seed: int):
+    from sklearn.model_selection import KFold
+
+    return KFold(n_splits=min(n_splits, n), shuffle=True, random_state=seed).split(np.arange(n))
+
+
+def _cv_rmse(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: np.ndarray, *,
+             extensive: bool, n_splits: int, seed: int) -> float:
+    """Cross-validated RMSE (eV/atom) of composition baseline + ridge on ``F`` (``None``: baseline only)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    err = np.empty(len(E))
+    for train, test in _folds(len(E), n_splits, seed):
+        coef, *_ = np.linalg.lstsq(counts[train], E[train], rcond=None)
+        base = counts @ coef
+        resid = E - base
+        target = resid if extensive else resid / n_atoms
+        pred = np.zeros(len(test))
+        if F is not None:
+            reg = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+            reg.fit(F[train], target[train])
+            pred = reg.predict(F[test])
+        diff = pred - target[test]
+        err[test] = diff / n_atoms[test] if extensive else diff
+    return float(np.sqrt(np.mean(err**2)))
+
+
+def probe(
+    features: Mapping[str, np.ndarray],
+    rows: Mapping[str, np.ndarray],
+    energy: np.ndarray,
+    *,
+    level: str = "atom",
+    order: int = 3,
+    n_splits: int = 5,
+    seeds: Sequence[int] = (0, 1, 2),
+    layer: str = "last",
+    dataset: str = "",
+    fingerprints: Mapping[str, Mapping] | None = None,
+) -> list[dict]:
+    """Records (``analysis="probe"``, ``metric="rmse_mev_per_atom"``) per model and the baseline.
+
+    ``energy`` holds the total energy (eV) of each structure in sorted frame-id order. ``value`` is
+    the mean over ``seeds`` of the ``n_splits``-fold CV RMSE; the record also keeps ``target_std``
+    (std of the residual energy per atom after the full-data composition fit, meV/atom).
+    """
+    counts, _ = composition(rows)
+    E = np.asarray(energy, dtype=np.float64)
+    if E.shape != (counts.shape[0],):
+        raise InputError(f"probe: {E.shape[0] if E.ndim else 0} energies for {counts.shape[0]} structures")
+    if not np.all(np.isfinite(E)):
+        raise InputError("probe: energies contain NaN or infinite values")
+    if len(E) < 2 * min(n_splits, len(E)) or len(E) < 6:
+        raise InputError(f"probe: {len(E)} labelled structures are too few for {n_splits}-fold CV")
+    n_atoms = counts.sum(axis=1)
+    coef, *_ = np.linalg.lstsq(counts, E, rcond=None)
+    target_std = float(np.std((E - counts @ coef) / n_atoms) * 1000)
+    n_test = len(E) // min(n_splits, len(E))
+    common = dict(level=level, layer=layer, n_train=len(E) - n_test, n_test=n_test, dataset=dataset,
+                  fingerprints=fingerprints, target_std=round(target_std, 6), folds=int(min(n_splits, len(E))))
+    out = [record("probe", "composition", "energy", "rmse_mev_per_atom",
+                  [1000 * _cv_rmse(None, counts, E, n_atoms, extensive=True, n_splits=n_splits, seed=s) for s in seeds],
+                  **common)]
+    for name, X in features.items():
+        if level == "atom":
+            F, ext = summed_features(X, rows), True
+        elif level == "structure":
+            F, ext = structure_features(X, rows, order), False
+        else:
+            raise InputError(f"unknown level {level!r}; choose 'atom' or 'structure'")
+        vals = [1000 * _cv_rmse(F, counts, E, n_atoms, extensive=ext, n_splits=n_splits, seed=s) for s in seeds]
+        out.append(record("probe", name, "energy", "rmse_mev_per_atom", vals,
+                          **common, **({"order": int(order)} if level == "structure" else {})))
+    return out
+
+
+def residual_energy(rows: Mapping[str, np.ndarray], energy: np.ndarray) -> np.ndarray:
+    """Energy per atom (eV/atom) after the composition baseline fitted on all structures."""
+    counts, _ = composition(rows)
+    E = np.asarray(energy, dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(counts, E, rcond=None)
+    return (E - counts @ coef) / counts.sum(axis=1)
+
+
+def pca_map(F: np.ndarray, n_components: int = 2) -> np.ndarray:
+    """2-D PCA projection of standardised structure features (sign fixed: largest loading positive)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    Z = StandardScaler().fit_transform(np.asarray(F, dtype=np.float64))
+    Z = np.nan_to_num(Z)
+    k = min(n_components, Z.shape[0], Z.shape[1])
+    T = PCA(n_components=k, svd_solver="full").fit_transform(Z)
+    return _fix_signs(T)
+
+
+def pcovr_map(F: np.ndarray, y: np.ndarray, *, mixing: float = 0.5, n_components: int = 2) -> np.ndarray:
+    """2-D PCovR projection (scikit-matter) of standardised features against standardised ``y``."""
+    from sklearn.preprocessing import StandardScaler
+    from skmatter.decomposition import PCovR
+
+    Z = np.nan_to_num(StandardScaler().fit_transform(np.asarray(F, dtype=np.float64)))
+    t = np.asarray(y, dtype=np.float64).reshape(-1, 1)
+    t = (t - t.mean()) / (t.std() or 1.0)
+    k = min(n_components, Z.shape[0], Z.shape[1])
+    from sklearn.linear_model import Ridge
+
+    T = PCovR(mixing=mixing, n_components=k, regressor=Ridge(alpha=1e-6, fit_intercept=False),
+              svd_solver="full").fit(Z, t).transform(Z)
+    return _fix_signs(np.asarray(T))
+
+
+def _fix_signs(T: np.ndarray) -> np.ndarray:
+    """Flip each component so its largest-magnitude entry is positive (deterministic maps)."""
+    T = np.array(T, dtype=np.float64)
+    for j in range(T.shape[1]):
+        i = int(np.argmax(np.abs(T[:, j])))
+        if T[i, j] < 0:
+            T[:, j] *= -1
+    return T
+
+
+def maps(
+    features: Mapping[str, np.ndarray],
+    rows: Mapping[str, np.ndarray],
+    *,
+    order: int = 2,
+    energy: np.ndarray | None = None,
+) -> dict[str, dict[str, list]]:
+    """Per model ``{"pca": [[x, y], ...], "pcovr": [...]}`` of the structures (frames in sorted id order).
+
+    Structure features are progressive cumulants of order ``order``; ``pcovr`` only with ``energy``.
+    """
+    frames, _ = frame_subsets(rows)
+    y = residual_energy(rows, energy) if energy is not None else None
+    out = {}
+    for name, X in features.items():
+        F = structure_features(X, rows, order)
+        entry = {"pca": pca_map(F).tolist()}
+        if y is not None and len(frames) >= 3:
+            entry["pcovr"] = pcovr_map(F, y).tolist()
+        out[name] = entry
+    return out

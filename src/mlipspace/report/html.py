@@ -1,0 +1,308 @@
+"""``index.html``: the self-contained report of a study run, built from ``results.json`` alone.
+
+Self-contained: inline CSS, no scripts, no network; figures are PNG files next to it (``figures/``,
+referenced by relative paths, with an SVG twin linked under each).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlipspace.experiments._common import select
+from mlipspace.experiments.cross_model import matrix
+from mlipspace.report import figures
+from mlipspace.report.summary import findings
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;margin:1.5em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f3f3f3}
+td.l,th.l{text-align:left}
+.finding{border-left:5px solid #999;padding:.4em .8em;margin:.6em 0;background:#fafafa}
+.finding.yes{border-color:#2a9d4b}.finding.no{border-color:#d1495b}.finding.na{border-color:#aaa}
+.tag{font-weight:bold;font-size:.8em;padding:.1em .4em;border-radius:3px;color:#fff;margin-right:.4em}
+.yes .tag{background:#2a9d4b}.no .tag{background:#d1495b}.na .tag{background:#888}
+figure{margin:.8em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}.note{color:#666;font-size:.9em}
+code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v, nd=3) -> str:
+    if v is None:
+        return "–"
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return _e(v)
+    return "–" if not np.isfinite(v) else f"{v:.{nd}f}"
+
+
+class _Page:
+    def __init__(self, out_dir: Path):
+        self.out = out_dir
+        self.fig_dir = out_dir / "figures"
+        self.parts: list[str] = []
+
+    def add(self, s: str):
+        self.parts.append(s)
+
+    def figure(self, names: tuple[str, str], caption: str):
+        png, svg = names
+        self.add(
+            f'<figure><img src="figures/{_e(png)}" alt="{_e(caption)}">'
+            f'<figcaption>{_e(caption)} (<a href="figures/{_e(svg)}">SVG</a>)</figcaption></figure>'
+        )
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence], left: int = 1):
+        h = "".join(f'<th class="{"l" if i < left else ""}">{_e(c)}</th>' for i, c in enumerate(header))
+        body = "".join(
+            "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+            for r in rows
+        )
+        self.add(f"<table><tr>{h}</tr>{body}</table>")
+
+
+def _model_order(results: Mapping) -> list[str]:
+    models = list((results.get("meta", {}).get("models") or {}))
+    return models
+
+
+def _cross_section(page: _Page, results):
+    recs = results["records"]
+    order = _model_order(results)
+    page.add("<h2>Cross-model comparison</h2>")
+    page.add('<p class="note">Error of reconstructing the target\'s last-layer features from the source\'s '
+             "(0 = fully recoverable, ~1 = nothing recoverable). Mean ± spread over grouped splits (seeds).</p>")
+    any_ = False
+    for level in ("atom", "structure"):
+        for metric in ("gfre", "lfre", "gfrd"):
+            sel = select(recs, analysis="cross-model", metric=metric, level=level)
+            if not sel:
+                continue
+            any_ = True
+            names = [m for m in order if any(r["source"] == m or r["target"] == m for r in sel)] or None
+            names, M, S = matrix(recs, metric, level, names=names)
+            off = M[np.isfinite(M)]
+            extra = ""
+            if level == "structure" and sel[0].get("order") is not None:
+                extra = f", cumulants up to order {sel[0]['order']}"
+            title = f"{metric.upper()} — {level} level{extra}"
+            stem = page.fig_dir / f"cross_{metric}_{level}"
+            page.add(f"<h3>{_e(title)}</h3>")
+            page.add(f"<p>Mean off-diagonal {metric.upper()}: <b>{_fmt(off.mean() if off.size else None)}</b> "
+                     f"({len(off)} ordered pairs; n_train = {sel[0]['n_train']}, n_test = {sel[0]['n_test']}).</p>")
+            page.figure(figures.heatmap(names, M, stem, title=title, S=S, cbar_label=metric.upper()),
+                        f"{title}: rows = source, columns = target")
+    if not any_:
+        page.add('<p class="note">Not run (needs at least two models).</p>')
+
+
+def _variants_section(page: _Page, results):
+    recs = select(results["records"], analysis="variants")
+    page.add("<h2>Same-architecture variants</h2>")
+    if not recs:
+        page.add('<p class="note">No variant pair among the models of this run.</p>')
+        return
+    rows = []
+    for r in recs:
+        rows.append([_e(r["group"]), _e(r["source"]), _e(r["target"]), _e(r["metric"].upper()),
+                     _fmt(r["value"]), _fmt(r["spread"])])
+    page.table(["group", "source", "target", "metric", "value", "spread"], rows, left=4)
+    g = select(recs, metric="gfre")
+    if g:
+        labels = [f"{r['source']} → {r['target']}" for r in g]
+        page.figure(figures.bars(labels, [r["value"] for r in g], page.fig_dir / "variants_gfre",
+                                 spreads=[r["spread"] for r in g], title="GFRE between variants", ylabel="GFRE"),
+                    "GFRE between same-architecture variants (both directions)")
+
+
+def _finetune_section(page: _Page, results):
+    recs = results["records"]
+    page.add("<h2>Fine-tuning bias</h2>")
+    bundled = select(recs, analysis="finetune")
+    if bundled:
+        page.add("<h3>Bundled: CHGNet-r2SCAN (fine-tuned from CHGNet 0.3.0)</h3>")
+        rows = [[_e(r["relation"]), _e(r["source"]), _e(r["target"]), _e(r["metric"].upper()), _fmt(r["value"]),
+                 _fmt(r["spread"])] for r in bundled]
+        page.table(["relation", "source", "target", "metric", "value", "spread"], rows, left=4)
+        g = select(bundled, metric="gfre")
+        if g:
+            page.figure(figures.bars([f"{r['source']} → {r['target']}" for r in g], [r["value"] for r in g],
+                                     page.fig_dir / "finetune_bundled", spreads=[r["spread"] for r in g],
+                                     title="Fine-tuned vs parent and independent models", ylabel="GFRE"),
+                        "GFRE of CHGNet-r2SCAN against its parent and independently trained models")
+    else:
+        page.add('<p class="note">Bundled comparison not run (needs chgnet-r2scan and chgnet-0.3.0).</p>')
+    track = select(recs, analysis="finetune-track")
+    if track:
+        page.add("<h3>Live fine-tuning trajectory</h3>")
+        for metric in sorted({r["metric"] for r in track}):
+            series, errs = {}, {}
+            for r in select(track, metric=metric):
+                label = f"{r['source']} → {r['target']}"
+                x, y = series.setdefault(label, ([], []))
+                x.append(r["epoch"])
+                y.append(r["value"])
+                errs.setdefault(label, []).append(r["spread"])
+            for label, (x, y) in series.items():
+                o = np.argsort(x)
+                series[label] = (list(np.asarray(x)[o]), list(np.asarray(y)[o]))
+                errs[label] = list(np.asarray(errs[label])[o])
+            page.figure(figures.lines(series, page.fig_dir / f"finetune_track_{metric}", errors=errs,
+                                      title=f"{metric.upper()} along the training trajectory",
+                                      xlabel="epoch (checkpoint of that epoch; 0 = start)", ylabel=metric.upper()),
+                        f"{metric.upper()} of every checkpoint against the pre-trained model and the control")
+    elif results.get("meta", {}).get("finetune_note"):
+        page.add(f'<p class="note">{_e(results["meta"]["finetune_note"])}</p>')
+
+
+def _layers_section(page: _Page, results):
+    recs = results["records"]
+    lay = select(recs, analysis="layers")
+    cross = select(recs, analysis="layers-cross")
+    if not lay and not cross:
+        return
+    page.add("<h2>Layers</h2>")
+    for model in dict.fromkeys(r["source"] for r in lay):
+        for metric in sorted({r["metric"] for r in lay if r["source"] == model}):
+            sel = select(lay, source=model, metric=metric)
+            names = list(dict.fromkeys([r["source_layer"] for r in sel] + [r["target_layer"] for r in sel]))
+            names.sort(key=lambda n: next((r.get("source_depth", 0) for r in sel if r["source_layer"] == n),
+                                          next((r.get("target_depth", 0) for r in sel if r["target_layer"] == n), 0)))
+            idx = {n: i for i, n in enumerate(names)}
+            M = np.full((len(names), len(names)), np.nan)
+            for r in sel:
+                M[idx[r["source_layer"]], idx[r["target_layer"]]] = r["value"]
+            page.figure(figures.heatmap(names, M, page.fig_dir / f"layers_{_safe(model)}_{metric}",
+                                        title=f"{model}: {metric.upper()} between layers", cbar_label=metric.upper()),
+                        f"{model}: {metric.upper()} between every pair of layers (rows = source layer)")
+    if cross:
+        for metric in sorted({r["metric"] for r in cross}):
+            series: dict[str, tuple[list, list]] = {}
+            for src in dict.fromkeys(r["source"] for r in cross):
+                sel = select(cross, source=src, metric=metric)
+                by: dict[float, list[float]] = {}
+                for r in sel:
+                    by.setdefault(r["source_depth"], []).append(r["value"])
+                xs = sorted(by)
+                series[src] = (xs, [float(np.mean(by[x])) for x in xs])
+            page.figure(figures.lines(series, page.fig_dir / f"layers_cross_{metric}",
+                                      title=f"{metric.upper()} from each layer to the other models' last layer",
+                                      xlabel="relative depth of the source layer (0 = first, 1 = last)",
+                                      ylabel=f"mean {metric.upper()}"),
+                        "Cross-model per layer: mean over target models of the error of reconstructing their "
+                        "last-layer features from each layer of the source")
+
+
+def _orders_section(page: _Page, results):
+    recs = select(results["records"], analysis="cumulant-orders")
+    if not recs:
+        return
+    page.add("<h2>Cumulant orders</h2>")
+    page.add('<p class="note">GFRE of reconstructing the cumulants up to the target order from those up to the '
+             "source order (structure level). Forward (low → high) well above 0 means the higher order adds "
+             "information; the reverse is ~0 because higher orders contain the lower ones.</p>")
+    for model in dict.fromkeys(r.get("model", r["source"]) for r in recs):
+        sel = [r for r in recs if r.get("model", r["source"]) == model]
+        orders = sorted({r.get("source_order") for r in sel} | {r.get("target_order") for r in sel}
+                        - {None})
+        for metric in sorted({r["metric"] for r in sel}):
+            M = {(r.get("source_order"), r.get("target_order")): r for r in sel if r["metric"] == metric}
+            rows = []
+            for a in orders:
+                rows.append([f"≤ {a}"] + [("" if a == b else _fmt(M[(a, b)]["value"]) if (a, b) in M else "–")
+                                           for b in orders])
+            page.add(f"<h3>{_e(model)} — {metric.upper()}</h3>")
+            page.table(["source \\ target"] + [f"≤ {b}" for b in orders], rows)
+
+
+def _probe_section(page: _Page, results):
+    recs = select(results["records"], analysis="probe")
+    meta = results.get("meta", {})
+    page.add("<h2>Energy probe</h2>")
+    if not recs:
+        page.add(f'<p class="note">{_e(meta.get("probe_note", "Not run: the dataset has no energy labels."))}</p>')
+    else:
+        page.add('<p class="note">Cross-validated RMSE (meV/atom) of the DFT energy per atom from a linear '
+                 "composition baseline plus a ridge regression on the features (atom level: summed atom "
+                 "features; structure level: cumulants). <code>composition</code> = baseline alone.</p>")
+        levels = list(dict.fromkeys(r["level"] for r in recs))
+        models = list(dict.fromkeys(r["source"] for r in recs))
+        rows = []
+        for m in models:
+            row = [_e(m)]
+            for lv in levels:
+                sel = select(recs, source=m, level=lv)
+                row.append(f"{_fmt(sel[0]['value'], 1)} ± {_fmt(sel[0]['spread'], 1)}" if sel else "–")
+            rows.append(row)
+        page.table(["model"] + [f"RMSE, {lv} level" for lv in levels], rows)
+    maps = results.get("maps") or {}
+    colour = meta.get("map_colour")
+    for kind, label in (("pcovr", "PCovR (α = 0.5) maps against the residual energy per atom"),
+                        ("pca", "PCA maps of the structure features")):
+        sel = {m: np.asarray(v[kind]) for m, v in maps.items() if v.get(kind)}
+        if sel:
+            page.figure(figures.scatter_maps(sel, page.fig_dir / f"maps_{kind}",
+                                             colour=None if colour is None else np.asarray(colour, dtype=float),
+                                             colour_label=meta.get("map_colour_label", ""), title=label),
+                        label)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mapping | None = None) -> Path:
+    """Write ``out_dir/index.html`` and ``out_dir/figures/`` for ``results``; returns the HTML path."""
+    out = Path(out_dir)
+    page = _Page(out)
+    page.fig_dir.mkdir(parents=True, exist_ok=True)
+    meta = results.get("meta", {})
+    page.add("<h1>mlipspace — comparing the latent features of uMLIPs</h1>")
+    ds = meta.get("dataset", {})
+    page.add(f'<p class="note">Dataset <code>{_e(ds.get("name", "?"))}</code>: {_e(ds.get("n_frames", "?"))} '
+             f'structures, {_e(ds.get("n_atoms", "?"))} atoms; {len(meta.get("models") or {})} models. '
+             "Reproduces the analyses of Chorna et al., arXiv 2512.05717.</p>")
+    page.add("<h2>Summary</h2>")
+    for f in findings(results):
+        cls = {True: "yes", False: "no", None: "na"}[f.holds]
+        tag = {True: "holds", False: "does not hold", None: "not tested"}[f.holds]
+        page.add(f'<div class="finding {cls}"><span class="tag">{tag}</span><b>{_e(f.title)}</b><br>{_e(f.text)}</div>')
+    for note in meta.get("notes", []):
+        page.add(f'<p class="note">{_e(note)}</p>')
+    _cross_section(page, results)
+    _variants_section(page, results)
+    _finetune_section(page, results)
+    _layers_section(page, results)
+    _orders_section(page, results)
+    _probe_section(page, results)
+    page.add("<h2>Models and data</h2>")
+    rows = [[_e(m), _e(info.get("family", "")), _e(info.get("fingerprint_id", "")),
+             _e(", ".join(info.get("layers", [])))] for m, info in (meta.get("models") or {}).items()]
+    page.table(["model", "family", "fingerprint", "layers"], rows, left=4)
+    links = ['<a href="results.json">results.json</a> (every number, one record each)']
+    if meta.get("chemiscope"):
+        links.append(f'<a href="{_e(meta["chemiscope"])}">{_e(meta["chemiscope"])}</a> (structures with PCA maps; '
+                     "open at chemiscope.org or with the chemiscope Jupyter widget)")
+    page.add("<p>" + "<br>".join(links) + "</p>")
+    if timing:
+        page.table(["stage", "seconds"], [[_e(k), _fmt(v, 1)] for k, v in timing.items()])
+    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           "<title>mlipspace report</title><style>" + CSS + "</style></head><body>\n"
+           + "\n".join(page.parts) + "\n</body></html>\n")
+    path = out / "index.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
