@@ -1,0 +1,216 @@
+"""Array backends and chunked kernels behind :mod:`mlipspace.metrics.similarity`.
+
+Two backends share one small interface so that every measure is written once:
+
+* ``numpy`` (``device="cpu"``): the input stays as given (float32 stays float32 in memory) and each row
+  chunk is upcast to float64 just before it is used, so the extra memory is one chunk.
+* ``torch`` (``device="cuda"``, ``"cuda:N"`` or ``"torch-cpu"``): the input is copied once to the device
+  as float64 and all products run there. ``torch`` is imported only when such a device is asked for.
+
+Nothing here ever holds an N×N matrix: the linear measures accumulate d×d cross-products over row
+chunks, and the neighbour/kernel code walks over blocks of ``block`` rows × N columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlipspace._device import resolve_device
+from mlipspace.errors import InputError
+
+#: Elements (float64) of one block × N work array in the kNN and kernel code (64 MiB).
+BLOCK_ELEMENTS = 1 << 23
+#: Elements (float64) of one row chunk × d in the linear measures (32 MiB).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_rows(n_cols: int, chunk_size: int | None) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else as many as fit in :data:`CHUNK_ELEMENTS`."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise InputError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        return int(chunk_size)
+    return max(64, CHUNK_ELEMENTS // max(1, n_cols))
+
+
+def block_rows(n: int, chunk_size: int | None) -> int:
+    """Rows per block for block × N work arrays (kNN distances, kernel rows)."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise InputError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        return int(chunk_size)
+    return max(1, min(n, BLOCK_ELEMENTS // max(1, n)))
+
+
+class NumpyBackend:
+    """Float64 NumPy arithmetic over chunks of an array kept in its own dtype."""
+
+    name = "numpy"
+    device = "cpu"
+
+    def put(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def rows(self, a, index) -> np.ndarray:
+        return np.asarray(a[index], dtype=np.float64)
+
+    def index(self, idx: np.ndarray):
+        return idx
+
+    def zeros(self, shape):
+        return np.zeros(shape, dtype=np.float64)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def exp(self, a):
+        return np.exp(a, out=a)
+
+    def rowsum(self, a):
+        return a.sum(axis=1)
+
+    def arange(self, start: int, stop: int):
+        return np.arange(start, stop)
+
+    def knn_block(self, dist, k: int) -> np.ndarray:
+        """Indices of the ``k`` smallest entries of each row of ``dist``; ties go to the lower index."""
+        b, n = dist.shape
+        idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(dist, idx, axis=1).max(axis=1)
+        at_kth = dist == kth[:, None]
+        n_at_kth = at_kth.sum(axis=1)
+        n_below = (np.take_along_axis(dist, idx, axis=1) < kth[:, None]).sum(axis=1)
+        # argpartition picks an arbitrary subset of equal values; only rows with more candidates at the
+        # k-th distance than slots left need the deterministic (lowest index first) choice.
+        tied = np.nonzero(n_at_kth > k - n_below)[0]
+        if tied.size:
+            sub = dist[tied]
+            below = sub < kth[tied][:, None]
+            equal = at_kth[tied]
+            slots = (k - below.sum(axis=1))[:, None]
+            take = below | (equal & (np.cumsum(equal, axis=1) <= slots))
+            idx[tied] = np.nonzero(take)[1].reshape(-1, k)
+        return idx
+
+
+class TorchBackend:
+    """Float64 torch arithmetic on one device; the input is moved there once."""
+
+    name = "torch"
+
+    def __init__(self, device: str):
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - torch is present in the test environment
+            raise InputError(
+                f"device={device!r} needs PyTorch, which is not installed; use device='cpu'"
+            ) from exc
+        self.torch = torch
+        dev = "cpu" if device == "torch-cpu" else device
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device={device!r} was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        self.device = torch.device(dev)
+
+    def put(self, a):
+        return self.torch.as_tensor(np.asarray(a), dtype=self.torch.float64, device=self.device)
+
+    def rows(self, a, index):
+        return a[index]
+
+    def index(self, idx: np.ndarray):
+        return self.torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
+
+    def zeros(self, shape):
+        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
+
+    def to_numpy(self, a) -> np.ndarray:
+        if isinstance(a, self.torch.Tensor):
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    def exp(self, a):
+        return a.exp_()
+
+    def rowsum(self, a):
+        return a.sum(dim=1)
+
+    def arange(self, start: int, stop: int):
+        return self.torch.arange(start, stop, device=self.device)
+
+    def knn_block(self, dist, k: int) -> np.ndarray:
+        torch = self.torch
+        vals, idx = torch.topk(dist, k, dim=1, largest=False, sorted=False)
+        kth = vals.max(dim=1).values
+        at_kth = dist == kth[:, None]
+        n_at_kth = at_kth.sum(dim=1)
+        n_below = (vals < kth[:, None]).sum(dim=1)
+        tied = torch.nonzero(n_at_kth > k - n_below).flatten()
+        if tied.numel():
+            # lowest-index choice among equal distances, as in the NumPy backend
+            sub_dist = dist[tied]
+            below = sub_dist < kth[tied][:, None]
+            equal = at_kth[tied]
+            slots = (k - below.sum(dim=1))[:, None]
+            take = below | (equal & (torch.cumsum(equal.to(torch.int64), dim=1) <= slots))
+            cols = torch.nonzero(take)[:, 1].reshape(-1, k)
+            idx[tied] = cols
+        return idx.cpu().numpy()
+
+
+def get_backend(device: str = "auto"):
+    """Backend for ``device``: ``"cpu"`` → NumPy; ``"cuda"``, ``"cuda:N"``, ``"torch-cpu"`` → torch."""
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'cpu', 'cuda' or 'auto', got {device!r}")
+    dev = resolve_device(device)
+    if dev == "cpu":
+        return NumpyBackend()
+    if dev == "torch-cpu" or dev.startswith("cuda"):
+        return TorchBackend(dev)
+    raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N', 'torch-cpu' or 'auto'")
+
+
+def knn_indices(X, k: int, *, backend, metric: str = "euclidean", chunk_size: int | None = None) -> np.ndarray:
+    """Indices (n, k) of each row's ``k`` nearest other rows of ``X``, self excluded.
+
+    Squared distances of a block of rows to all rows are ``|x_i|² + |x_j|² − 2 x_i·x_j`` (one matrix
+    product per block); ``metric="cosine"`` first scales every row to unit length, so the order is
+    that of cosine similarity. Ties at the k-th distance are broken in favour of the lower row index.
+    Memory: one ``block × n`` float64 array (see :func:`block_rows`), never ``n × n``.
+    """
+    n = X.shape[0]
+    Xd = backend.put(X)
+    if backend.name == "numpy":
+        Xd = np.asarray(Xd, dtype=np.float64)
+    sq = (Xd * Xd).sum(1)
+    if metric == "cosine":
+        norms = sq**0.5
+        if bool((norms == 0).any()):
+            bad = int(np.nonzero(backend.to_numpy(norms) == 0)[0][0])
+            raise InputError(f"row {bad} is all zeros: its cosine distance is undefined")
+        Xd = Xd / norms[:, None]
+        sq = (Xd * Xd).sum(1)
+    elif metric != "euclidean":
+        raise InputError(f"unknown metric {metric!r}: use 'euclidean' or 'cosine'")
+    step = block_rows(n, chunk_size)
+    out = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        blk = Xd[s:e]
+        dist = blk @ Xd.T
+        dist *= -2.0
+        dist += sq[s:e][:, None]
+        dist += sq[None, :]
+        r = backend.arange(0, e - s)
+        dist[r, r + s] = float("inf")  # self is not its own neighbour
+        out[s:e] = backend.knn_block(dist, k)
+    return out
+
+
+def sq_dists_block(A_blk, B, sqA_blk, sqB):
+    """Squared Euclidean distances between a block of rows and all rows, clipped at 0."""
+    d = A_blk @ B.T
+    d *= -2.0
+    d += sqA_blk[:, None]
+    d += sqB[None, :]
+    d[d < 0] = 0.0
+    return d

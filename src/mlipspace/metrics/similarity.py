@@ -1,0 +1,753 @@
+r"""Representation-similarity measures between two feature spaces on the same atoms.
+
+Feature reconstruction errors (:mod:`mlipspace.metrics.reconstruction`) ask whether one space can be
+*mapped* onto another. The measures here ask the question with the instruments of neighbouring fields,
+all on the same aligned rows (row ``i`` of ``X`` and of ``Y`` describe the same atom):
+
+``linear_cka``
+    Centred kernel alignment with linear kernels (Kornblith et al. 2019),
+    :math:`\mathrm{CKA}=\|X_c^\top Y_c\|_F^2 / (\|X_c^\top X_c\|_F\,\|Y_c^\top Y_c\|_F)`, or its debiased
+    form built on the unbiased HSIC estimator of Song et al. (2012). 1 = same geometry up to rotation and
+    scale.
+``rbf_cka``
+    CKA with Gaussian kernels, bandwidth by the median heuristic.
+``mutual_knn``
+    Mean fraction of shared k nearest neighbours (Huh et al. 2024, "Platonic representation"; used for
+    MLIPs by Li & Walsh, arXiv 2512.05349). Chance level is :math:`k/(n-1)`.
+``procrustes_distance``
+    Angular Procrustes shape distance (Williams et al. 2021),
+    :math:`\theta=\arccos\|\hat X^\top \hat Y\|_*` with :math:`\hat X = X_c/\|X_c\|_F`; 0 = identical up to
+    rotation, translation and scale, :math:`\pi/2` = orthogonal.
+
+Every measure takes ``(X, Y, ...)`` and returns a float; :data:`SIMILARITY_MEASURES` lists them with
+their orientation and range, :func:`similarity_with_uncertainty` adds subsample spread and a
+permutation null, and :func:`rank_agreement` compares the ranking of model pairs by several metrics.
+
+Memory: the linear measures (CKA, Procrustes) never build an N×N matrix — they accumulate the d×d
+cross-products :math:`X_c^\top Y_c`, :math:`X_c^\top X_c`, :math:`Y_c^\top Y_c` over row chunks.
+The debiased linear CKA needs, besides those, only the squared row norms
+:math:`a_i=\|x_i-\bar x\|^2` and :math:`b_i=\|y_i-\bar y\|^2` (see :func:`linear_cka`). Mutual kNN and
+RBF CKA walk over blocks of rows × N columns (64 MiB per block array by default).
+
+Devices: ``device="cpu"`` runs NumPy (float64 per chunk); ``"cuda"``/``"cuda:N"`` run the same
+algorithms in float64 with torch (imported only then); ``"auto"`` picks CUDA when torch sees a GPU;
+``"torch-cpu"`` runs the torch code on the CPU (useful to check the two paths agree).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlipspace.errors import AlignmentError, InputError
+from mlipspace.metrics._similarity_backend import (
+    block_rows,
+    chunk_rows,
+    get_backend,
+    knn_indices,
+    sq_dists_block,
+)
+
+__all__ = [
+    "SIMILARITY_MEASURES",
+    "SimilarityMeasure",
+    "linear_cka",
+    "mutual_knn",
+    "pointwise_mutual_knn",
+    "procrustes_distance",
+    "rank_agreement",
+    "rbf_cka",
+    "similarity_with_uncertainty",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_matrix(A, name: str) -> np.ndarray:
+    try:
+        A = np.asarray(A)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise InputError(f"{name} cannot be read as an array: {exc}") from exc
+    if A.ndim != 2:
+        raise InputError(f"{name} must be a 2-D array (n_atoms, n_features), got shape {A.shape}")
+    if not (np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)):
+        raise InputError(f"{name} must hold real numbers, got dtype {A.dtype}")
+    if A.shape[1] < 1:
+        raise InputError(f"{name} has no feature columns")
+    finite = np.isfinite(A).all(axis=1)
+    if not finite.all():
+        bad = int(np.nonzero(~finite)[0][0])
+        raise InputError(f"{name} has NaN or infinite values (first in row {bad})")
+    return A
+
+
+def _check_pair(X, Y, *, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two aligned feature matrices: 2-D, finite, same number of rows, enough rows."""
+    X = _check_matrix(X, "X")
+    Y = _check_matrix(Y, "Y")
+    if X.shape[0] != Y.shape[0]:
+        raise AlignmentError(
+            f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: the rows of both must describe the same "
+            "atoms in the same order"
+        )
+    if X.shape[0] < min_rows:
+        raise InputError(f"this measure needs at least {min_rows} rows, got {X.shape[0]}")
+    return X, Y
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear measures: chunked second moments
+
+
+class _LinearState:
+    """Column means, self cross-products and squared row norms of centred X and Y.
+
+    ``cross(perm)`` returns :math:`X_c^\\top Y_c[\\pi]` and :math:`a\\cdot b[\\pi]` for a row permutation
+    of Y (``None`` = identity), reusing everything that a permutation does not change.
+    Two passes over the rows (means, then centred products) keep the float64 sums free of the
+    cancellation that one-pass ``XᵀY − n x̄ȳᵀ`` suffers when the features have large means.
+    """
+
+    def __init__(self, X, Y, *, device: str, chunk_size: int | None):
+        self.bk = get_backend(device)
+        self.n = X.shape[0]
+        self.step = chunk_rows(max(X.shape[1], Y.shape[1]), chunk_size)
+        self.X = self.bk.put(X)
+        self.Y = self.bk.put(Y)
+        self.mx = self._mean(self.X)
+        self.my = self._mean(self.Y)
+        self.xx, self.a = self._self_terms(self.X, self.mx)
+        self.yy, self.b = self._self_terms(self.Y, self.my)
+        self.sum_a = float(self.a.sum())
+        self.sum_b = float(self.b.sum())
+
+    def _chunks(self):
+        for s in range(0, self.n, self.step):
+            yield s, min(self.n, s + self.step)
+
+    def _mean(self, A):
+        total = self.bk.zeros((A.shape[1],))
+        for s, e in self._chunks():
+            total = total + self.bk.rows(A, slice(s, e)).sum(0)
+        return total / self.n
+
+    def _self_terms(self, A, mean):
+        d = A.shape[1]
+        gram = self.bk.zeros((d, d))
+        norms = np.empty(self.n)
+        for s, e in self._chunks():
+            c = self.bk.rows(A, slice(s, e)) - mean
+            gram += c.T @ c
+            norms[s:e] = self.bk.to_numpy((c * c).sum(1))
+        return self.bk.to_numpy(gram), norms
+
+    def cross(self, perm: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        C = self.bk.zeros((self.X.shape[1], self.Y.shape[1]))
+        pidx = None if perm is None else self.bk.index(perm)
+        for s, e in self._chunks():
+            cx = self.bk.rows(self.X, slice(s, e)) - self.mx
+            rows = slice(s, e) if pidx is None else pidx[s:e]
+            cy = self.bk.rows(self.Y, rows) - self.my
+            C += cx.T @ cy
+        b = self.b if perm is None else self.b[perm]
+        return self.bk.to_numpy(C), float(self.a @ b)
+
+
+def _unbiased_hsic(tr_kl: float, sum_k: float, sum_l: float, rk_rl: float, n: int) -> float:
+    r"""Song et al. (2012) unbiased HSIC from the four sums of the diagonal-free Gram matrices.
+
+    :math:`\frac{1}{n(n-3)}\left[\operatorname{tr}(\tilde K\tilde L)
+    + \frac{\mathbf 1^\top\tilde K\mathbf 1\,\mathbf 1^\top\tilde L\mathbf 1}{(n-1)(n-2)}
+    - \frac{2}{n-2}\mathbf 1^\top\tilde K\tilde L\mathbf 1\right]`, with
+    ``tr_kl`` = tr(K̃L̃), ``sum_k`` = 1ᵀK̃1, ``sum_l`` = 1ᵀL̃1, ``rk_rl`` = (K̃1)·(L̃1).
+    """
+    return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * rk_rl / (n - 2)) / (n * (n - 3))
+
+
+def _cka_from_terms(
+    st: _LinearState, C: np.ndarray, ab: float, *, debiased: bool
+) -> float:
+    """Linear CKA from the centred cross-product ``C`` and ``ab`` = a·b (see :func:`linear_cka`)."""
+    fxx = float(np.sum(st.xx * st.xx))
+    fyy = float(np.sum(st.yy * st.yy))
+    if st.sum_a <= 0:
+        raise InputError("X has zero variance (all rows equal after centring): CKA is undefined")
+    if st.sum_b <= 0:
+        raise InputError("Y has zero variance (all rows equal after centring): CKA is undefined")
+    fxy = float(np.sum(C * C))
+    if not debiased:
+        return fxy / math.sqrt(fxx * fyy)
+    n = st.n
+    aa = float(st.a @ st.a)
+    bb = float(st.b @ st.b)
+    # centred features: K̃ = K - diag(a), K1 = 0, so 1ᵀK̃1 = -Σa and K̃1 = -a (same for L with b)
+    hxy = _unbiased_hsic(fxy - ab, -st.sum_a, -st.sum_b, ab, n)
+    hxx = _unbiased_hsic(fxx - aa, -st.sum_a, -st.sum_a, aa, n)
+    hyy = _unbiased_hsic(fyy - bb, -st.sum_b, -st.sum_b, bb, n)
+    if hxx <= 0 or hyy <= 0:
+        raise InputError(
+            f"debiased CKA is undefined here: the unbiased HSIC of {'X' if hxx <= 0 else 'Y'} with "
+            f"itself is not positive ({min(hxx, hyy):.3g}); use more rows or debiased=False"
+        )
+    return hxy / math.sqrt(hxx * hyy)
+
+
+def linear_cka(X, Y, *, debiased: bool = False, device: str = "auto", chunk_size: int | None = None) -> float:
+    r"""Linear centred kernel alignment between two aligned feature matrices.
+
+    Standard (``debiased=False``, Kornblith et al. 2019) with centred columns :math:`X_c, Y_c`:
+
+    .. math:: \mathrm{CKA}(X,Y)=\frac{\|X_c^\top Y_c\|_F^2}{\|X_c^\top X_c\|_F\,\|Y_c^\top Y_c\|_F},
+
+    since :math:`\operatorname{tr}(K_cL_c)=\|X_c^\top Y_c\|_F^2` for :math:`K=XX^\top, L=YY^\top`.
+
+    Debiased (``debiased=True``; Song et al. 2012, Nguyen et al. 2021): HSIC is replaced by its
+    unbiased estimator (:func:`_unbiased_hsic`). That estimator is unchanged by centring the features
+    (it annihilates additive terms :math:`f(x_i)+f(x_j)` of the kernel), so with centred features and
+    :math:`a_i=\|x_i-\bar x\|^2`, :math:`b_i=\|y_i-\bar y\|^2`, :math:`\tilde K = K-\operatorname{diag}(a)`:
+
+    * :math:`\operatorname{tr}(\tilde K\tilde L)=\|X_c^\top Y_c\|_F^2-a\cdot b`
+    * :math:`\mathbf 1^\top\tilde K\mathbf 1=-\sum_i a_i` (because :math:`K\mathbf 1=X_cX_c^\top\mathbf 1=0`)
+    * :math:`\mathbf 1^\top\tilde K\tilde L\mathbf 1=(\tilde K\mathbf 1)\cdot(\tilde L\mathbf 1)=a\cdot b`
+
+    so the whole estimator needs only d×d cross-products and two length-n vectors. The debiased value
+    is near 0 for independent features at any width, where the standard one drifts up with d/n.
+
+    Invariant to orthogonal transforms, isotropic scaling and translation of either side; *not*
+    invariant to general invertible linear maps. Range [0, 1] (debiased: [-1, 1]); higher = more
+    similar. Needs n ≥ 2 rows (debiased: n ≥ 4).
+    """
+    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
+    C, ab = st.cross()
+    return _cka_from_terms(st, C, ab, debiased=debiased)
+
+
+def _procrustes_from_terms(st: _LinearState, C: np.ndarray) -> float:
+    if st.sum_a <= 0 or st.sum_b <= 0:
+        which = "X" if st.sum_a <= 0 else "Y"
+        raise InputError(f"{which} has zero variance (all rows equal after centring): Procrustes is undefined")
+    nuclear = float(np.linalg.svd(C, compute_uv=False).sum())
+    rho = nuclear / math.sqrt(st.sum_a * st.sum_b)
+    return float(math.acos(min(1.0, max(-1.0, rho))))
+
+
+def procrustes_distance(X, Y, *, device: str = "auto", chunk_size: int | None = None) -> float:
+    r"""Angular Procrustes shape distance (Williams et al. 2021, "Generalized shape metrics").
+
+    Centre both sides, scale each to unit Frobenius norm (:math:`\hat X=X_c/\|X_c\|_F`), then
+
+    .. math:: \theta(X,Y)=\arccos \max_{R^\top R=I}\operatorname{tr}(R^\top\hat X^\top\hat Y)
+              =\arccos\|\hat X^\top\hat Y\|_*,
+
+    the nuclear norm (sum of singular values) of the d_X×d_Y cross-product. Different widths are
+    handled as if the narrower side were padded with zero columns. A metric on shapes: 0 = identical up
+    to rotation, translation and isotropic scale; π/2 = nothing in common. Lower = more similar.
+    Precision: ``arccos`` near 1 turns rounding of order 1e-16 into angles of order 1e-8.
+    """
+    X, Y = _check_pair(X, Y, min_rows=2)
+    st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
+    C, _ = st.cross()
+    return _procrustes_from_terms(st, C)
+
+
+# ----------------------------------------------------------------------------------------------------
+# mutual k nearest neighbours
+
+
+def _check_k(k, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InputError(f"k must be an integer, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= n - 1:
+        raise InputError(f"k must be between 1 and n_rows - 1 = {n - 1}, got {k}")
+    return k
+
+
+def _overlap(nx: np.ndarray, ny: np.ndarray) -> np.ndarray:
+    """Number of shared entries per row of two (n, k) index arrays whose rows hold distinct values."""
+    both = np.concatenate([nx, ny], axis=1)
+    both.sort(axis=1)
+    return (both[:, 1:] == both[:, :-1]).sum(axis=1)
+
+
+class _KnnState:
+    """k-NN index arrays of X and Y; a row permutation of Y only relabels Y's neighbour graph."""
+
+    def __init__(self, X, Y, k, *, metric: str, device: str, chunk_size: int | None):
+        self.k = _check_k(k, X.shape[0])
+        bk = get_backend(device)
+        self.nx = knn_indices(X, self.k, backend=bk, metric=metric, chunk_size=chunk_size)
+        self.ny = knn_indices(Y, self.k, backend=bk, metric=metric, chunk_size=chunk_size)
+
+    def pointwise(self, perm: np.ndarray | None = None) -> np.ndarray:
+        ny = self.ny
+        if perm is not None:
+            # row i of Y[perm] is row perm[i] of Y; its neighbours j satisfy perm[j] ∈ N_Y(perm[i])
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(perm.size)
+            ny = inv[self.ny[perm]]
+        return _overlap(self.nx, ny) / self.k
+
+
+def pointwise_mutual_knn(
+    X, Y, k: int = 10, *, metric: str = "euclidean", device: str = "auto", chunk_size: int | None = None
+) -> np.ndarray:
+    r"""Per row, the fraction of its ``k`` nearest neighbours in X that are also among its k in Y.
+
+    :math:`m_i = |N^X_k(i)\cap N^Y_k(i)|/k`, the row itself excluded from its own neighbours. Ties at
+    the k-th distance go to the lower row index. Returns an array of shape (n,).
+    """
+    X, Y = _check_pair(X, Y, min_rows=2)
+    return _KnnState(X, Y, k, metric=metric, device=device, chunk_size=chunk_size).pointwise()
+
+
+def mutual_knn(
+    X, Y, k: int = 10, *, metric: str = "euclidean", device: str = "auto", chunk_size: int | None = None
+) -> float:
+    r"""Mutual k-nearest-neighbour alignment: mean over rows of :func:`pointwise_mutual_knn`.
+
+    The neighbour sets come from squared Euclidean distances (``metric="euclidean"``) or, as in
+    Huh et al. 2024, from cosine similarity of the rows (``metric="cosine"``). Chunked: one block of
+    rows × n distances at a time (64 MiB by default), never the n×n matrix. Cost O(n² d).
+    Invariant to orthogonal transforms and isotropic scaling of either side (Euclidean also to
+    translation); range [0, 1], chance level k/(n−1); higher = more similar.
+    """
+    return float(pointwise_mutual_knn(X, Y, k, metric=metric, device=device, chunk_size=chunk_size).mean())
+
+
+# ----------------------------------------------------------------------------------------------------
+# RBF (Gaussian kernel) CKA
+
+
+def _median_sq_dist(A: np.ndarray, rng: np.random.Generator, max_rows: int) -> float:
+    """Median of the squared distances over all pairs i<j (of ``max_rows`` random rows if more)."""
+    if A.shape[0] > max_rows:
+        A = A[np.sort(rng.choice(A.shape[0], max_rows, replace=False))]
+    A = np.asarray(A, dtype=np.float64)
+    sq = (A * A).sum(1)
+    d = sq_dists_block(A, A, sq, sq)
+    iu = np.triu_indices(A.shape[0], k=1)
+    return float(np.median(d[iu]))
+
+
+class _RbfState:
+    """Gaussian-kernel sums of X (fixed) and Y, evaluated block by block.
+
+    For a block B of rows, ``K_B`` (|B|×n) and ``L_B`` are formed, and four sums accumulate:
+    :math:`\sum K\circ L`, the row sums :math:`K\mathbf 1`, :math:`L\mathbf 1`, and the diagonals.
+    From them both the biased :math:`\operatorname{tr}(KHLH)` and the unbiased HSIC follow exactly.
+    """
+
+    def __init__(self, X, Y, *, sigma, debiased: bool, device: str, chunk_size: int | None,
+                 median_rows: int, rng: np.random.Generator):
+        self.n = X.shape[0]
+        self.debiased = debiased
+        if sigma is None:
+            sx, sy = None, None
+        elif np.ndim(sigma) == 0:
+            sx = sy = float(sigma)
+        else:
+            if len(sigma) != 2:
+                raise InputError(f"sigma must be a number, a pair (sigma_X, sigma_Y) or None, got {sigma!r}")
+            sx, sy = (None if s is None else float(s) for s in sigma)
+        if sx is None:
+            sx = math.sqrt(_median_sq_dist(X, rng, median_rows))
+        if sy is None:
+            sy = math.sqrt(_median_sq_dist(Y, rng, median_rows))
+        for name, s in (("X", sx), ("Y", sy)):
+            if not (s > 0 and math.isfinite(s)):
+                raise InputError(
+                    f"RBF bandwidth for {name} is {s}: the median distance is 0 (more than half of the "
+                    "rows coincide); pass sigma explicitly"
+                )
+        self.sigma = (sx, sy)
+        self.bk = get_backend(device)
+        self.step = block_rows(self.n, chunk_size)
+        self.X = self.bk.put(np.asarray(X, dtype=np.float64))
+        self.Y = self.bk.put(np.asarray(Y, dtype=np.float64))
+        self.sqx = (self.X * self.X).sum(1)
+        self.sqy = (self.Y * self.Y).sum(1)
+        self.kk, self.rk = self._self_sums(self.X, self.sqx, sx)
+        self.ll, self.rl = self._self_sums(self.Y, self.sqy, sy)
+
+    def _kernel(self, A, sq, sigma, s, e):
+        d = sq_dists_block(A[s:e], A, sq[s:e], sq)
+        r = self.bk.arange(0, e - s)
+        d[r, r + s] = 0.0  # exact zero self-distance, so K_ii = 1
+        d *= -1.0 / (2.0 * sigma * sigma)
+        return self.bk.exp(d)
+
+    def _self_sums(self, A, sq, sigma):
+        tot = 0.0
+        rows = np.empty(self.n)
+        for s in range(0, self.n, self.step):
+            e = min(self.n, s + self.step)
+            K = self._kernel(A, sq, sigma, s, e)
+            tot += float((K * K).sum())
+            rows[s:e] = self.bk.to_numpy(self.bk.rowsum(K))
+        return tot, rows
+
+    def _hsic(self, tr, rk, rl, *, same: bool):
+        n = self.n
+        if not self.debiased:
+            return tr - 2.0 / n * float(rk @ rl) + float(rk.sum()) * float(rl.sum()) / n**2
+        # K̃ = K − I (RBF diagonal is 1): tr(K̃L̃) = tr(KL) − n, K̃1 = K1 − 1
+        rkt, rlt = rk - 1.0, rl - 1.0
+        return _unbiased_hsic(tr - n, float(rkt.sum()), float(rlt.sum()), float(rkt @ rlt), n)
+
+    def score(self, perm: np.ndarray | None = None) -> float:
+        sx, sy = self.sigma
+        if perm is None:
+            Y, sqy, rl = self.Y, self.sqy, self.rl
+        else:
+            pidx = self.bk.index(perm)
+            Y, sqy, rl = self.Y[pidx], self.sqy[pidx], self.rl[perm]
+        kl = 0.0
+        for s in range(0, self.n, self.step):
+            e = min(self.n, s + self.step)
+            K = self._kernel(self.X, self.sqx, sx, s, e)
+            L = self._kernel(Y, sqy, sy, s, e)
+            kl += float((K * L).sum())
+        hxy = self._hsic(kl, self.rk, rl, same=False)
+        hxx = self._hsic(self.kk, self.rk, self.rk, same=True)
+        hyy = self._hsic(self.ll, self.rl, self.rl, same=True)
+        if hxx <= 0 or hyy <= 0:
+            raise InputError(
+                "RBF CKA is undefined here: the HSIC of one side with itself is not positive; "
+                "use more rows, another sigma, or debiased=False"
+            )
+        return hxy / math.sqrt(hxx * hyy)
+
+
+def _rbf_prepare(X, Y, *, sigma=None, debiased=False, max_rows=10_000, median_rows=2_000,
+                 random_state=0, device="auto", chunk_size=None) -> _RbfState:
+    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    rng = np.random.default_rng(random_state)
+    if max_rows is not None and X.shape[0] > max_rows:
+        rows = np.sort(rng.choice(X.shape[0], int(max_rows), replace=False))
+        X, Y = X[rows], Y[rows]
+    return _RbfState(X, Y, sigma=sigma, debiased=debiased, device=device, chunk_size=chunk_size,
+                     median_rows=median_rows, rng=rng)
+
+
+def rbf_cka(
+    X,
+    Y,
+    *,
+    sigma: float | tuple[float | None, float | None] | None = None,
+    debiased: bool = False,
+    max_rows: int | None = 10_000,
+    median_rows: int = 2_000,
+    random_state: int = 0,
+    device: str = "auto",
+    chunk_size: int | None = None,
+) -> float:
+    r"""CKA with Gaussian kernels :math:`K_{ij}=\exp(-\|x_i-x_j\|^2/2\sigma_X^2)` (same for Y).
+
+    ``sigma=None`` uses the median heuristic per side, :math:`\sigma^2=\operatorname{median}_{i<j}
+    \|x_i-x_j\|^2`, taken over ``median_rows`` random rows when there are more. A number sets both
+    bandwidths; a pair sets them separately.
+
+    Kernels are N×N, so this measure costs O(N² d): it is computed exactly, block by block (never the
+    whole matrix in memory), on at most ``max_rows`` rows drawn at random with ``random_state``
+    (``max_rows=None``: all rows; affordable on a GPU). Biased CKA uses
+    :math:`\operatorname{tr}(KHLH)=\sum K\circ L-\tfrac2n (K\mathbf 1)\cdot(L\mathbf 1)+
+    \tfrac1{n^2}\mathbf 1^\top K\mathbf 1\,\mathbf 1^\top L\mathbf 1`; ``debiased=True`` uses the unbiased
+    HSIC of Song et al. (2012) from the same sums. Invariant to orthogonal transforms and translation;
+    with the median heuristic also to isotropic scaling. Higher = more similar.
+    """
+    st = _rbf_prepare(X, Y, sigma=sigma, debiased=debiased, max_rows=max_rows, median_rows=median_rows,
+                      random_state=random_state, device=device, chunk_size=chunk_size)
+    return st.score()
+
+
+# ----------------------------------------------------------------------------------------------------
+# registry
+
+
+class _Prepared:
+    """A measure with its permutation-invariant work done once: ``score(perm)`` for Y's rows permuted."""
+
+    def __init__(self, score: Callable[[np.ndarray | None], float], n: int):
+        self.score = score
+        self.n = n
+
+
+def _prep_linear_cka(X, Y, *, debiased=False, device="auto", chunk_size=None) -> _Prepared:
+    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
+    return _Prepared(lambda perm=None: _cka_from_terms(st, *st.cross(perm), debiased=debiased), st.n)
+
+
+def _prep_debiased_cka(X, Y, **kw) -> _Prepared:
+    return _prep_linear_cka(X, Y, debiased=True, **kw)
+
+
+def _prep_procrustes(X, Y, *, device="auto", chunk_size=None) -> _Prepared:
+    X, Y = _check_pair(X, Y, min_rows=2)
+    st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
+    return _Prepared(lambda perm=None: _procrustes_from_terms(st, st.cross(perm)[0]), st.n)
+
+
+def _prep_mknn(X, Y, k=10, *, metric="euclidean", device="auto", chunk_size=None) -> _Prepared:
+    X, Y = _check_pair(X, Y, min_rows=2)
+    st = _KnnState(X, Y, k, metric=metric, device=device, chunk_size=chunk_size)
+    return _Prepared(lambda perm=None: float(st.pointwise(perm).mean()), X.shape[0])
+
+
+def _prep_rbf(X, Y, **kw) -> _Prepared:
+    st = _rbf_prepare(X, Y, **kw)
+    return _Prepared(st.score, st.n)
+
+
+def _debiased_cka(X, Y, **kw) -> float:
+    """Debiased linear CKA: :func:`linear_cka` with ``debiased=True``."""
+    return linear_cka(X, Y, debiased=True, **kw)
+
+
+@dataclass(frozen=True)
+class SimilarityMeasure:
+    """A registered measure: the function, how to read it, and a fast path for permutation nulls.
+
+    ``perfect`` is the value of identical inputs (1 for similarities, 0 for distances); ``symmetric``
+    says f(X, Y) == f(Y, X), so one model pair's value serves both orders.
+    """
+
+    name: str
+    func: Callable[..., float]
+    higher_is_better: bool
+    range: tuple[float, float]
+    perfect: float
+    symmetric: bool
+    description: str
+    prepare: Callable[..., _Prepared] = field(repr=False)
+
+
+SIMILARITY_MEASURES: dict[str, SimilarityMeasure] = {
+    m.name: m
+    for m in (
+        SimilarityMeasure("cka", linear_cka, True, (0.0, 1.0), 1.0, True,
+                          "linear CKA (Kornblith et al. 2019)", _prep_linear_cka),
+        SimilarityMeasure("cka_debiased", _debiased_cka, True, (-1.0, 1.0), 1.0, True,
+                          "linear CKA with unbiased HSIC (Song et al. 2012)", _prep_debiased_cka),
+        SimilarityMeasure("rbf_cka", rbf_cka, True, (0.0, 1.0), 1.0, True,
+                          "Gaussian-kernel CKA, median-heuristic bandwidth", _prep_rbf),
+        SimilarityMeasure("mknn", mutual_knn, True, (0.0, 1.0), 1.0, True,
+                          "mutual k-nearest-neighbour overlap (Huh et al. 2024)", _prep_mknn),
+        SimilarityMeasure("procrustes", procrustes_distance, False, (0.0, math.pi / 2), 0.0, True,
+                          "angular Procrustes distance (Williams et al. 2021)", _prep_procrustes),
+    )
+}
+
+
+def _get_measure(measure) -> SimilarityMeasure:
+    if isinstance(measure, SimilarityMeasure):
+        return measure
+    try:
+        return SIMILARITY_MEASURES[measure]
+    except (KeyError, TypeError):
+        raise InputError(
+            f"unknown similarity measure {measure!r}; choose one of {', '.join(SIMILARITY_MEASURES)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# uncertainty and permutation null
+
+
+def _n_subsample(subsample, n: int) -> int:
+    if subsample is None:
+        return n
+    if isinstance(subsample, (float, np.floating)):
+        if not 0 < subsample <= 1:
+            raise InputError(f"subsample as a fraction must be in (0, 1], got {subsample}")
+        return max(2, int(round(subsample * n)))
+    if isinstance(subsample, (int, np.integer)) and not isinstance(subsample, bool):
+        if not 2 <= subsample <= n:
+            raise InputError(f"subsample must be between 2 and the number of rows ({n}), got {subsample}")
+        return int(subsample)
+    raise InputError(f"subsample must be a fraction, a row count or None, got {subsample!r}")
+
+
+def similarity_with_uncertainty(
+    X,
+    Y,
+    measure: str | SimilarityMeasure = "cka",
+    *,
+    seeds: int | Sequence[int] = 5,
+    subsample: float | int | None = 0.5,
+    n_permutations: int = 20,
+    null_seed: int = 0,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    r"""A measure on all rows, its spread over random subsamples, and a permutation null.
+
+    * ``value``: the measure on all rows (RBF CKA: on its own ``max_rows`` subsample).
+    * ``values``/``mean``/``spread``: the measure on ``subsample`` rows (fraction or count) drawn
+      without replacement with each of ``seeds`` (an int ``s`` means seeds ``0..s-1``); ``spread`` is the
+      sample standard deviation (0 for one seed). It shows how much the score moves with the atoms used.
+    * ``null_*``: the measure after shuffling the rows of Y (``n_permutations`` times, seeded by
+      ``null_seed``), at the same rows as ``value``. It breaks the atom-to-atom correspondence while
+      keeping each space's own geometry, so it is the chance level *at these widths and this n* —
+      biased CKA of unrelated spaces, for instance, grows with d/n.
+    * ``p_value``: :math:`(1+\#\{\text{null at least as good as value}\})/(1+n_\text{perm})`, one-sided
+      in the measure's direction.
+    * ``null_corrected``: :math:`(s-\bar s_0)/(s^*-\bar s_0)` with the perfect value :math:`s^*`
+      (1 for similarities, 0 for Procrustes), so 0 = chance, 1 = identical for every measure;
+      ``z_score``: :math:`(s-\bar s_0)/\sigma_0`.
+
+    ``kwargs`` go to the measure (``k``, ``debiased``, ``device``, ...). The k-NN null reuses the
+    neighbour lists (a permutation only relabels Y's neighbour graph), so it costs O(n k) per draw;
+    the linear measures recompute only :math:`X_c^\top Y_c[\pi]`.
+    """
+    m = _get_measure(measure)
+    X, Y = _check_pair(X, Y, min_rows=2)
+    n = X.shape[0]
+    seed_list = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 0:
+        raise InputError(f"n_permutations must be a non-negative integer, got {n_permutations!r}")
+    m_rows = _n_subsample(subsample, n)
+
+    full = m.prepare(X, Y, **kwargs)
+    value = float(full.score(None))
+
+    values = []
+    for seed in seed_list:
+        rows = np.sort(np.random.default_rng(seed).choice(n, m_rows, replace=False))
+        values.append(float(m.prepare(X[rows], Y[rows], **kwargs).score(None)))
+    values_arr = np.asarray(values)
+
+    rng = np.random.default_rng(null_seed)
+    null = np.asarray([float(full.score(rng.permutation(full.n))) for _ in range(int(n_permutations))])
+
+    out: dict[str, Any] = {
+        "measure": m.name,
+        "value": value,
+        "mean": float(values_arr.mean()) if values else math.nan,
+        "spread": float(values_arr.std(ddof=1)) if len(values) > 1 else (0.0 if values else math.nan),
+        "values": values,
+        "seeds": seed_list,
+        "n": int(full.n),
+        "n_subsample": int(m_rows),
+        "n_permutations": int(n_permutations),
+        "higher_is_better": m.higher_is_better,
+    }
+    if null.size:
+        null_mean = float(null.mean())
+        null_std = float(null.std(ddof=1)) if null.size > 1 else 0.0
+        better = null >= value if m.higher_is_better else null <= value
+        denom = m.perfect - null_mean
+        out.update(
+            null_mean=null_mean,
+            null_std=null_std,
+            p_value=float((1 + better.sum()) / (1 + null.size)),
+            null_corrected=float((value - null_mean) / denom) if denom != 0 else math.nan,
+            z_score=float((value - null_mean) / null_std) if null_std > 0 else math.nan,
+        )
+    else:
+        out.update(null_mean=math.nan, null_std=math.nan, p_value=math.nan, null_corrected=math.nan,
+                   z_score=math.nan)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# agreement between metrics over model pairs
+
+#: Orientation of metrics defined elsewhere in mlipspace (reconstruction errors: lower = more similar).
+KNOWN_ORIENTATION: dict[str, bool] = {"gfre": False, "gfrd": False, "lfre": False, "lfrd": False}
+
+
+def rank_agreement(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] | None = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+    symmetric: Iterable[str] | None = None,
+    a_key: str = "model_a",
+    b_key: str = "model_b",
+    metric_key: str = "metric",
+    value_key: str = "value",
+    include_diagonal: bool = False,
+) -> list[dict[str, Any]]:
+    r"""Spearman and Kendall rank correlation between metrics over the model pairs they share.
+
+    ``records`` are tidy rows ``{model_a, model_b, metric, value}`` (key names configurable). Each
+    metric is first oriented so that larger = more similar (lower-is-better metrics such as GFRE,
+    LFRE and Procrustes are negated), so a positive correlation means the two metrics rank the pairs
+    the same way. Orientation comes from ``higher_is_better``, then :data:`SIMILARITY_MEASURES`, then
+    the reconstruction errors (gfre, gfrd, lfre: lower is better); an unknown metric is an error.
+    Pairs are ordered (GFRE A→B differs from B→A); a *symmetric* metric (the registered similarity
+    measures, plus ``symmetric``) given for (A, B) also serves (B, A). Repeated records of one metric
+    and pair (seeds) are averaged; pairs A = A are dropped unless ``include_diagonal``.
+
+    Returns one dict per unordered metric pair: ``metric_a``, ``metric_b``, ``n_pairs``, ``spearman``,
+    ``spearman_p``, ``kendall``, ``kendall_p`` (NaN when fewer than 3 shared pairs or a metric is
+    constant on them).
+    """
+    from scipy import stats
+
+    orient = dict(KNOWN_ORIENTATION)
+    orient.update({name: m.higher_is_better for name, m in SIMILARITY_MEASURES.items()})
+    orient.update(higher_is_better or {})
+    sym = {name for name, m in SIMILARITY_MEASURES.items() if m.symmetric} | set(symmetric or ())
+
+    sums: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for i, rec in enumerate(records):
+        try:
+            a, b, name, val = rec[a_key], rec[b_key], rec[metric_key], rec[value_key]
+        except KeyError as exc:
+            raise InputError(f"record {i} lacks the key {exc.args[0]!r}: {dict(rec)!r}") from None
+        if metrics is not None and name not in metrics:
+            continue
+        try:
+            val = float(val)
+        except (TypeError, ValueError):
+            raise InputError(f"record {i}: value {val!r} of metric {name!r} is not a number") from None
+        if not math.isfinite(val) or (a == b and not include_diagonal):
+            continue
+        sums.setdefault(name, {}).setdefault((str(a), str(b)), []).append(val)
+
+    names = list(metrics) if metrics is not None else sorted(sums)
+    for name in names:
+        if name not in orient:
+            raise InputError(
+                f"orientation of metric {name!r} is unknown: pass higher_is_better={{{name!r}: True/False}}"
+            )
+    table: dict[str, dict[tuple[str, str], float]] = {}
+    for name in names:
+        sign = 1.0 if orient[name] else -1.0
+        vals = {pair: sign * float(np.mean(v)) for pair, v in sums.get(name, {}).items()}
+        if name in sym:
+            for (a, b), v in list(vals.items()):
+                vals.setdefault((b, a), v)
+        table[name] = vals
+
+    out = []
+    for i, ma in enumerate(names):
+        for mb in names[i + 1 :]:
+            pairs = sorted(set(table[ma]) & set(table[mb]))
+            if ma in sym and mb in sym:
+                # both symmetric: count each unordered pair once
+                pairs = sorted({tuple(sorted(p)) for p in pairs})
+            x = np.array([table[ma][p] for p in pairs])
+            y = np.array([table[mb][p] for p in pairs])
+            rec = {"metric_a": ma, "metric_b": mb, "n_pairs": len(pairs)}
+            if len(pairs) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rho = stats.spearmanr(x, y)
+                    tau = stats.kendalltau(x, y)
+                rec.update(spearman=float(rho.statistic), spearman_p=float(rho.pvalue),
+                           kendall=float(tau.statistic), kendall_p=float(tau.pvalue))
+            else:
+                rec.update(spearman=math.nan, spearman_p=math.nan, kendall=math.nan, kendall_p=math.nan)
+            out.append(rec)
+    return out
