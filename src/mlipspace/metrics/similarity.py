@@ -339,7 +339,7 @@ def _median_sq_dist(A: np.ndarray, rng: np.random.Generator, max_rows: int) -> f
 
 
 class _RbfState:
-    """Gaussian-kernel sums of X (fixed) and Y, evaluated block by block.
+    r"""Gaussian-kernel sums of X (fixed) and Y, evaluated block by block.
 
     For a block B of rows, ``K_B`` (|B|×n) and ``L_B`` are formed, and four sums accumulate:
     :math:`\sum K\circ L`, the row sums :math:`K\mathbf 1`, :math:`L\mathbf 1`, and the diagonals.
@@ -602,7 +602,7 @@ def similarity_with_uncertainty(
       in the measure's direction.
     * ``null_corrected``: :math:`(s-\bar s_0)/(s^*-\bar s_0)` with the perfect value :math:`s^*`
       (1 for similarities, 0 for Procrustes), so 0 = chance, 1 = identical for every measure;
-      ``z_score``: :math:`(s-\bar s_0)/\sigma_0`.
+      ``z_score``: :math:`\pm(s-\bar s_0)/\sigma_0`, signed so that positive = better than chance.
 
     ``kwargs`` go to the measure (``k``, ``debiased``, ``device``, ...). The k-NN null reuses the
     neighbour lists (a permutation only relabels Y's neighbour graph), so it costs O(n k) per draw;
@@ -645,12 +645,13 @@ def similarity_with_uncertainty(
         null_std = float(null.std(ddof=1)) if null.size > 1 else 0.0
         better = null >= value if m.higher_is_better else null <= value
         denom = m.perfect - null_mean
+        sign = 1.0 if m.higher_is_better else -1.0
         out.update(
             null_mean=null_mean,
             null_std=null_std,
             p_value=float((1 + better.sum()) / (1 + null.size)),
             null_corrected=float((value - null_mean) / denom) if denom != 0 else math.nan,
-            z_score=float((value - null_mean) / null_std) if null_std > 0 else math.nan,
+            z_score=float(sign * (value - null_mean) / null_std) if null_std > 0 else math.nan,
         )
     else:
         out.update(null_mean=math.nan, null_std=math.nan, p_value=math.nan, null_corrected=math.nan,
