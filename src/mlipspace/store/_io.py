@@ -1,0 +1,202 @@
+"""Low-level helpers of the store: atomic placement, zarr arrays written in row blocks, JSON files.
+
+Everything that becomes visible in a store is first built under ``<store>/.tmp/<random>`` and then
+moved into place with one ``os.rename`` (atomic on POSIX file systems, local or shared), so a
+reader or a resumed run never sees half of an object: it either exists complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+#: Target size of one zarr chunk: large enough that per-chunk overhead is negligible when whole
+#: arrays are read, small enough that streaming (Gram accumulation) needs little memory.
+CHUNK_BYTES = 16 * 2**20
+
+
+def tmp_dir(root: Path) -> Path:
+    """A fresh, empty directory under ``root/.tmp`` (same file system, so ``rename`` is atomic)."""
+    path = root / ".tmp" / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    return path
+
+
+def place(tmp: Path, final: Path) -> bool:
+    """Move the finished ``tmp`` to ``final`` atomically; ``False`` (and ``tmp`` removed) if ``final`` exists."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, final)
+        return True
+    except OSError:
+        if final.exists():  # someone placed the same deterministic object first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows per chunk so that one chunk holds about :data:`CHUNK_BYTES`."""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    return int(max(1, min(max(shape[0], 1), CHUNK_BYTES // row_bytes)))
+
+
+def create_group(path: Path, attrs: dict | None = None):
+    """Create a zarr v3 group at ``path`` with ``attrs``."""
+    return zarr.open_group(store=LocalStore(str(path)), mode="w", zarr_format=3, attributes=attrs or {})
+
+
+def write_array(path: Path, array: np.ndarray, attrs: dict | None = None):
+    """Write an in-memory array as an uncompressed zarr v3 array at ``path``."""
+    array = np.ascontiguousarray(array)
+    return write_blocks(path, [array], array.shape, array.dtype, attrs)
+
+
+def write_blocks(path: Path, blocks: Iterable[np.ndarray], shape: tuple[int, ...], dtype, attrs: dict | None = None):
+    """Write an array given as consecutive row blocks, buffering so every write fills whole chunks.
+
+    Memory stays at about one chunk plus one block, whatever the total size (larger than memory
+    arrays are written this way from the staged shards).
+    """
+    dtype = np.dtype(dtype)
+    rows = chunk_rows(shape, dtype.itemsize)
+    arr = zarr.create_array(
+        store=LocalStore(str(path)), shape=shape, chunks=(rows, *shape[1:]), dtype=dtype,
+        compressors=None, fill_value=np.zeros((), dtype).item() if dtype.kind != "b" else False,
+        zarr_format=3, attributes=attrs or {},
+    )
+    buf: list[np.ndarray] = []
+    buffered = 0
+    start = 0
+    for block in blocks:
+        block = np.asarray(block, dtype=dtype)
+        if block.shape[1:] != tuple(shape[1:]):
+            raise ValueError(f"block of shape {block.shape} does not fit an array of shape {shape}")
+        buf.append(block)
+        buffered += len(block)
+        while buffered >= rows:
+            data = np.concatenate(buf) if len(buf) > 1 else buf[0]
+            n = (len(data) // rows) * rows
+            arr[start:start + n] = data[:n]
+            start += n
+            rest = data[n:]
+            buf = [rest] if len(rest) else []
+            buffered = len(rest)
+    if buffered:
+        data = np.concatenate(buf) if len(buf) > 1 else buf[0]
+        arr[start:start + len(data)] = data
+        start += len(data)
+    if start != shape[0]:
+        raise ValueError(f"wrote {start} rows into an array of {shape[0]} rows")
+    return arr
+
+
+def open_array(path: Path):
+    """Open a stored zarr array read-only (lazy: nothing is read until sliced)."""
+    return zarr.open_array(store=LocalStore(str(path), read_only=True), mode="r")
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read a whole stored array into memory."""
+    arr = open_array(path)
+    return arr[...] if arr.ndim else np.asarray(arr[()])
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of all files below ``path``."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                pass
+    return total
+
+
+def is_node(path: Path) -> bool:
+    """``True`` if ``path`` is a placed zarr group or array (hidden temporary names excluded)."""
+    return not path.name.startswith(".") and (path / "zarr.json").is_file()
+
+
+def children(path: Path) -> list[str]:
+    """Sorted names of the placed zarr nodes directly below ``path``."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and is_node(p))
+
+
+def attrs(path: Path) -> dict:
+    """Attributes of the zarr node at ``path`` (read from its ``zarr.json``)."""
+    return read_json(path / "zarr.json").get("attributes", {})
+
+
+def shape_dtype(path: Path) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype of the zarr array at ``path`` without opening it through zarr."""
+    meta = read_json(path / "zarr.json")
+    return tuple(meta["shape"]), str(meta["data_type"])
+
+
+# --------------------------------------------------------------------------- staging (shards)
+SHARD_META = "meta.json"
+
+
+def staging_dir(root: Path, key: str, model: str) -> Path:
+    return root / "staging" / key / model
+
+
+def staged_models(root: Path, key: str) -> list[str]:
+    """Models with an extraction of dataset ``key`` in progress (a plan in ``staging/``)."""
+    base = root / "staging" / key
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "plan.json").is_file())
+
+
+def shard_name(start: int, stop: int) -> str:
+    return f"shard_{start:09d}_{stop:09d}"
+
+
+def read_shard_meta(path: Path) -> dict | None:
+    """The metadata of a completed shard, or ``None`` if ``path`` is not a valid completed shard."""
+    try:
+        meta = read_json(path / SHARD_META)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("complete") is not True:
+        return None
+    return meta
+
+
+def staging_progress(root: Path, key: str, model: str) -> dict | None:
+    """``{"shards_done", "shards_total", "layers"}`` of an extraction in progress, else ``None``."""
+    base = staging_dir(root, key, model)
+    try:
+        plan = read_json(base / "plan.json")
+    except (OSError, ValueError):
+        return None
+    done = sum(1 for s, e in plan.get("shards", []) if read_shard_meta(base / shard_name(s, e)) is not None)
+    return {"shards_done": done, "shards_total": len(plan.get("shards", [])), "layers": plan.get("layers", [])}
