@@ -55,3 +55,12 @@ class Extractor(ABC):
         on_unsupported: str = "raise",
     ) -> FeatureSet:
         """Features of ``layers`` for all atoms of ``frames``, rows in input order."""
+
+    def calculator(self):
+        """The model package's own ASE calculator for the same weights (energy and forces).
+
+        Used to compare feature extraction with an ordinary energy+forces evaluation
+        (``benchmarks/bench_extract.py``) and to check that the readout of ``"last"`` reproduces
+        the model's energies. Adapters that can provide one override this.
+        """
+        raise NotImplementedError(f"{type(self).__name__} provides no ASE calculator")

@@ -1,0 +1,394 @@
+"""Helpers shared by the torch model adapters (CHGNet, DIEP, SevenNet, HIENet, ...).
+
+Importing this module does not import torch (torch is imported inside the functions that need
+it), so an adapter module can import it at top level and still be imported cheaply by
+``mlipspace models`` to read its static metadata (``describe(spec)``).
+
+What an adapter gets from here:
+
+- :class:`TorchExtractor`: an :class:`~mlipspace.models.base.Extractor` whose ``extract`` does
+  everything that is not model specific -- argument checks, the unsupported-element policy
+  (``"raise"`` or ``"skip"``), batching, ``torch.inference_mode``, hook capture, float32 numpy
+  output and the row table in input order. A subclass sets the attributes (``name``, ``family``,
+  ``layers``, ``dims``, ``elements``, ``fingerprint``, ``device``, ``model``) and implements two
+  methods:
+
+  * ``_taps() -> dict[layer, Tap]``: where each layer's per-atom tensor is read;
+  * ``_forward(frames)``: run the model (energy only, no backward) on a list of frames. Every
+    tapped module must see the atoms of ``frames`` in order; the forward may batch them or loop
+    over them (hooks fire once per call and the captured pieces are concatenated in call order).
+
+- :class:`Tap`, :func:`capture` (forward hooks / pre-hooks that store detached copies),
+  :func:`sha256_file`, :func:`sha256_files`, :func:`make_fingerprint`, :func:`package_version`,
+  :func:`check_frames`, :func:`unsupported_frames`, :func:`parse_layers`, :func:`with_vacuum`
+  (non-periodic axes -> a box with enough vacuum that no periodic image is within the cutoff).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from mlipspace.data.rows import row_table
+from mlipspace.errors import InputError, StructureError, UnsupportedElementsError
+from mlipspace.models.base import Extractor, FeatureSet
+
+# --------------------------------------------------------------------------------------------
+# provenance
+# --------------------------------------------------------------------------------------------
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of the file at ``path`` (cached on path, size and mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
+    """One sha256 for a checkpoint made of several files (e.g. a model directory).
+
+    A single file gives its own sha256; several give the sha256 of the lines
+    ``"<file name> <sha256>\\n"`` sorted by file name, so renaming the folder does not change it.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    lines = sorted(f"{p.name} {sha256_file(p)}\n" for p in paths)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def package_version(distribution: str) -> str | None:
+    """Installed version of ``distribution`` (its PyPI name), or ``None`` if unknown."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def make_fingerprint(
+    name: str,
+    family: str,
+    checkpoint: Sequence[str | os.PathLike] | str | os.PathLike,
+    package: str,
+    head: str | None = None,
+    **extra,
+) -> dict:
+    """The provenance dict of a loaded model, stored with its features.
+
+    Keys: ``model`` (registry name), ``family``, ``checkpoint`` (file or folder name),
+    ``checkpoint_sha256`` (:func:`sha256_files`), ``package``, ``package_version``, ``head``
+    (``None`` for single-head models), plus ``extra``. Two feature sets are comparable only if
+    their fingerprints are equal.
+    """
+    paths = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
+    paths = [Path(p) for p in paths]
+    label = paths[0].name if len(paths) == 1 else paths[0].parent.name
+    return {
+        "model": name,
+        "family": family,
+        "checkpoint": label,
+        "checkpoint_sha256": sha256_files(paths),
+        "package": package,
+        "package_version": package_version(package),
+        "head": head,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# hook capture
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where one layer's per-atom features are read inside a torch model.
+
+    ``module``: dotted submodule path (as in ``model.named_modules()``); ``pre``: read the input
+    of the module (forward pre-hook) instead of its output; ``select``: maps the hook's value (the
+    output, or the tuple of positional inputs for a pre-hook) to the (n_atoms, d) tensor.
+    """
+
+    module: str
+    pre: bool = False
+    select: Callable | None = None
+
+    def pick(self, value):
+        """The (n_atoms, d) tensor of this tap from a hook's output / input tuple."""
+        if self.select is not None:
+            return self.select(value)
+        return value[0] if self.pre else value
+
+
+@contextlib.contextmanager
+def capture(model, taps: dict[str, Tap]) -> Iterator[dict[str, list]]:
+    """Register hooks for ``taps`` on ``model``; yields ``{layer: [tensor, ...]}`` filled per call.
+
+    Each hook stores a detached float32 copy (``clone`` so later in-place updates of the model's
+    tensors cannot change it) and returns ``None``, so the forward pass is unchanged. Hooks are
+    removed on exit, also when the forward raises.
+    """
+    modules = dict(model.named_modules())
+    store: dict[str, list] = {layer: [] for layer in taps}
+    handles = []
+    try:
+        for layer, tap in taps.items():
+            if tap.module not in modules:
+                raise RuntimeError(f"{type(model).__name__} has no submodule {tap.module!r} (layer {layer!r})")
+            mod = modules[tap.module]
+
+            def _store(value, layer=layer, tap=tap):
+                store[layer].append(tap.pick(value).detach().float().clone())
+
+            if tap.pre:
+                def _hook(_mod, inputs, _store=_store):
+                    _store(inputs)  # returns None: the module's input is left untouched
+
+                handles.append(mod.register_forward_pre_hook(_hook))
+            else:
+                def _hook(_mod, _inputs, output, _store=_store):
+                    _store(output)  # returns None: the module's output is left untouched
+
+                handles.append(mod.register_forward_hook(_hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+
+
+def check_frames(frames) -> list[Atoms]:
+    """``frames`` as a list of non-empty ``ase.Atoms`` with finite positions, else a clear error."""
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    frames = list(frames)
+    for i, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise InputError(f"frame {i} is a {type(atoms).__name__}, expected ase.Atoms")
+        if len(atoms) == 0:
+            raise StructureError("structure has no atoms", frame=i)
+        if not np.all(np.isfinite(atoms.positions)):
+            raise StructureError("positions contain NaN or inf", frame=i)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if pbc.any():
+            if np.any(atoms.cell.lengths()[pbc] < 1e-8):
+                raise StructureError(
+                    f"periodic along axes {np.flatnonzero(pbc).tolist()} but the cell vector of such an axis is zero",
+                    frame=i,
+                )
+            if pbc.all() and abs(atoms.cell.volume) < 1e-8:
+                raise StructureError("periodic structure with a singular (zero-volume) cell", frame=i)
+    return frames
+
+
+def unsupported_frames(frames: Sequence[Atoms], elements: Iterable[int]) -> dict[int, list[int]]:
+    """``{frame index: sorted unsupported Z}`` for the frames holding elements not in ``elements``."""
+    allowed = set(int(z) for z in elements)
+    bad = {}
+    for i, atoms in enumerate(frames):
+        extra = sorted(set(np.unique(atoms.numbers).tolist()) - allowed)
+        if extra:
+            bad[i] = extra
+    return bad
+
+
+def _symbols(zs: Iterable[int]) -> str:
+    return ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in zs)
+
+
+def unsupported_error(model: str, bad: dict[int, list[int]]) -> UnsupportedElementsError:
+    """The :class:`UnsupportedElementsError` naming the elements, the frames and the model."""
+    allz = sorted({z for zs in bad.values() for z in zs})
+    frames = list(bad)
+    shown = ", ".join(str(i) for i in frames[:20]) + (f", ... ({len(frames)} frames)" if len(frames) > 20 else "")
+    reason = (
+        f"model {model!r} does not support element(s) {_symbols(allz)} found in frame(s) {shown}; "
+        "use on_unsupported='skip' (CLI: --skip-unsupported) to leave these frames out"
+    )
+    return UnsupportedElementsError(reason, frame=frames[0] if len(frames) == 1 else None)
+
+
+def parse_layers(requested, available: Sequence[str]) -> list[str]:
+    """Normalise a ``layers`` argument: ``"all"``, one name, or a sequence of names (kept unique, in order)."""
+    if isinstance(requested, str):
+        requested = list(available) if requested == "all" else [requested]
+    requested = list(requested)
+    if "all" in requested:
+        requested = list(available)
+    if not requested:
+        raise InputError("no layers requested")
+    unknown = [layer for layer in requested if layer not in available]
+    if unknown:
+        raise InputError(f"unknown layer(s) {', '.join(map(repr, unknown))}; this model has {', '.join(available)}")
+    return list(dict.fromkeys(requested))
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------------
+
+
+def with_vacuum(atoms: Atoms, cutoff: float, margin: float = 1.0) -> Atoms:
+    """A fully periodic copy of ``atoms`` in which non-periodic axes are replaced by vacuum.
+
+    For packages that need a cell (e.g. CHGNet builds its graph with pymatgen). Each non-periodic
+    cell vector is replaced by a vector orthogonal to the periodic ones, of length
+    ``L = extent + cutoff + margin`` where ``extent`` is the size of the structure along that
+    direction. Any periodic image along a new axis is then at least ``L - extent > cutoff`` away
+    from every atom, so the neighbour list (and thus every feature) is that of the isolated
+    molecule / slab / wire. Positions, species and order are unchanged; fully periodic input is
+    returned as is (a copy).
+    """
+    out = atoms.copy()
+    out.calc = None
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.all():
+        return out
+    pos = atoms.positions
+    periodic = [np.asarray(atoms.cell[i], float) for i in range(3) if pbc[i]]
+    # orthonormal directions spanning the complement of the periodic vectors
+    if len(periodic) == 0:
+        normals = list(np.eye(3))
+    elif len(periodic) == 1:
+        v = periodic[0] / np.linalg.norm(periodic[0])
+        trial = np.eye(3)[np.argmin(np.abs(v))]
+        n1 = np.cross(v, trial)
+        n1 /= np.linalg.norm(n1)
+        n2 = np.cross(v, n1)
+        normals = [n1, n2 / np.linalg.norm(n2)]
+    else:
+        n = np.cross(periodic[0], periodic[1])
+        norm = np.linalg.norm(n)
+        if norm < 1e-8:
+            raise StructureError("the two periodic cell vectors are parallel")
+        normals = [n / norm]
+    cell = np.zeros((3, 3))
+    it = iter(normals)
+    for i in range(3):
+        if pbc[i]:
+            cell[i] = atoms.cell[i]
+        else:
+            d = next(it)
+            proj = pos @ d
+            length = float(proj.max() - proj.min()) + float(cutoff) + float(margin)
+            cell[i] = d * length
+    if np.linalg.det(cell) < 0:  # keep a right-handed cell (pymatgen is fine either way; be tidy)
+        j = int(np.flatnonzero(~pbc)[0])
+        cell[j] = -cell[j]
+    out.set_cell(cell, scale_atoms=False)
+    out.pbc = True
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the generic extractor
+# --------------------------------------------------------------------------------------------
+
+
+class TorchExtractor(Extractor):
+    """Shared ``extract`` for torch models; subclasses implement ``_taps`` and ``_forward``.
+
+    Attributes a subclass sets in ``__init__``: ``name``, ``family``, ``layers`` (backbone names
+    ``"interaction.{i}"`` in order, then ``"last"``), ``dims``, ``elements`` (frozenset of Z),
+    ``fingerprint``, ``device`` and ``model`` (the ``torch.nn.Module`` carrying the hooks).
+    """
+
+    model = None
+
+    def _taps(self) -> dict[str, Tap]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward(self, frames: list[Atoms]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _batches(self, frames: list[Atoms], batch_size: int) -> Iterator[list[int]]:
+        """Indices of consecutive batches of at most ``batch_size`` frames."""
+        for start in range(0, len(frames), batch_size):
+            yield list(range(start, min(start + batch_size, len(frames))))
+
+    def extract(
+        self,
+        frames: Sequence[Atoms],
+        layers: Sequence[str] | str = ("last",),
+        batch_size: int = 8,
+        on_unsupported: str = "raise",
+    ) -> FeatureSet:
+        """Features of ``layers`` (names or ``"all"``) for every atom of ``frames``, rows in input order.
+
+        Runs the energy forward pass only (no forces, stress or backward) under
+        ``torch.inference_mode``, ``batch_size`` frames per forward. Frames with elements outside
+        ``self.elements`` raise :class:`~mlipspace.errors.UnsupportedElementsError`
+        (``on_unsupported="raise"``) or are left out and listed in ``FeatureSet.skipped``
+        (``"skip"``); the ``frame`` column of the rows always counts input positions.
+        """
+        import torch
+
+        if on_unsupported not in ("raise", "skip"):
+            raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, not {batch_size}")
+        wanted = parse_layers(layers, self.layers)
+        frames = check_frames(frames)
+        bad = unsupported_frames(frames, self.elements)
+        skipped: list[tuple[int, str]] = []
+        if bad:
+            if on_unsupported == "raise":
+                raise unsupported_error(self.name, bad)
+            skipped = [(i, f"unsupported element(s) {_symbols(zs)} for {self.name}") for i, zs in bad.items()]
+        keep = [i for i in range(len(frames)) if i not in bad]
+        kept = [frames[i] for i in keep]
+
+        taps = {layer: tap for layer, tap in self._taps().items() if layer in wanted}
+        pieces: dict[str, list[np.ndarray]] = {layer: [] for layer in wanted}
+        with capture(self.model, taps) as store, torch.inference_mode():
+            for idx in self._batches(kept, int(batch_size)):
+                batch = [kept[i] for i in idx]
+                for lst in store.values():
+                    lst.clear()
+                self._forward(batch)
+                n_atoms = sum(len(a) for a in batch)
+                for layer in wanted:
+                    if not store[layer]:
+                        raise RuntimeError(f"{self.name}: layer {layer!r} was not reached by the forward pass")
+                    arr = torch.cat(store[layer], dim=0).cpu().numpy()
+                    if arr.shape != (n_atoms, self.dims[layer]):
+                        raise RuntimeError(
+                            f"{self.name}: layer {layer!r} gave shape {arr.shape} for a batch of "
+                            f"{n_atoms} atoms (expected ({n_atoms}, {self.dims[layer]}))"
+                        )
+                    pieces[layer].append(arr)
+        feats = {
+            layer: (np.concatenate(p, axis=0) if p else np.zeros((0, self.dims[layer]), np.float32)).astype(
+                np.float32, copy=False
+            )
+            for layer, p in pieces.items()
+        }
+        rows = row_table(kept)
+        rows["frame"] = np.repeat(np.asarray(keep, dtype=np.int64), [len(a) for a in kept]).astype(np.int64)
+        return FeatureSet(model=self.name, layers=feats, rows=rows, fingerprint=dict(self.fingerprint), skipped=skipped)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, layers={list(self.layers)}, device={self.device!r})"
