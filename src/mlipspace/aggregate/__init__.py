@@ -13,6 +13,7 @@ from mlipspace.aggregate.cumulants import (
     root_cumulants,
 )
 from mlipspace.aggregate.pooling import POOLINGS, pool
+from mlipspace.aggregate.structure import stored_name, structure_features, structure_matrices
 
 __all__ = [
     "POOLINGS",
@@ -23,4 +24,7 @@ __all__ = [
     "pool",
     "population_to_kstat",
     "root_cumulants",
+    "stored_name",
+    "structure_features",
+    "structure_matrices",
 ]
