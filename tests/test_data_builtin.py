@@ -7,8 +7,13 @@ import pytest
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
-from mlipspace.data import MAD_MINI_SUBSETS, builtin, fingerprint, read, validate
+from mlipspace.data import MAD_MINI_SUBSETS, builtin, fingerprint, read, validate, write
+from mlipspace.data import synthetic as builtin_module
 from mlipspace.errors import InputError
+
+# Content hash of builtin:mad-mini?size=40&seed=0. If this changes, the dataset changed (new ASE or
+# NumPy behaviour, or an edit of the generator) and feature stores keyed by the old hash are stale.
+GOLDEN_40 = "bb9b758ed7cf849ad9c629ea90070585e2c4ee9a349526c1238d30e009a471da"
 
 NOBLE = {2, 10, 18, 36, 54, 86}
 
@@ -19,7 +24,29 @@ def default_frames():
 
 
 def test_same_seed_gives_identical_structures(default_frames):
+    builtin_module._mad_mini_cached.cache_clear()  # regenerate, do not reuse the cache
     assert fingerprint(builtin()) == fingerprint(default_frames)
+
+
+def test_fingerprint_matches_recorded_value():
+    builtin_module._mad_mini_cached.cache_clear()
+    assert fingerprint(builtin(size=40, seed=0)) == GOLDEN_40
+
+
+def test_returned_frames_are_independent_copies():
+    a = builtin(size=10)
+    a[0].positions += 1.0
+    a[1].info["subset"] = "changed"
+    b = builtin(size=10)
+    assert fingerprint(b) != fingerprint(a) and b[1].info["subset"] != "changed"
+
+
+def test_export_and_reread_keeps_fingerprint(tmp_path):
+    frames = builtin(size=40)
+    write(frames, tmp_path / "mm.xyz")
+    again = read(tmp_path / "mm.xyz")
+    assert fingerprint(again) == fingerprint(frames)
+    assert [a.info["subset"] for a in again] == [a.info["subset"] for a in frames]
 
 
 def test_different_seed_or_size_differs(default_frames):

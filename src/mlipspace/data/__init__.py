@@ -11,7 +11,7 @@ Public API::
 """
 
 from mlipspace.data import splits
-from mlipspace.data.builtin import MAD_MINI_ELEMENTS, MAD_MINI_SUBSETS, builtin, mad_mini
+from mlipspace.data.synthetic import MAD_MINI_ELEMENTS, MAD_MINI_SUBSETS, builtin, mad_mini
 from mlipspace.data.checks import MIN_DISTANCE, consistent, fingerprint, validate
 from mlipspace.data.readers import (
     is_mlearn_json,

@@ -346,7 +346,7 @@ def read_with_report(spec: Any, *, index: Any = ":", on_error: str = "raise") ->
     Each report entry is a dict with ``frame`` (index in the returned order it would have had, or
     ``None`` for a whole file), ``source``, ``source_index`` and ``reason``.
     """
-    from mlipspace.data.builtin import builtin
+    from mlipspace.data.synthetic import builtin
     from mlipspace.data.checks import validate
 
     if on_error not in ("raise", "skip"):

@@ -10,7 +10,7 @@ Molecules and clusters are non-periodic (``pbc=False``) inside a box with 8–10
 and 2D layers are periodic with 8–10 Å of vacuum along z.
 
 Determinism: each subset draws from its own ``numpy.random.default_rng([seed, subset, size])``
-stream and positions/cells are rounded to 1e-8 Å, so the same ``(size, seed)`` gives the same
+stream and positions/cells are rounded to 1e-6 Å, so the same ``(size, seed)`` gives the same
 :func:`~mlipspace.data.fingerprint` on any machine.
 """
 
@@ -71,28 +71,60 @@ def _r(symbol: str) -> float:
 
 def _finish(atoms: Atoms, subset: str) -> Atoms:
     """Round coordinates for cross-machine determinism and tag the subset."""
-    atoms.positions = np.round(atoms.positions, 8) + 0.0  # + 0.0 turns -0.0 into 0.0
-    atoms.cell = np.round(np.asarray(atoms.cell[:]), 8) + 0.0
+    atoms.positions = np.round(atoms.positions, 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+    atoms.cell = np.round(np.asarray(atoms.cell[:]), 6) + 0.0
     atoms.info = {"subset": subset, "dataset": "mad-mini"}
     return atoms
 
 
 def _distances_ok(atoms: Atoms, ratio: float = MIN_RATIO) -> bool:
-    """No pair closer than ``ratio`` times the sum of covalent radii (periodic images included)."""
-    if len(atoms) < 2 and not atoms.pbc.any():
-        return True
-    cut = ratio * covalent_radii[atoms.numbers]
-    i, _j = neighbor_list("ij", atoms, cut, self_interaction=False)
-    return len(i) == 0
+    """No pair closer than ``ratio`` times the sum of covalent radii (periodic images included).
+
+    Brute force over all pairs and the periodic images within reach (structures have <= 100
+    atoms), which is several times faster than a neighbour list for this many small checks.
+    """
+    n = len(atoms)
+    pos = atoms.positions
+    r = ratio * covalent_radii[atoms.numbers]
+    cut = r[:, None] + r[None, :]
+    reach = float(cut.max()) if n else 0.0
+    cell = np.asarray(atoms.cell[:], dtype=np.float64)
+    ranges = []
+    for axis in range(3):
+        if not atoms.pbc[axis]:
+            ranges.append(np.zeros(1))
+            continue
+        other = np.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3])
+        width = abs(float(np.dot(cell[axis], other))) / max(float(np.linalg.norm(other)), 1e-12)
+        if width < 1e-6:
+            return False
+        k = int(np.ceil(reach / width))
+        ranges.append(np.arange(-k, k + 1, dtype=np.float64))
+    offsets = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
+    shifts = offsets @ cell
+    diff = pos[None, :, None, :] - pos[:, None, None, :] + shifts[None, None, :, :]
+    dist = np.sqrt(np.einsum("ijkx,ijkx->ijk", diff, diff))
+    zero = int(np.flatnonzero(np.all(offsets == 0, axis=1))[0])
+    dist[np.arange(n), np.arange(n), zero] = np.inf
+    return not np.any(dist < cut[:, :, None])
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniform random rotation matrix (QR of a Gaussian matrix with sign fix)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
+    """Uniform random rotation matrix from a normalised Gaussian quaternion (no LAPACK call)."""
+    w, x, y, z = _unit4(rng)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _unit4(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    q = rng.normal(size=4)
+    q = q / math.sqrt(float(q @ q))
+    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
 
 
 def _strain(atoms: Atoms, rng: np.random.Generator, amount: float) -> Atoms:
@@ -466,14 +498,19 @@ def _counts(size: int) -> dict[str, int]:
 def mad_mini(size: int | None = None, seed: int = 0) -> list[Atoms]:
     """Generate the ``mad-mini`` structures (``size`` defaults to 600), subset by subset.
 
-    With ``size < 8`` only the ``size`` largest subsets get one structure each.
+    With ``size < 8`` only the ``size`` largest subsets get one structure each. Results are
+    cached per ``(size, seed)``; every call returns fresh copies that callers may modify.
     """
     size = DEFAULT_SIZE if size is None else size
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise InputError(f"builtin:mad-mini size must be a positive integer, got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"builtin:mad-mini seed must be a non-negative integer, got {seed!r}")
-    size, seed = int(size), int(seed)
+    return [a.copy() for a in _mad_mini_cached(int(size), int(seed))]
+
+
+@lru_cache(maxsize=8)
+def _mad_mini_cached(size: int, seed: int) -> tuple[Atoms, ...]:
     source = f"builtin:mad-mini?size={size}&seed={seed}"
     frames: list[Atoms] = []
     for k, (name, count) in enumerate(_counts(size).items()):
@@ -483,7 +520,7 @@ def mad_mini(size: int | None = None, seed: int = 0) -> list[Atoms]:
             atoms.info["source"] = source
             atoms.info["source_index"] = len(frames)
             frames.append(atoms)
-    return frames
+    return tuple(frames)
 
 
 BUILTINS: dict[str, Callable[..., list[Atoms]]] = {"mad-mini": mad_mini}
