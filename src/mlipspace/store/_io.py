@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,11 +24,45 @@ from zarr.storage import LocalStore
 CHUNK_BYTES = 16 * 2**20
 
 
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def tmp_dir(root: Path) -> Path:
-    """A fresh, empty directory under ``root/.tmp`` (same file system, so ``rename`` is atomic)."""
-    path = root / ".tmp" / uuid.uuid4().hex
+    """A fresh, empty directory under ``root/.tmp`` (same file system, so ``rename`` is atomic).
+
+    Its name starts with ``<host>-<pid>-`` so that :func:`clean_tmp` can tell debris of killed
+    processes from work in progress.
+    """
+    path = root / ".tmp" / f"{_owner()}-{uuid.uuid4().hex}"
     path.mkdir(parents=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_tmp(root: Path) -> int:
+    """Remove what killed processes of this host left under ``root/.tmp``; the number removed."""
+    base = root / ".tmp"
+    if not base.is_dir():
+        return 0
+    host = socket.gethostname()
+    removed = 0
+    for entry in base.iterdir():
+        who, _, _ = entry.name.rpartition("-")
+        h, _, pid = who.rpartition("-")
+        if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def place(tmp: Path, final: Path) -> bool:

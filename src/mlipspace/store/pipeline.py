@@ -256,10 +256,14 @@ def _finalize(store: FeatureStore, key: str, plan: _Plan) -> None:
     store.write_model(key, plan.name, plan.info["fingerprint"], plan.info.get("family"), rows, skipped,
                       {layer: (blocks(layer), dims[layer]) for layer in plan.layers})
     # the staging goes aside first (atomic), then is deleted: a kill here leaves nothing half-valid
-    trash = store.path / ".tmp" / f"staging-{uuid.uuid4().hex}"
-    trash.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(base, trash)
+    trash = _io.tmp_dir(store.path)
+    os.rename(base, trash / "staging")
     shutil.rmtree(trash, ignore_errors=True)
+    for empty in (base.parent, base.parent.parent):  # staging/<key>, staging: drop when empty
+        try:
+            empty.rmdir()
+        except OSError:
+            break
 
 
 def _progress(enabled: bool):
@@ -350,6 +354,7 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
         raise InputError(f"shard_size must be >= 1, got {shard_size}")
 
     store = FeatureStore(store_path, mode="a")
+    _io.clean_tmp(store.path)
     key = store.add_dataset(frames, spec)
     counts = np.array([len(a) for a in frames], dtype=np.int64)
     client, cluster = _client(workers, scheduler)

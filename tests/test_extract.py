@@ -1,0 +1,93 @@
+"""The extraction pipeline: a SIGKILLed run resumes to the same bytes; Dask gives the serial result."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlipspace.store import FeatureStore, extract_to_store
+from mlipspace.store.pipeline import DELAY_ENV
+
+MODEL = "descriptor-rdf"
+SPEC = "builtin:mad-mini?size=16"
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file below the store's ``datasets/`` by relative path, with its bytes."""
+    base = path / "datasets"
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted serial run."""
+    path = tmp_path_factory.mktemp("ref") / "fs"
+    extract_to_store(SPEC, MODEL, path, layers="all", shard_size=2, progress=False)
+    return path
+
+
+def _completed_shards(path: Path) -> int:
+    return sum(1 for p in path.glob("staging/*/*/shard_*/meta.json"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
+    path = tmp_path / "fs"
+    code = textwrap.dedent(f"""
+        from mlipspace.store import extract_to_store
+        extract_to_store({SPEC!r}, {MODEL!r}, {str(path)!r}, layers="all", shard_size=2, progress=False)
+    """)
+    env = dict(os.environ, **{DELAY_ENV: "0.4"})
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 60
+        while _completed_shards(path) < 2:
+            assert proc.poll() is None, "extraction ended before it could be killed"
+            assert time.time() < deadline, "no shard completed within 60 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = _completed_shards(path)
+    assert 2 <= done < 8  # killed mid-way: some shards staged, not all
+    st = FeatureStore(path)
+    key = st.datasets()[0]
+    assert not st.is_complete(key, MODEL)
+    assert st.summary()[0]["models"][0]["pending"]["shards_done"] == done
+    summary = extract_to_store(SPEC, MODEL, path, layers="all", shard_size=2, progress=False)
+    assert summary["models"][MODEL]["extracted_shards"] == 8 - done  # staged shards were reused
+    assert tree(path) == tree(reference)
+    assert not (path / "staging").exists() and not list((path / ".tmp").iterdir())
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_matches_serial(reference, tmp_path):
+    pytest.importorskip("distributed")
+    path = tmp_path / "fs"
+    summary = extract_to_store(SPEC, MODEL, path, layers="all", shard_size=2, workers=2, progress=False)
+    assert summary["models"][MODEL]["extracted_shards"] == 8
+    assert tree(path) == tree(reference)
+
+
+def test_shard_size_does_not_change_the_result(reference, tmp_path):
+    path = tmp_path / "fs"
+    extract_to_store(SPEC, MODEL, path, layers="all", shard_size=5, progress=False)
+    assert tree(path) == tree(reference)
+
+
+def test_spec_is_recorded_and_frames_reload(reference):
+    st = FeatureStore(reference)
+    key = st.resolve(SPEC)
+    frames = st.frames(key)
+    assert len(frames) == 16 and st.dataset_info(key)["spec"] == SPEC
+    from mlipspace.models import load
+
+    direct = load(MODEL).extract(frames, layers=("last",)).layers["last"]
+    np.testing.assert_array_equal(st.features(key, MODEL, "last"), direct)
