@@ -115,8 +115,9 @@ def atom_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int = 0
 def grouped_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split by structure: whole structures go to the test side until about ``n_test`` atoms.
 
-    Each subset gets an atom budget ``n_test N_s / N``; its structures are shuffled and taken while
-    that brings the test atom count closer to the budget. No atom of a test structure trains.
+    Each subset gets an atom budget ``n_test N_s / N`` (plus what earlier subsets fell short of or
+    overshot); its structures are shuffled and taken while that brings the test atom count closer
+    to the budget. No atom of a test structure trains.
     Returns ATOM (row) indices. Needs at least 2 structures; at least one always trains.
     """
     frame, subset = _rows(rows)
@@ -131,16 +132,19 @@ def grouped_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int 
     atoms_per_subset = np.bincount(inverse, weights=sizes).astype(np.int64)
     budget = allocate(atoms_per_subset, n_test)
     chosen = np.zeros(frames.size, dtype=bool)
+    carry = 0  # atoms the previous subsets fell short of (+) or overshot (-) their budgets by
     for s in range(len(names)):
         members = rng.permutation(np.flatnonzero(inverse == s))
+        target = max(int(budget[s]) + carry, 0) if budget[s] else 0
         got = 0
         for f in members:
-            if got >= budget[s]:
+            if got >= target:
                 break
-            # take the structure unless overshooting the budget is worse than stopping short
-            if got + sizes[f] - budget[s] <= budget[s] - got:
+            # take the structure unless overshooting the target is worse than stopping short
+            if got + sizes[f] - target <= target - got:
                 chosen[f] = True
                 got += sizes[f]
+        carry += int(budget[s]) - got
     if not chosen.any():  # every structure is larger than twice its budget: take the smallest one
         chosen[int(np.argmin(sizes))] = True
     if chosen.all():  # keep a training structure
