@@ -1,0 +1,256 @@
+r"""Feature reconstruction measures GFRE, GFRD and LFRE with scikit-matter semantics.
+
+Reconstruct a target space :math:`Y` from a source space :math:`X` (rows = the same samples, same
+order) [Goscinski2021]_. Defaults are scikit-matter 0.4's, reimplemented with our own linear algebra:
+
+* split: both indices None -> ``train_test_split(arange(n), test_size=0.5, train_size=0.5,
+  random_state=0x5F3759DF, shuffle=True)``; one given -> the other is its sorted complement;
+* scaling: per space, centre the columns and divide by one global scale so that the training rows
+  have total variance 1 (``StandardFlexibleScaler(column_wise=False)`` fitted on the training rows);
+* regression: ``Ridge2FoldCV(alphas=geomspace(1e-9, 0.9, 20), alpha_type="relative",
+  regularization_method="cutoff", random_state=0x5F3759DF, shuffle=True,
+  scoring="neg_root_mean_squared_error")``: truncated SVD with cutoff :math:`\alpha s_{max}`,
+  :math:`\alpha` chosen by 2-fold CV on the training rows (first best), refit on all of them.
+
+Measures (:math:`\hat y_i` the ridge prediction of test row :math:`i`):
+
+.. math::
+    \mathrm{GFRE} = \sqrt{\tfrac1{n_{test}}\textstyle\sum_i \|y_i - \hat y_i\|^2},\qquad
+    \mathrm{GFRD} = \sqrt{\tfrac1{n_{test}}\textstyle\sum_i \|\hat y_i - x_i Q\|^2},
+
+with :math:`Q` the orthogonal (Procrustes) map of the training rows onto their ridge predictions,
+both zero-padded to :math:`m=\max(d_X, d_Y)` columns. scikit-matter pads the same way but fails
+when :math:`d_X > d_Y` (its issue #269); with the padding the per-row distortion is well defined
+for any widths (for :math:`d_X > d_Y` it includes the part of :math:`x_i` that :math:`Q` must send
+to the padding columns). LFRE replaces the global ridge by one local ridge per test row, fitted on
+its ``n_local_points`` nearest training rows (in scaled X), centred on their means.
+
+All computations run in float64 (scikit-matter keeps float32 input in float32, so compare with it
+on float64 data). Exact neighbour-distance ties are broken by the lower row index (see
+:mod:`mlipspace.metrics._knn`), so LFRE does not depend on the order of ``train_idx``.
+
+.. [Goscinski2021] A. Goscinski, G. Fraux, G. Imbalzano, M. Ceriotti, "The role of feature space
+   in atomistic learning", Mach. Learn.: Sci. Technol. 2, 025028 (2021).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mlipspace.errors import InputError
+from mlipspace.metrics._checks import (
+    ALPHAS,
+    as_matrix,
+    check_k,
+    check_rows,
+    check_variance,
+    kfold_halves,
+    resolve_split,
+)
+from mlipspace.metrics._global import global_measure
+from mlipspace.metrics._knn import knn_indices
+from mlipspace.metrics._local import LocalSource, namespace
+
+__all__ = [
+    "gfre",
+    "gfrd",
+    "lfre",
+    "pointwise_gfre",
+    "pointwise_gfrd",
+    "pointwise_lfre",
+    "rms",
+]
+
+
+def rms(values: np.ndarray) -> float:
+    """Root mean square of pointwise errors: the aggregate of every measure here."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.linalg.norm(values) / np.sqrt(len(values)))
+
+
+# --------------------------------------------------------------------------------------- global
+
+
+def pointwise_gfre(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> np.ndarray:
+    r"""Per test row :math:`\|y_i - \hat y_i\|` of the global ridge reconstruction of Y from X.
+
+    ``X``, ``Y``: (n, d) arrays, or array-likes with ``shape`` and row slicing (``np.memmap``,
+    zarr, h5py), or re-iterables of row chunks: rows are streamed ``chunk_size`` at a time and only
+    (d_X+d_Y)^2-sized R factors are kept, so data larger than memory work.
+    Returns one value per row of ``test_idx`` (in its order).
+    """
+    return global_measure(X, Y, train_idx, test_idx, kind="gfre", chunk_size=chunk_size)[0]
+
+
+def gfre(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> float:
+    """Global feature reconstruction error: RMS over test rows of :func:`pointwise_gfre`."""
+    return rms(pointwise_gfre(X, Y, train_idx, test_idx, chunk_size=chunk_size))
+
+
+def pointwise_gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> np.ndarray:
+    r"""Per test row :math:`\|\hat y_i - x_i Q\|`: distance between the ridge reconstruction and the
+    best orthogonal map of X onto it (both zero-padded to max(d_X, d_Y) columns)."""
+    return global_measure(X, Y, train_idx, test_idx, kind="gfrd", chunk_size=chunk_size)[0]
+
+
+def gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> float:
+    """Global feature reconstruction distortion: RMS over test rows of :func:`pointwise_gfrd`."""
+    return rms(pointwise_gfrd(X, Y, train_idx, test_idx, chunk_size=chunk_size))
+
+
+# ---------------------------------------------------------------------------------------- local
+
+
+def _scale(A: np.ndarray, train: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """StandardFlexibleScaler fitted on the training rows: (scaled training rows, mean, scale)."""
+    At = A[train]
+    mean = At.mean(axis=0)
+    var = ((At - mean) ** 2).mean(axis=0).sum()
+    check_variance(float(var), name)
+    scale = np.sqrt(var)
+    return (At - mean) / scale, mean, scale
+
+
+def resolve_backend(device: str) -> str:
+    """``"numpy"`` for the CPU path, else a torch device string. ``"auto"`` picks CUDA if visible.
+
+    ``"torch-cpu"`` runs the torch implementation on the CPU (for testing the GPU code path)."""
+    if device == "auto":
+        from mlipspace._device import resolve_device
+
+        device = resolve_device("auto")
+    if device == "cpu":
+        return "numpy"
+    if device == "torch-cpu":
+        return "cpu"
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+        except ImportError as exc:
+            raise InputError(f"device={device!r} needs torch, which is not installed") from exc
+        if not torch.cuda.is_available():
+            raise InputError(f"device={device!r} requested but no CUDA GPU is visible")
+        return str(device)
+    raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def _n_workers(n_jobs: int | None) -> int:
+    if n_jobs is not None and n_jobs > 0:
+        return int(n_jobs)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LocalProblem:
+    """A source space prepared for LFRE: scaled training/test rows of X, neighbours, batches.
+
+    Built once per source and reused for every target (see :func:`mlipspace.metrics.pairwise`).
+    """
+
+    def __init__(self, Xtr, Xte, train, k, *, device="auto", mode="exact", batch_size=None, n_jobs=None):
+        if mode not in ("exact", "fast"):
+            raise InputError(f"unknown mode {mode!r}; use 'exact' or 'fast'")
+        self.backend = resolve_backend(device)
+        self.mode = mode
+        self.k = k
+        self.Xtr, self.Xte = Xtr, Xte
+        self.tie_key = np.asarray(train)
+        self.folds = kfold_halves(k)
+        self.n_jobs = _n_workers(n_jobs) if self.backend == "numpy" else 1
+        if batch_size is None:
+            batch_size = 64 if self.backend == "numpy" else 512
+        self.batch_size = int(batch_size)
+        nt = Xte.shape[0]
+        self.batches = [(a, min(a + self.batch_size, nt)) for a in range(0, nt, self.batch_size)]
+        self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
+
+    def run(self, targets: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Pointwise LFRE for each target given as (scaled Y train, scaled Y test)."""
+        nt = self.Xte.shape[0]
+        outs = [np.empty(nt) for _ in targets]
+        if self.backend == "numpy":
+            from threadpoolctl import threadpool_limits
+
+            ns = namespace("numpy")
+
+            def work(bounds):
+                a, b = bounds
+                nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq)
+                src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.folds, ALPHAS, self.mode)
+                for out, (Ytr, Yte) in zip(outs, targets):
+                    out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
+
+            with threadpool_limits(limits=1):
+                if self.n_jobs == 1 or len(self.batches) == 1:
+                    for bounds in self.batches:
+                        work(bounds)
+                else:
+                    with ThreadPoolExecutor(self.n_jobs) as pool:
+                        list(pool.map(work, self.batches))
+            return outs
+        return self._run_torch(targets, outs)
+
+    def _run_torch(self, targets, outs):
+        from mlipspace.metrics._knn import knn_indices_torch
+
+        ns = namespace(self.backend)
+        Xtr = ns.asarray(self.Xtr)
+        Xte = ns.asarray(self.Xte)
+        key = ns.index(self.tie_key)
+        Ys = [(ns.asarray(a), ns.asarray(b)) for a, b in targets]
+        for a, b in self.batches:
+            nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)
+            src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.folds, ALPHAS, self.mode)
+            for out, (Ytr, Yte) in zip(outs, Ys):
+                out[a:b] = ns.to_numpy(src.errors(Ytr[nbr], Yte[a:b]))
+        return outs
+
+
+def _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx):
+    if n_local_points is None:
+        n_local_points = n_neighbors
+    elif n_neighbors is not None and n_neighbors != n_local_points:
+        raise InputError(f"n_local_points={n_local_points} and n_neighbors={n_neighbors} disagree")
+    if n_local_points is None:
+        raise InputError("lfre needs n_local_points (the number of neighbours k)")
+    X = as_matrix(X, "X")
+    Y = as_matrix(Y, "Y")
+    check_rows(X.shape[0], Y.shape[0])
+    train, test = resolve_split(X.shape[0], train_idx, test_idx)
+    k = check_k(n_local_points, train.size)
+    return X, Y, train, test, k
+
+
+def pointwise_lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, n_neighbors=None,
+                   device: str = "auto", mode: str = "exact", batch_size: int | None = None,
+                   n_jobs: int | None = None) -> np.ndarray:
+    r"""Per test row error of the local ridge reconstruction of Y from X (one value per test row).
+
+    For each test row: its ``n_local_points`` (alias ``n_neighbors``) nearest training rows in scaled
+    X, nearest first and exact ties by lower row index; both neighbourhoods centred on their means;
+    ``Ridge2FoldCV`` fitted on them; :math:`\|y_i - \bar y - (x_i-\bar x)W_i\|`.
+
+    ``device``: ``"cpu"`` (NumPy, batched LAPACK on ``n_jobs`` threads), ``"cuda"`` (torch) or
+    ``"auto"``. ``mode="fast"`` uses Gram-matrix eigendecompositions (approximation, see
+    :mod:`mlipspace.metrics._local`).
+    """
+    X, Y, train, test, k = _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx)
+    Xtr, mx, sx = _scale(X, train, "X")
+    Ytr, my, sy = _scale(Y, train, "Y")
+    Xte = (X[test] - mx) / sx
+    Yte = (Y[test] - my) / sy
+    prob = LocalProblem(Xtr, Xte, train, k, device=device, mode=mode, batch_size=batch_size, n_jobs=n_jobs)
+    return prob.run([(Ytr, Yte)])[0]
+
+
+def lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, n_neighbors=None,
+         device: str = "auto", mode: str = "exact", batch_size: int | None = None,
+         n_jobs: int | None = None) -> float:
+    """Local feature reconstruction error: RMS over test rows of :func:`pointwise_lfre`."""
+    return rms(pointwise_lfre(X, Y, n_local_points, train_idx, test_idx, n_neighbors=n_neighbors,
+                              device=device, mode=mode, batch_size=batch_size, n_jobs=n_jobs))
