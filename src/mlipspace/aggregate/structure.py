@@ -149,7 +149,7 @@ def structure_features(
 
 def structure_matrices(
     source,
-    models: Sequence[str],
+    models: Sequence[str] | None = None,
     order: int = 8,
     *,
     layer: str = "last",
@@ -160,15 +160,36 @@ def structure_matrices(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Cumulant matrices of several models on the frames they all have: ``({model: X}, frames)``.
 
-    Models that skipped different frames are intersected (row ``i`` of every matrix is frame
-    ``frames[i]``); raises if fewer than 2 common frames remain.
+    ``source``: a feature store (object or path), or a mapping ``{model: FeatureSet or (X, rows)}``
+    (then ``models`` may be ``None``: all of them). Models that skipped different frames are
+    intersected (row ``i`` of every matrix is frame ``frames[i]``); raises if fewer than 2 common
+    frames remain. With ``per_species`` and no ``elements``, the union of all models' elements is
+    used so that every matrix has the same columns.
     """
+    if isinstance(source, Mapping):
+        models = list(source) if models is None else list(models)
+        missing = [m for m in models if m not in source]
+        if missing:
+            raise InputError(f"no features given for model(s) {', '.join(missing)}")
+        if per_species and elements is None:
+            zs = set()
+            for m in models:
+                src = source[m]
+                rows = src.rows if hasattr(src, "rows") else src[1]
+                zs |= {int(z) for z in np.unique(np.asarray(rows["Z"]))}
+            elements = sorted(zs)
+        sources = {m: source[m] for m in models}
+    else:
+        if models is None:
+            raise InputError("name the models to read from the store")
+        sources = {m: source for m in models}
     if len(models) == 0:
         raise InputError("no models given")
+    models = list(models)
     out = {}
     for m in models:
         out[m] = structure_features(
-            source, m, order, layer=layer, dataset=dataset, root=root, per_species=per_species,
+            sources[m], m, order, layer=layer, dataset=dataset, root=root, per_species=per_species,
             elements=elements, return_info=True,
         )
     common = out[models[0]][1].frames

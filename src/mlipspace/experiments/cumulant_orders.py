@@ -83,7 +83,7 @@ def order_table(
 
     Returns tidy records (``analysis="cumulant-orders"``, ``level="structure"``) with
     ``source_order``, ``target_order``, ``metric``, ``value`` (mean over seeds), ``spread`` (sample
-    std), ``values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model`` and, for LFRE,
+    std), ``seed_values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model`` and, for LFRE,
     ``n_local_points``.
     """
     from mlipspace import metrics as fre_metrics
@@ -145,7 +145,7 @@ def order_table(
                     model=model,
                     source_order=int(j),
                     target_order=int(k),
-                    values=values,
+                    seed_values=values,
                     seeds=[int(s) for s in seeds],
                     max_order=int(max_order),
                     root=bool(root),
