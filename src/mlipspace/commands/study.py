@@ -1,1 +1,352 @@
-"""CLI commands: study."""
+"""CLI commands of the study: ``run`` (the main job), ``compare``, ``variants``, ``finetune``,
+``finetune-track``, ``layers``, ``probe`` and ``report``. Thin: parse, call mlipspace.experiments /
+mlipspace.report, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlipspace.commands._app import app
+
+_SEEDS = typer.Option(3, "--seeds", help="Number of seeded grouped splits (value = mean, spread = std over seeds).")
+_STORE = typer.Option(..., "--store", "-s", help="Feature store directory (filled by `mlipspace run` or `mlipspace extract`).")
+_DATASET = typer.Option(None, "--dataset", "-d", help="Dataset in the store: key, fingerprint prefix or spec (default: the only one).")
+_MODELS = typer.Option(None, "--models", "-m", help="Models, comma-separated (default: all in the store / all available).")
+_JSON = typer.Option(False, "--json", help="Print the records as JSON instead of tables.")
+_OUTPUT = typer.Option(None, "--output", "-o", help="Also write the records to this JSON file.")
+
+
+def _split(s: str | None) -> list[str] | None:
+    return [p.strip() for p in s.split(",") if p.strip()] if s else None
+
+
+def _open(store: Path, dataset: str | None, models: str | None, layer: str = "last"):
+    """``(features, rows, spec, fingerprints, store, key, models)`` for store-reading commands."""
+    from mlipspace.errors import InputError
+    from mlipspace.experiments.study import load_features
+    from mlipspace.store import FeatureStore
+
+    st = FeatureStore(store)
+    if dataset is None:
+        keys = st.datasets()
+        if len(keys) != 1:
+            raise InputError(f"{store} holds {len(keys)} datasets ({', '.join(keys) or 'none'}): choose one with --dataset")
+        key = keys[0]
+    else:
+        key = st.resolve(dataset)
+    names = _split(models) or st.models(key)
+    missing = [m for m in names if m not in st.models(key)]
+    if missing:
+        raise InputError(f"{store}: dataset {key} has no features of {', '.join(missing)} "
+                         f"(stored: {', '.join(st.models(key)) or 'none'})")
+    feats, rows = load_features(st, key, names, layer)
+    spec = st.dataset_info(key).get("spec") or key
+    fps = {m: st.fingerprint(key, m) for m in names}
+    return feats, rows, spec, fps, st, key, names
+
+
+def _emit(records: list[dict], as_json: bool, output: Path | None, table) -> None:
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        from mlipspace.report.results import dumps
+
+        output.write_text(dumps(records))
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    else:
+        table()
+
+
+def _matrix_tables(records: list[dict], console: Console) -> None:
+    from mlipspace.experiments.cross_model import matrix, mean_off_diagonal
+
+    combos = list(dict.fromkeys((r["metric"], r["level"]) for r in records))
+    for metric, level in combos:
+        names, M, S = matrix(records, metric, level)
+        t = Table(title=f"{metric.upper()} ({level} level): rows = source, columns = target; "
+                        f"mean off-diagonal {mean_off_diagonal(records, metric, level):.3f}")
+        t.add_column("source \\ target")
+        for n in names:
+            t.add_column(n, justify="right")
+        for i, n in enumerate(names):
+            t.add_row(n, *["—" if i == j else f"{M[i, j]:.3f}±{S[i, j]:.3f}" for j in range(len(names))])
+        console.print(t)
+
+
+def _record_table(records: list[dict], title: str, cols: list[str]) -> Table:
+    t = Table(title=title)
+    for c in cols + ["value", "spread"]:
+        t.add_column(c, justify="right" if c in ("value", "spread", "epoch") else "left")
+    for r in records:
+        t.add_row(*[str(r.get(c, "")) for c in cols], f"{r['value']:.4f}", f"{r['spread']:.4f}")
+    return t
+
+
+@app.command("run")
+def run(
+    data: str = typer.Argument("builtin:mad-mini", help="Dataset: path, glob or builtin:mad-mini[?size=N&seed=S]."),
+    models: str = typer.Option(None, "--models", "-m", help="Models, comma-separated (default: every bundled model available here)."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder: index.html, results.json, figures, store."),
+    size: int = typer.Option(None, "--size", help="Structures of the builtin dataset (default 60: < 10 min on 2 CPU cores)."),
+    seeds: int = _SEEDS,
+    store: Path = typer.Option(None, "--store", "-s", help="Feature store (default OUT/features.zarr); reused across runs."),
+    order: int = typer.Option(3, "--order", help="Cumulant order of the structure-level features."),
+    lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
+    lfre_max_test: int = typer.Option(100, "--lfre-max-test", help="Test rows LFRE is evaluated on (one local fit each)."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
+    device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, timing) at the end."),
+) -> None:
+    """Run the whole study: data, features of every model, all analyses, then the report (OUT/index.html)."""
+    from mlipspace.errors import InputError
+    from mlipspace.experiments.study import StudyConfig, run_study
+    from mlipspace.report import findings, load_results
+
+    if seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {seeds}")
+    cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
+                      store=None if store is None else str(store), order=order, lfre=lfre,
+                      lfre_max_test=lfre_max_test, layers=layers, device=device)
+    console = None if (quiet or as_json) else Console()
+    summary = run_study(cfg, console=console)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    if console is not None:
+        res = load_results(summary["results"])
+        console.rule("findings")
+        for f in findings(res):
+            tag = {True: "[green]holds[/]", False: "[red]does not hold[/]", None: "[dim]not tested[/]"}[f.holds]
+            console.print(f"{tag} [bold]{f.title}[/]: {f.text}", highlight=False)
+        console.print(f"report: [bold]{summary['report']}[/]  ({summary['timing']['total']:.0f} s in total)",
+                      highlight=False)
+
+
+@app.command("compare")
+def compare(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    models: str = _MODELS,
+    metric: str = typer.Option("gfre,lfre", "--metric", help="Metrics, comma-separated: gfre, lfre, gfrd."),
+    level: str = typer.Option("atom", "--level", help="'atom' (per-atom features) or 'structure' (cumulants)."),
+    order: int = typer.Option(3, "--order", help="Cumulant order for --level structure."),
+    seeds: int = _SEEDS,
+    layer: str = typer.Option("last", "--layer", help="Layer to compare."),
+    lfre_max_test: int = typer.Option(100, "--lfre-max-test", help="Test rows LFRE is evaluated on."),
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """Cross-model GFRE/LFRE matrix (both directions) from a feature store."""
+    from mlipspace.experiments.cross_model import cross_model
+
+    feats, rows, spec, fps, *_ = _open(store, dataset, models, layer)
+    recs = cross_model(feats, rows, metrics=_split(metric), level=level, order=order, seeds=list(range(seeds)),
+                       layer=layer, dataset=spec, fingerprints=fps, lfre_max_test=lfre_max_test)
+    _emit(recs, as_json, output, lambda: _matrix_tables(recs, Console()))
+
+
+@app.command("variants")
+def variants_cmd(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    metric: str = typer.Option("gfre,lfre", "--metric", help="Metrics, comma-separated."),
+    seeds: int = _SEEDS,
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """Same-architecture variants (SevenNet-0 May/Jul, l3i5, MF-0 heads, CHGNet 0.2.0/0.3.0) from a store."""
+    from mlipspace.experiments.variants import VARIANT_PAIRS, available_pairs, variants
+    from mlipspace.store import FeatureStore
+
+    st = FeatureStore(store)
+    keys = st.datasets() if dataset is None else [st.resolve(dataset)]
+    stored = st.models(keys[0]) if len(keys) == 1 else []
+    used = sorted({m for _, a, b in available_pairs(stored) for m in (a, b)})
+    if not used:
+        from mlipspace.errors import InputError
+
+        raise InputError(f"{store}: no variant pair stored; pairs: "
+                         + "; ".join(f"{a} vs {b}" for _, a, b in VARIANT_PAIRS))
+    feats, rows, spec, fps, *_ = _open(store, dataset, ",".join(used))
+    recs = variants(feats, rows, metrics=_split(metric), seeds=list(range(seeds)), dataset=spec, fingerprints=fps)
+    _emit(recs, as_json, output, lambda: Console().print(
+        _record_table(recs, "same-architecture variants", ["group", "source", "target", "metric"])))
+
+
+@app.command("finetune")
+def finetune_cmd(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    metric: str = typer.Option("gfre,lfre", "--metric", help="Metrics, comma-separated."),
+    seeds: int = _SEEDS,
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """Bundled fine-tuning bias: CHGNet-r2SCAN vs its parent CHGNet 0.3.0, CHGNet 0.2.0 and DIEP."""
+    from mlipspace.errors import InputError
+    from mlipspace.experiments.finetune import BUNDLED_FINETUNE, finetune_bundled
+    from mlipspace.store import FeatureStore
+
+    st = FeatureStore(store)
+    keys = st.datasets() if dataset is None else [st.resolve(dataset)]
+    stored = set(st.models(keys[0])) if len(keys) == 1 else set()
+    tuned, refs = BUNDLED_FINETUNE
+    used = [tuned] + [m for m, _ in refs if m in stored]
+    if tuned not in stored or len(used) < 2:
+        raise InputError(f"{store}: needs features of {tuned} and at least one of {', '.join(m for m, _ in refs)}")
+    feats, rows, spec, fps, *_ = _open(store, dataset, ",".join(used))
+    recs = finetune_bundled(feats, rows, metrics=_split(metric), seeds=list(range(seeds)), dataset=spec,
+                            fingerprints=fps)
+    _emit(recs, as_json, output, lambda: Console().print(
+        _record_table(recs, "fine-tuning bias (bundled)", ["relation", "source", "target", "metric"])))
+
+
+@app.command("finetune-track")
+def finetune_track_cmd(
+    data: str = typer.Argument(..., help="Labelled training data (energy, ideally forces), e.g. ../shared/data/mlearn/Si_training.json."),
+    model: str = typer.Option("chgnet-0.3.0", "--model", help="Pre-trained CHGNet to fine-tune."),
+    epochs: int = typer.Option(5, "--epochs", help="Training epochs (one checkpoint after each)."),
+    out: Path = typer.Option(Path("finetune-track"), "--out", "-o", help="Output folder: checkpoints/, results.json, index.html."),
+    checkpoints: str = typer.Option(None, "--checkpoints", help="Use these existing fine-tuning checkpoints instead of training (glob, quote it)."),
+    control: str = typer.Option(None, "--control", help="Existing from-scratch control checkpoints (glob); default: train one unless --no-control."),
+    no_control: bool = typer.Option(False, "--no-control", help="Do not train the from-scratch control."),
+    eval_data: str = typer.Option(None, "--eval", help="Structures the features are compared on (default: the training data)."),
+    max_structures: int = typer.Option(None, "--max-structures", help="Use only the first N structures of DATA."),
+    learning_rate: float = typer.Option(None, "--lr", help="Learning rate (default 1e-4 fine-tuning, 1e-3 from scratch)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Training batch size."),
+    seeds: int = _SEEDS,
+    metric: str = typer.Option("gfre", "--metric", help="Metrics, comma-separated."),
+    as_json: bool = _JSON,
+) -> None:
+    """Fine-tune CHGNet with its own trainer, keep every epoch's checkpoint, and track their FRE.
+
+    Reports, for every checkpoint of the training trajectory (epoch order, not best-so-far), the FRE
+    against the pre-trained model and against a from-scratch control of the same architecture.
+    """
+    from mlipspace.data import read
+    from mlipspace.errors import InputError
+    from mlipspace.experiments import finetune
+    from mlipspace.models import load
+    from mlipspace.report import write_report
+    from mlipspace.report.results import make_results, write_results
+
+    console = None if as_json else Console()
+    frames = read(data)
+    if max_structures is not None:
+        frames = frames[:max_structures]
+    if len(frames) < 3:
+        raise InputError(f"{data}: {len(frames)} structures; fine-tuning needs at least 3")
+    ckpt_dir = out / "checkpoints"
+    if checkpoints:
+        ft = finetune.sorted_checkpoints(checkpoints)
+    else:
+        if console:
+            console.print(f"[bold cyan]▶ fine-tuning[/] {model} on {len(frames)} structures for {epochs} epochs")
+        ft = finetune.train_chgnet(frames, ckpt_dir / "finetune", model=model, epochs=epochs,
+                                   learning_rate=learning_rate, batch_size=batch_size)
+    ctl = None
+    if control:
+        ctl = finetune.sorted_checkpoints(control)
+    elif not no_control and not checkpoints:
+        if console:
+            console.print(f"[bold cyan]▶ control[/]: same architecture from random initialisation, {epochs} epochs")
+        ctl = finetune.train_chgnet(frames, ckpt_dir / "scratch", model=model, epochs=epochs, from_scratch=True,
+                                    learning_rate=learning_rate, batch_size=batch_size)
+    eval_frames = read(eval_data) if eval_data else frames
+    if console:
+        console.print(f"[bold cyan]▶ features[/]: {len(ft) + len(ctl or [])} checkpoints on {len(eval_frames)} structures")
+    ref = load(model, device="cpu")
+    reference = ref.extract(eval_frames, layers=("last",)).layers["last"]
+    recs = finetune.finetune_track(eval_frames, ft, reference, control=ctl, model=model, metrics=_split(metric),
+                                   seeds=list(range(seeds)), dataset=eval_data or data)
+    results = make_results(recs, {
+        "dataset": {"name": eval_data or data, "n_frames": len(eval_frames),
+                    "n_atoms": int(sum(len(a) for a in eval_frames))},
+        "models": {model: {"family": "chgnet", "fingerprint": ref.fingerprint, "layers": ["last"]}},
+        "finetune": {"data": data, "epochs": len(ft) - 1, "checkpoints": [str(p) for p in ft],
+                     "control": [str(p) for p in ctl] if ctl else []},
+    })
+    path = write_results(out / "results.json", results)
+    report = write_report(path, out)
+    if as_json:
+        typer.echo(json.dumps(recs, indent=1))
+        return
+    Console().print(_record_table(recs, "FRE along the fine-tuning trajectory", ["run", "epoch", "source", "target", "metric"]))
+    Console().print(f"report: [bold]{report}[/]", highlight=False)
+
+
+@app.command("layers")
+def layers_cmd(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    model: str = typer.Option(..., "--model", help="Model whose layers are compared with each other."),
+    cross: bool = typer.Option(False, "--cross", help="Also each layer of MODEL vs the last layer of every other stored model."),
+    metric: str = typer.Option("gfre", "--metric", help="Metrics, comma-separated."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeded grouped splits."),
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """FRE between every pair of layers of one model (and, with --cross, each layer vs other models)."""
+    from mlipspace.experiments import layers
+    from mlipspace.experiments.study import _layer_order, load_features
+
+    _, rows, spec, fps, st, key, _ = _open(store, dataset, model)
+    order = _layer_order(st, key, model, st.layers(key, model))
+    feats = {lay: load_features(st, key, [model], lay)[0][model] for lay in order}
+    recs = layers.layer_pairs(feats, rows, model=model, metrics=_split(metric), seeds=list(range(seeds)),
+                              dataset=spec, fingerprints=fps)
+    if cross:
+        others = [m for m in st.models(key) if m != model]
+        ml = {model: feats}
+        for m in others:
+            ml[m] = {"last": load_features(st, key, [m], "last")[0][m]}
+        fps.update({m: st.fingerprint(key, m) for m in others})
+        recs += [r for r in layers.cross_model_layers(ml, rows, metrics=_split(metric), seeds=list(range(seeds)),
+                                                      dataset=spec, fingerprints=fps) if r["source"] == model]
+    _emit(recs, as_json, output, lambda: Console().print(
+        _record_table(recs, f"layers of {model}", ["analysis", "source_layer", "target", "target_layer", "metric"])))
+
+
+@app.command("probe")
+def probe_cmd(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    models: str = _MODELS,
+    level: str = typer.Option("atom,structure", "--level", help="'atom' (summed features), 'structure' (cumulants), or both."),
+    order: int = typer.Option(3, "--order", help="Cumulant order for the structure level."),
+    seeds: int = _SEEDS,
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """Energy probe: CV RMSE (meV/atom) of ridge from features to the DFT energy after a composition baseline."""
+    from mlipspace.errors import InputError
+    from mlipspace.experiments import probe
+
+    feats, rows, spec, fps, st, key, _ = _open(store, dataset, models)
+    energy = probe.energies(st.frames(key))
+    if energy is None:
+        raise InputError(f"dataset {spec} has no DFT energy labels (atoms.info['energy']): nothing to probe")
+    recs = []
+    for lv in _split(level):
+        recs += probe.probe(feats, rows, energy, level=lv, order=order, seeds=list(range(seeds)), dataset=spec,
+                            fingerprints=fps)
+    _emit(recs, as_json, output, lambda: Console().print(
+        _record_table(recs, "energy probe: CV RMSE (meV/atom)", ["level", "source"])))
+
+
+@app.command("report")
+def report_cmd(
+    results: Path = typer.Option(..., "--results", "-r", help="results.json written by `mlipspace run`."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: the folder of results.json)."),
+) -> None:
+    """Rebuild index.html (figures, tables, summary) and the chemiscope file from a results.json."""
+    from mlipspace.report import write_report
+
+    path = write_report(results, out)
+    Console().print(f"report: [bold]{path}[/]", highlight=False)

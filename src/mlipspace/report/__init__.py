@@ -1,1 +1,62 @@
-"""report."""
+"""The report of a study run: ``results.json`` (every number), ``index.html`` with figures, chemiscope file.
+
+Public API::
+
+    write_report(results_path, out_dir=None, frames=None)   # -> path of index.html
+    load_results(path) / write_results(path, results) / make_results(records, meta, maps)
+    findings(results)                                       # the study's four findings, in words
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mlipspace.report.results import load_results, make_results, write_results
+from mlipspace.report.summary import findings
+
+__all__ = ["findings", "load_results", "make_results", "write_report", "write_results"]
+
+
+def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, frames=None) -> Path:
+    """Build ``index.html`` (+ ``figures/``) and the chemiscope file from a ``results.json``.
+
+    ``out_dir`` defaults to the folder of ``results_path``. The chemiscope file needs the structures:
+    ``frames`` or the ``structures.xyz`` named in the results' meta (relative to the results file).
+    """
+    from mlipspace.report.html import build_report
+
+    results_path = Path(results_path)
+    results = load_results(results_path)
+    out = Path(out_dir) if out_dir is not None else results_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    meta = results.get("meta", {})
+    maps = results.get("maps") or {}
+    if maps and meta.get("chemiscope"):
+        if frames is None and meta.get("structures"):
+            src = results_path.parent / meta["structures"]
+            if src.is_file():
+                from mlipspace.data import read
+
+                frames = read(str(src))
+        if frames is not None:
+            from mlipspace.report.chemiscope_export import write_chemiscope
+
+            props = {}
+            if meta.get("map_colour") is not None:
+                props[meta.get("map_colour_label", "energy")] = meta["map_colour"]
+            write_chemiscope(out / meta["chemiscope"], frames, maps, properties=props,
+                             name=f"mlipspace: {meta.get('dataset', {}).get('name', '')}")
+        else:
+            meta = dict(meta)
+            meta.pop("chemiscope")
+            results = dict(results, meta=meta)
+    timing = None
+    tpath = results_path.parent / "timing.json"
+    if tpath.is_file():
+        try:
+            timing = json.loads(tpath.read_text())
+        except ValueError:
+            timing = None
+    return build_report(results, out, timing=timing)

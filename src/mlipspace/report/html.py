@@ -76,8 +76,8 @@ class _Page:
 
 
 def _model_order(results: Mapping) -> list[str]:
-    models = list((results.get("meta", {}).get("models") or {}))
-    return models
+    meta = results.get("meta", {})
+    return list(meta.get("model_order") or (meta.get("models") or {}))
 
 
 def _cross_section(page: _Page, results):

@@ -1,0 +1,407 @@
+"""The whole study as one job: data -> consistent filtering -> feature store -> analyses -> report.
+
+:func:`run_study` is what ``mlipspace run`` calls. Stages (each timed, shown with rich):
+
+1. data: read the structures (default ``builtin:mad-mini`` at :data:`DEFAULT_SIZE`), keep those all
+   models support (:func:`mlipspace.data.consistent`);
+2. features: every layer of every model into the store (default ``OUT/features.zarr``); models
+   already complete there are not even loaded, so a rerun is fast;
+3. analyses: cross-model (atom and structure level), variants, fine-tuning (bundled), layers,
+   cumulant orders, energy probe (if labelled) and maps; each analysis's records are cached under
+   ``OUT/cache/`` keyed by the dataset and model fingerprints and the settings;
+4. report: ``OUT/results.json`` (deterministic), ``OUT/index.html`` + figures, ``OUT/chemiscope.json.gz``,
+   ``OUT/structures.xyz`` and ``OUT/timing.json`` (wall times: kept out of results.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlipspace.errors import InputError, StoreError
+
+#: Default number of builtin mad-mini structures: keeps ``mlipspace run`` with the ten bundled
+#: models under 10 minutes on a 2-core CPU (measured; see docs/study.md).
+DEFAULT_SIZE = 60
+#: Families left out of the default model list (non-learned baselines).
+BASELINE_FAMILIES = frozenset({"descriptor"})
+#: Models whose layer-pair matrix is shown by default (one per family present).
+RESULTS_NAME = "results.json"
+
+
+@dataclass
+class StudyConfig:
+    """Settings of a study run; the analysis settings go into ``results.json`` and the cache key."""
+
+    data: str = "builtin:mad-mini"
+    models: list[str] | None = None
+    out: str = "report"
+    size: int | None = None
+    seeds: int = 3
+    store: str | None = None
+    order: int = 3
+    n_test: int | None = None
+    lfre: bool = True
+    lfre_max_test: int = 100
+    layers: bool = True
+    orders: bool = True
+    max_order: int = 4
+    probe: bool = True
+    maps: bool = True
+    device: str = "auto"
+    notes: list[str] = field(default_factory=list)
+
+    def analysis_settings(self) -> dict:
+        return {"seeds": list(range(self.seeds)), "order": self.order, "n_test": self.n_test,
+                "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order}
+
+
+def default_models() -> list[str]:
+    """Every registered model whose packages are importable here, baselines (descriptor) left out."""
+    from mlipspace.models import get_spec, names, why_unavailable
+
+    return [n for n in names() if get_spec(n).family not in BASELINE_FAMILIES and why_unavailable(n) is None]
+
+
+def data_spec(data: str, size: int | None) -> str:
+    """The dataset spec actually read: ``size`` applies to ``builtin:`` specs (default :data:`DEFAULT_SIZE`)."""
+    if data.startswith("builtin:"):
+        if "size=" in data:
+            if size is not None:
+                raise InputError(f"--size given twice: in {data!r} and as --size {size}")
+            return data
+        sep = "&" if "?" in data else "?"
+        return f"{data}{sep}size={DEFAULT_SIZE if size is None else int(size)}"
+    if size is not None:
+        raise InputError("--size applies to builtin datasets only; select structures of a file with the file itself")
+    return data
+
+
+class _Stages:
+    """Timing and progress display of the stages (rich console; silent when ``console`` is None)."""
+
+    def __init__(self, console):
+        self.console = console
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str):
+        t0 = time.perf_counter()
+        if self.console is not None:
+            self.console.print(f"[bold cyan]▶ {name}[/]: {what}")
+        yield
+        dt = time.perf_counter() - t0
+        self.times[name] = self.times.get(name, 0.0) + dt
+        if self.console is not None:
+            self.console.print(f"  [green]✓[/] {name} done in {dt:.1f} s")
+
+    @contextlib.contextmanager
+    def bar(self, what: str, total: int):
+        """Yield an ``advance()`` callable driving a rich progress bar of ``total`` steps."""
+        if self.console is None or total <= 0:
+            yield lambda *a: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as prog:
+            task = prog.add_task(what, total=total)
+            yield lambda *a: prog.advance(task)
+
+
+def _cache_key(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Cache:
+    """Records of each analysis cached as JSON under ``OUT/cache`` (key: inputs' fingerprints + settings)."""
+
+    def __init__(self, root: Path, enabled: bool = True):
+        self.root = root
+        self.enabled = enabled
+
+    def get(self, name: str, key: str, compute: Callable[[], list]):
+        path = self.root / f"{name}-{key}.json"
+        if self.enabled and path.is_file():
+            with contextlib.suppress(ValueError, OSError):
+                return json.loads(path.read_text()), True
+        out = compute()
+        if self.enabled:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out, sort_keys=True))
+            tmp.replace(path)
+        return out, False
+
+
+def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
+    """Stages 1–2: frames, models, store key and loaded features. Returns a dict of the pieces."""
+    from mlipspace.data import consistent, read
+    from mlipspace.models import get_spec
+    from mlipspace.store import FeatureStore, extract_to_store
+
+    out = Path(cfg.out)
+    models = list(cfg.models) if cfg.models else default_models()
+    if not models:
+        raise InputError("no model available here (install the bundled models: see scripts/install.sh)")
+    for m in models:
+        get_spec(m)  # unknown names raise with the list of known ones
+    if len(set(models)) != len(models):
+        raise InputError(f"a model is named twice in {models}")
+    spec = data_spec(cfg.data, cfg.size)
+    store_path = Path(cfg.store) if cfg.store else out / "features.zarr"
+    run_spec = f"{spec} | consistent with {','.join(sorted(models))}"
+
+    with stages.stage("data", f"{spec} for {len(models)} models"):
+        key = None
+        if (store_path / "zarr.json").is_file():
+            store = FeatureStore(store_path)
+            with contextlib.suppress(StoreError):
+                key = store.resolve(run_spec)
+            if key is not None and not all(store.is_complete(key, m, ["last"]) for m in models):
+                key = None
+        if key is not None:
+            frames = store.frames(key)
+            n_read = len(read(spec)) if spec.startswith("builtin:") else None
+            dropped = [None] * (n_read - len(frames)) if n_read is not None else []
+            if console is not None:
+                console.print(f"  reusing stored dataset {key} ({len(frames)} structures)")
+        else:
+            frames = read(spec)
+            from mlipspace.store.pipeline import get_model
+
+            with stages.bar("load models", len(models)) as adv:
+                extractors = {}
+                for m in models:
+                    extractors[m] = get_model(m, cfg.device)
+                    adv()
+            frames, dropped = consistent(frames, {m: e.elements for m, e in extractors.items()})
+            if console is not None:
+                console.print(f"  {len(frames)} structures kept, {len(dropped)} dropped (unsupported by some model)")
+        if len(frames) < 4:
+            raise InputError(f"only {len(frames)} structures left after filtering: the study needs at least 4")
+
+    with stages.stage("features", f"all layers of {len(models)} models into {store_path}"):
+        store = FeatureStore(store_path, mode="a")
+        key = store.add_dataset(frames, run_spec)
+        todo = [m for m in models if not store.is_complete(key, m, ["last"]) or not _all_layers(store, key, m)]
+        if todo:
+            extract_to_store(frames, todo, store_path, layers="all", progress=console is not None,
+                             device=cfg.device, spec=run_spec)
+        elif console is not None:
+            console.print("  all features already stored")
+    return {"models": models, "spec": spec, "frames": frames, "store": store, "key": key,
+            "dropped": dropped if isinstance(dropped, list) else []}
+
+
+def _all_layers(store, key, model) -> bool:
+    """Whether the store holds backbone layers of ``model`` besides ``last`` (extracted with layers="all")."""
+    return len(store.layers(key, model)) >= 2
+
+
+def load_features(store, key, models: Sequence[str], layer: str = "last"):
+    """``({model: float64 array}, rows)`` for one layer, rows checked aligned and tagged with subsets."""
+    from mlipspace.store import load_aligned
+
+    feats, rows = load_aligned(store, key, list(models), layer)
+    rows = dict(rows)
+    ds_rows = store.rows(key)
+    if "subset" not in rows or not np.any(np.asarray(rows["subset"]).astype(str) != ""):
+        # model rows may lack the subset tag: take it from the dataset's rows by frame id
+        first = {}
+        for f, s in zip(np.asarray(ds_rows["frame"]), np.asarray(ds_rows["subset"]).astype(str)):
+            first.setdefault(int(f), s)
+        rows["subset"] = np.array([first.get(int(f), "") for f in np.asarray(rows["frame"])], dtype=str)
+    return {m: np.asarray(x, dtype=np.float64) for m, x in feats.items()}, rows
+
+
+def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None) -> tuple[list[dict], dict, dict]:
+    """Stage 3: all analyses. Returns ``(records, maps, extra_meta)``."""
+    from mlipspace.experiments import cross_model as cm
+    from mlipspace.experiments import finetune, layers, probe, variants
+
+    store, key, models = prep["store"], prep["key"], prep["models"]
+    seeds = list(range(cfg.seeds))
+    metrics = ("gfre", "lfre") if cfg.lfre else ("gfre",)
+    fps = {m: store.fingerprint(key, m) for m in models}
+    fam = {m: store.model_info(key, m).get("family") or m for m in models}
+    dataset = prep["spec"]
+    cache = _Cache(Path(cfg.out) / "cache")
+    base_key = (key, sorted((m, cm_fp(fps[m])) for m in models), cfg.analysis_settings())
+    records: list[dict] = []
+    meta: dict = {"notes": []}
+
+    with stages.stage("load", "features from the store"):
+        last, rows = load_features(store, key, models, "last")
+    common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test)
+    n_pairs = len(models) * (len(models) - 1)
+
+    if len(models) >= 2:
+        for level in ("atom", "structure"):
+            with stages.stage(f"cross-model ({level})", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} "
+                                                        f"ordered pairs × {len(seeds)} seeds"):
+                with stages.bar("pairs", n_pairs) as adv:
+                    recs, hit = cache.get(f"cross-{level}", _cache_key(base_key, level), lambda: cm.cross_model(
+                        last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
+                        progress=adv, **common))
+                records += recs
+    else:
+        meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
+
+    with stages.stage("variants", "same-architecture pairs"):
+        recs, _ = cache.get("variants", _cache_key(base_key), lambda: variants.variants(
+            last, rows, metrics=metrics, n_test=cfg.n_test, **common))
+        records += recs
+    with stages.stage("fine-tuning", "CHGNet-r2SCAN vs parent and independent models"):
+        recs, _ = cache.get("finetune", _cache_key(base_key), lambda: finetune.finetune_bundled(
+            last, rows, metrics=metrics, n_test=cfg.n_test, **common))
+        records += recs
+        if not recs:
+            meta["finetune_note"] = ("Bundled fine-tuning comparison not run: it needs chgnet-r2scan and "
+                                     "chgnet-0.3.0 among the models.")
+
+    if cfg.layers:
+        all_layers = {m: list(store.layers(key, m)) for m in models}
+        model_layers = {}
+        for m in models:
+            ordered = _layer_order(store, key, m, all_layers[m])
+            feats = {}
+            for lay in ordered:
+                x, r = load_features(store, key, [m], lay)
+                feats[lay] = x[m]
+            model_layers[m] = feats
+        n_layer_tasks = sum(len(v) for v in model_layers.values())
+        with stages.stage("layers", f"layer pairs of {len(models)} models, each layer vs other models"):
+            def _layers():
+                out = []
+                for m, feats in model_layers.items():
+                    if len(feats) >= 2:
+                        out += layers.layer_pairs(feats, rows, model=m, seeds=seeds[:1], n_test=cfg.n_test,
+                                                  dataset=dataset, fingerprints=fps)
+                return out
+            recs, _ = cache.get("layers", _cache_key(base_key, "layers"), _layers)
+            records += recs
+            if len(models) >= 2:
+                with stages.bar("source layers", n_layer_tasks) as adv:
+                    recs, _ = cache.get("layers-cross", _cache_key(base_key, "layers-cross"),
+                                        lambda: layers.cross_model_layers(
+                                            model_layers, rows, seeds=seeds[:1], n_test=cfg.n_test,
+                                            dataset=dataset, fingerprints=fps, progress=adv))
+                records += recs
+
+    if cfg.orders:
+        with stages.stage("cumulant orders", f"orders 1..{cfg.max_order} of each model's last layer"):
+            recs, _ = cache.get("orders", _cache_key(base_key, "orders"),
+                                lambda: _order_records(last, rows, cfg, dataset, fps))
+            records += recs
+
+    frames = prep["frames"]
+    energy = probe.energies(frames)
+    if cfg.probe:
+        with stages.stage("probe", "energy per atom from features (ridge, cross-validated)"):
+            if energy is None:
+                meta["probe_note"] = (f"Energy probe and PCovR maps skipped: the dataset {dataset} has no DFT "
+                                      "energy labels (atoms.info['energy']); run on a labelled dataset, e.g. "
+                                      "../shared/data/mad-bench-mad-reduced.xyz.")
+            else:
+                for level in ("atom", "structure"):
+                    recs, _ = cache.get(f"probe-{level}", _cache_key(base_key, "probe", level), lambda: probe.probe(
+                        last, rows, energy, level=level, order=cfg.order, seeds=seeds, dataset=dataset,
+                        fingerprints=fps))
+                    records += recs
+    maps: dict = {}
+    if cfg.maps:
+        with stages.stage("maps", "PCA (and PCovR) maps of the structure features"):
+            maps, _ = cache.get("maps", _cache_key(base_key, "maps", energy is not None),
+                                lambda: probe.maps(last, rows, order=2, energy=energy))
+            if energy is not None:
+                meta["map_colour"] = probe.residual_energy(rows, energy).tolist()
+                meta["map_colour_label"] = "residual energy per atom (eV/atom)"
+    meta["families"] = fam
+    return records, maps, meta
+
+
+def cm_fp(fp: Mapping) -> str:
+    from mlipspace.experiments._common import fingerprint_id
+
+    return fingerprint_id(fp)
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _layer_order(store, key, model, stored: Sequence[str]) -> list[str]:
+    """The stored layers of ``model`` in network order: natural sort of the names, ``last`` at the end."""
+    order = sorted((x for x in stored if x != "last"), key=_natural)
+    return order + (["last"] if "last" in stored else [])
+
+
+def _order_records(last, rows, cfg: StudyConfig, dataset: str, fps) -> list[dict]:
+    """Cumulant-order table records of every model (``analysis="cumulant-orders"``)."""
+    from mlipspace.experiments import cumulant_orders
+
+    out = []
+    for m, X in last.items():
+        out += cumulant_orders.order_table(X, rows, model=m, max_order=cfg.max_order, seeds=list(range(cfg.seeds)),
+                                           dataset=dataset, fingerprints=fps)
+    return out
+
+
+def run_study(cfg: StudyConfig, console=None) -> dict:
+    """Run the whole study (see the module docstring); returns ``{"results": path, "report": path, "timing": {...}}``."""
+    from mlipspace.report import write_report
+    from mlipspace.report.results import make_results, write_results
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(console)
+    prep = prepare_features(cfg, stages, console)
+    records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
+    frames, store, key = prep["frames"], prep["store"], prep["key"]
+    with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
+        from mlipspace.data import write as write_frames
+
+        write_frames(frames, out / "structures.xyz")
+        models_meta = {}
+        for m in prep["models"]:
+            fp = store.fingerprint(key, m)
+            models_meta[m] = {"family": meta_extra["families"].get(m, m), "fingerprint": fp,
+                              "fingerprint_id": cm_fp(fp), "layers": _layer_order(store, key, m, store.layers(key, m))}
+        info = store.dataset_info(key)
+        meta = {
+            "dataset": {"name": prep["spec"], "key": key, "fingerprint": info.get("fingerprint"),
+                        "n_frames": len(frames), "n_atoms": int(sum(len(a) for a in frames)),
+                        "subsets": info.get("subsets", {}), "dropped": len(prep["dropped"])},
+            "models": models_meta,
+            "model_order": list(prep["models"]),
+            "settings": cfg.analysis_settings(),
+            "notes": list(cfg.notes) + meta_extra.get("notes", []),
+            "structures": "structures.xyz",
+        }
+        for k in ("probe_note", "finetune_note", "map_colour", "map_colour_label"):
+            if k in meta_extra:
+                meta[k] = meta_extra[k]
+        if maps:
+            meta["chemiscope"] = "chemiscope.json.gz"
+        results = make_results(records, meta, maps)
+        path = write_results(out / RESULTS_NAME, results)
+        report = write_report(path, out, frames=frames)
+    timing = dict(stages.times)
+    timing["total"] = time.perf_counter() - t0
+    (out / "timing.json").write_text(json.dumps({k: round(v, 2) for k, v in timing.items()}, indent=1) + "\n")
+    return {"results": str(path), "report": str(report), "timing": timing, "n_records": len(records)}
+
+
+def config_dict(cfg: StudyConfig) -> dict:
+    return asdict(cfg)
