@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
-from ase.neighborlist import neighbor_list
+from ase.geometry import wrap_positions
 
 from mlipspace.errors import InputError, StructureError
 
-__all__ = ["validate", "consistent", "fingerprint", "MIN_DISTANCE"]
+__all__ = ["validate", "consistent", "fingerprint", "closest_pair", "MIN_DISTANCE"]
 
 #: Atoms closer than this (Å) make a frame invalid (periodic images included).
 MIN_DISTANCE = 0.3
@@ -26,6 +26,43 @@ def _where(atoms: Atoms, i: int) -> tuple[str | None, int]:
     source = atoms.info.get("source")
     frame = atoms.info.get("source_index", i)
     return (str(source) if source is not None else None), int(frame)
+
+
+def closest_pair(atoms: Atoms, cutoff: float) -> tuple[int, int, float] | None:
+    """The closest pair of atoms (periodic images included) nearer than ``cutoff``, else ``None``.
+
+    A k-d tree over the wrapped positions and their periodic images within ``cutoff`` of the cell;
+    O(n log n), so it stays fast on cells with large vacuum, where ASE's binning neighbour list is
+    slow for a short cutoff. An atom closer than ``cutoff`` to its own image counts (i == j).
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(atoms)
+    pos = atoms.positions
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell[:], dtype=np.float64)
+    if pbc.any():
+        pos = wrap_positions(pos, cell, pbc=pbc)
+    ranges = []
+    for axis in range(3):
+        if not pbc[axis]:
+            ranges.append([0])
+            continue
+        other = np.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3])
+        width = abs(float(np.dot(cell[axis], other))) / max(float(np.linalg.norm(other)), 1e-300)
+        k = int(np.ceil(cutoff / width)) if width > 0 else 1
+        ranges.append(range(-k, k + 1))
+    shifts = np.array([(a, b, c) for a in ranges[0] for b in ranges[1] for c in ranges[2]], dtype=np.float64)
+    zero = int(np.flatnonzero(~shifts.any(axis=1))[0])
+    images = (pos[None, :, :] + (shifts @ cell)[:, None, :]).reshape(-1, 3)
+    dist = cKDTree(pos).sparse_distance_matrix(cKDTree(images), cutoff, output_type="ndarray")
+    i, j_img, d = dist["i"], dist["j"], dist["v"]
+    j, shift = j_img % n, j_img // n
+    keep = ~((i == j) & (shift == zero))
+    if not keep.any():
+        return None
+    k = int(np.flatnonzero(keep)[np.argmin(d[keep])])
+    return int(i[k]), int(j[k]), float(d[k])
 
 
 def _problem(atoms: Atoms) -> str | None:
@@ -50,14 +87,14 @@ def _problem(atoms: Atoms) -> str | None:
         return "periodic cell with zero volume"
     if n > 1 or atoms.pbc.any():
         try:
-            i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE, self_interaction=False)
-        except Exception as exc:  # degenerate cells make the neighbour list fail
-            return f"cannot build a neighbour list ({type(exc).__name__}: {exc})"
-        if len(d):
-            k = int(np.argmin(d))
+            close = closest_pair(atoms, MIN_DISTANCE)
+        except Exception as exc:  # degenerate cells
+            return f"cannot search neighbours ({type(exc).__name__}: {exc})"
+        if close is not None:
+            i, j, d = close
             return (
-                f"atoms {int(i[k])} ({chemical_symbols[z[i[k]]]}) and {int(j[k])} ({chemical_symbols[z[j[k]]]}) "
-                f"are {d[k]:.3f} Å apart (< {MIN_DISTANCE} Å)"
+                f"atoms {i} ({chemical_symbols[z[i]]}) and {j} ({chemical_symbols[z[j]]}) "
+                f"are {d:.3f} Å apart (< {MIN_DISTANCE} Å)"
             )
     forces = atoms.arrays.get("forces")
     if forces is not None and not np.all(np.isfinite(forces)):
