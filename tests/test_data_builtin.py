@@ -13,7 +13,7 @@ from mlipspace.errors import InputError
 
 # Content hash of builtin:mad-mini?size=40&seed=0. If this changes, the dataset changed (new ASE or
 # NumPy behaviour, or an edit of the generator) and feature stores keyed by the old hash are stale.
-GOLDEN_40 = "bb9b758ed7cf849ad9c629ea90070585e2c4ee9a349526c1238d30e009a471da"
+GOLDEN_40 = "8086f8c916e9db19830b07c62d83d5b7be1c0a649ec7ab8bf8bc54c322d5b997"
 
 NOBLE = {2, 10, 18, 36, 54, 86}
 
@@ -88,10 +88,7 @@ def test_vacuum_and_periodicity(default_frames):
     for atoms in default_frames:
         subset = atoms.info["subset"]
         if subset in ("molecules", "clusters"):
-            assert not atoms.pbc.any()
-            span = atoms.positions.max(axis=0) - atoms.positions.min(axis=0)
-            gap = atoms.cell.lengths() - span
-            assert np.all(gap >= 7.9) and np.all(gap <= 10.1)
+            assert not atoms.pbc.any() and atoms.cell.rank == 0  # free, no cell (like the brief asks)
         elif subset in ("surfaces", "2d"):
             z = atoms.positions[:, 2]
             gap = atoms.cell[2, 2] - (z.max() - z.min())

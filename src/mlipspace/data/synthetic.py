@@ -6,8 +6,8 @@ no download: ``bulk`` (elemental reference crystals and binary/ternary prototype
 ``molecular-crystals``. Elements are Z = 1..83 without noble gases, lanthanides Ce..Lu and Tc, so
 that CHGNet, SevenNet, DIEP and HIENet all cover them. Every structure has 2..100 atoms, no two
 atoms closer than 0.7 times the sum of their covalent radii, and ``info["subset"]``.
-Molecules and clusters are non-periodic (``pbc=False``) inside a box with 8–10 Å of vacuum; slabs
-and 2D layers are periodic with 8–10 Å of vacuum along z.
+Molecules and clusters are non-periodic (``pbc=False``, no cell, as the model adapters box them);
+slabs and 2D layers are periodic with 8–10 Å of vacuum along z.
 
 Determinism: each subset draws from its own ``numpy.random.default_rng([seed, subset, size])``
 stream and positions/cells are rounded to 1e-6 Å, so the same ``(size, seed)`` gives the same
@@ -350,13 +350,12 @@ def _gen_surfaces(n: int, rng: np.random.Generator) -> list[Atoms]:
     return [_retry(make, rng) for _ in range(n)]
 
 
-def _box(atoms: Atoms, rng: np.random.Generator) -> Atoms:
-    """Non-periodic structure in an orthorhombic box with 8–10 Å of vacuum along each axis."""
-    atoms.pbc = False
-    atoms.cell = np.zeros((3, 3))
-    atoms.center(vacuum=float(rng.uniform(4.0, 5.0)))
-    atoms.pbc = False
-    return atoms
+def _free(atoms: Atoms) -> Atoms:
+    """Non-periodic structure without a cell (``pbc=False``), centred at the origin.
+
+    Model adapters put non-periodic frames into a box larger than their cutoff themselves.
+    """
+    return Atoms(atoms.numbers, positions=atoms.positions - atoms.positions.mean(axis=0), pbc=False)
 
 
 def _gen_clusters(n: int, rng: np.random.Generator) -> list[Atoms]:
@@ -372,7 +371,7 @@ def _gen_clusters(n: int, rng: np.random.Generator) -> list[Atoms]:
         cluster = Atoms(big.numbers[keep], positions=big.positions[keep])
         cluster.positions = cluster.positions + r.normal(scale=0.04, size=cluster.positions.shape)
         cluster.positions = cluster.positions @ _rotation(r).T
-        return _box(cluster, r)
+        return _free(cluster)
 
     return [_retry(make, rng) for _ in range(n)]
 
@@ -428,7 +427,7 @@ def _gen_molecules(n: int, rng: np.random.Generator) -> list[Atoms]:
             mol = _g2(name)
             mol = Atoms(mol.numbers, positions=mol.positions - mol.positions.mean(axis=0))
             mol.positions = mol.positions @ _rotation(r).T + r.normal(scale=0.01, size=mol.positions.shape)
-            return _box(mol, r)
+            return _free(mol)
 
         make.__name__ = f"molecule_{name}"
         return make
