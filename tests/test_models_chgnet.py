@@ -20,6 +20,18 @@ pytestmark = pytest.mark.models
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mad-bench-mad-reduced.xyz"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: small graphs gain nothing from two, and on a loaded 2-core machine
+    (parallel test runs) OpenMP oversubscription made these tests 10-50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _synthetic():
     nacl = bulk("NaCl", "rocksalt", a=5.64)
     nacl.rattle(0.05, seed=1)
