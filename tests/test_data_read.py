@@ -281,3 +281,30 @@ def test_cli_bad_file_is_one_line_error(tmp_path, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "nope.xyz: file not found" in err
+
+
+def test_closest_pair_agrees_with_ase_neighbour_list():
+    from ase.neighborlist import neighbor_list
+
+    from mlipspace.data import builtin
+    from mlipspace.data.checks import closest_pair
+
+    frames = builtin(size=24, seed=5)
+    frames.append(Atoms("Cu", positions=[[0, 0, 0]], cell=[[2.0, 0, 0], [0.5, 2.0, 0], [0, 0, 20]], pbc=[True, True, False]))
+    for atoms in frames:
+        for cutoff in (1.2, 2.5):
+            _, _, d = neighbor_list("ijd", atoms, cutoff)
+            got = closest_pair(atoms, cutoff)
+            if len(d) == 0:
+                assert got is None
+            else:
+                assert got is not None and got[2] == pytest.approx(d.min(), abs=1e-9)
+
+
+def test_json_that_is_not_mlearn_is_a_clear_error(tmp_path):
+    (tmp_path / "o.json").write_text('{"a": 1}')
+    with pytest.raises(StructureError, match="o.json: cannot read"):
+        read(tmp_path / "o.json")
+    (tmp_path / "bin.xyz").write_bytes(bytes(range(200, 256)) * 4)
+    with pytest.raises(StructureError, match="bin.xyz"):
+        read(tmp_path / "bin.xyz")
