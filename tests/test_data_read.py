@@ -208,6 +208,17 @@ def test_close_atoms_periodic_aware(tmp_path):
     assert validate([a])[0] == [a]
 
 
+def test_empty_frame_in_file(tmp_path):
+    head = 'Lattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"'
+    path = tmp_path / "empty.xyz"
+    path.write_text(f"0\n{head}\n2\n{head}\nH 0 0 0\nH 0.74 0 0\n")
+    with pytest.raises(StructureError, match="empty.xyz, frame 0: empty frame"):
+        read(path)
+    with pytest.warns(UserWarning):
+        kept, report = read_with_report(path, on_error="skip")
+    assert len(kept) == 1 and report[0]["source_index"] == 0
+
+
 def test_empty_frame_and_unknown_element():
     empty = Atoms()
     empty.info.update(source="x.xyz", source_index=4)
