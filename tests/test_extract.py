@@ -91,3 +91,14 @@ def test_spec_is_recorded_and_frames_reload(reference):
 
     direct = load(MODEL).extract(frames, layers=("last",)).layers["last"]
     np.testing.assert_array_equal(st.features(key, MODEL, "last"), direct)
+
+
+def test_existing_scheduler_address(reference, tmp_path):
+    """``scheduler=ADDRESS`` (as with dask-jobqueue on SLURM) uses that cluster, same result."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None, silence_logs=40) as cluster:
+        path = tmp_path / "fs"
+        extract_to_store(SPEC, MODEL, path, layers="all", shard_size=3, scheduler=cluster.scheduler_address,
+                         progress=False)
+    assert tree(path) == tree(reference)

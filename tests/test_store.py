@@ -260,3 +260,13 @@ def test_real_dataset_labels_round_trip(tmp_path):
     for a, b in zip(frames, back):
         assert a.info["energy"] == b.info["energy"] and a.info["subset"] == b.info["subset"]
         np.testing.assert_array_equal(a.arrays["forces"], b.arrays["forces"])
+
+
+def test_frame_table(filled):
+    path, frames, summary = filled
+    st = FeatureStore(path)
+    table = st.frame_table(summary["dataset"])
+    np.testing.assert_array_equal(table["natoms"], [len(a) for a in frames])
+    assert list(table["subset"]) == [a.info["subset"] for a in frames]
+    assert np.isnan(table["energy"][1]) and table["energy"][2] == -3.0 and table["stress"].shape == (5, 6)
+    assert list(mstore.open(path)[f"{summary['dataset']}/frames/subset"]) == list(table["subset"])

@@ -76,6 +76,8 @@ def frames_to_arrays(frames: Sequence[Atoms]) -> dict[str, np.ndarray]:
         "cell": np.array([a.cell.array for a in frames], dtype=np.float64).reshape(n_frames, 3, 3),
         "pbc": np.array([a.pbc for a in frames], dtype=bool).reshape(n_frames, 3),
     }
+    subsets = np.array([str(a.info.get("subset", "")) for a in frames] or [""], dtype=str)
+    out["subset"] = subsets[:n_frames]  # stored as codes + categories (see core._write_coded)
     labels = [_labels(a) for a in frames]
     if any("energy" in lab for lab in labels):
         out["energy"] = np.array([lab.get("energy", np.nan) for lab in labels], dtype=np.float64)

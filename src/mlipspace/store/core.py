@@ -61,6 +61,21 @@ def _check_name(name: str, what: str, reserved: frozenset[str]) -> str:
     return name
 
 
+def _write_coded(path: Path, values) -> None:
+    """A string array stored as int32 codes with the sorted distinct strings as ``categories``."""
+    categories, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    _io.write_array(path, codes.astype(np.int32).reshape(-1), {"categories": [str(c) for c in categories]})
+
+
+def _read_maybe_coded(path: Path) -> np.ndarray:
+    """A stored array; string arrays written by :func:`_write_coded` come back as strings."""
+    arr = _io.read_array(path)
+    categories = _io.attrs(path).get("categories")
+    if categories is None:
+        return arr
+    return np.array(categories, dtype=str)[arr] if len(arr) else np.zeros(0, dtype="U1")
+
+
 def _rows_to_arrays(rows: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
     subset = np.asarray(rows["subset"]).astype(str)
     categories, codes = np.unique(subset, return_inverse=True)
@@ -205,7 +220,10 @@ class FeatureStore:
         _write_rows(tmp / "rows", rows)
         _io.create_group(tmp / "frames")
         for name, arr in arrays.items():
-            _io.write_array(tmp / "frames" / name, arr)
+            if arr.dtype.kind == "U":
+                _write_coded(tmp / "frames" / name, arr)
+            else:
+                _io.write_array(tmp / "frames" / name, arr)
         _io.create_group(tmp / "models")
         _io.place(tmp, final)
         return key
@@ -221,8 +239,15 @@ class FeatureStore:
         """The stored structures (with labels and JSON-able ``info``), optionally only ``indices``."""
         key = self.resolve(dataset)
         base = self._ds_dir(key) / "frames"
-        arrays = {name: _io.read_array(base / name) for name in _io.children(base)}
+        arrays = {name: _read_maybe_coded(base / name) for name in _io.children(base)}
         return arrays_to_frames(arrays, indices)
+
+    def frame_table(self, dataset) -> dict[str, np.ndarray]:
+        """Per-frame metadata: ``natoms``, ``subset`` and, when stored, ``energy`` (F,) and ``stress`` (F, 6)."""
+        key = self.resolve(dataset)
+        base = self._ds_dir(key) / "frames"
+        return {name: _read_maybe_coded(base / name) for name in ("natoms", "subset", "energy", "stress")
+                if _io.is_node(base / name)}
 
     # -------------------------------------------------------------------------------- models
     def _model_dir(self, key: str, model: str, need_rows: bool = False) -> Path:
@@ -485,7 +510,7 @@ class StoreMapping(Mapping):
             if parts[1:] == ["rows"]:
                 return _structured(_read_rows(ds / "rows"))
             if len(parts) == 3 and parts[1] == "frames" and _io.is_node(ds / "frames" / parts[2]):
-                return _io.read_array(ds / "frames" / parts[2])
+                return _read_maybe_coded(ds / "frames" / parts[2])
             if len(parts) >= 3:
                 mdir = ds / "models" / parts[1]
                 if len(parts) == 3 and parts[2] == "rows" and _io.is_node(mdir / "rows"):

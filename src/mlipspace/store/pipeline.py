@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ DEFAULT_SHARD_SIZE = 32
 DELAY_ENV = "MLIPSPACE_STORE_SHARD_DELAY"
 
 _MODELS: dict[tuple[str, str], object] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 # ------------------------------------------------------------------------------- per process
@@ -72,11 +74,12 @@ def get_model(model, device: str = "auto"):
 
     # a registry entry that needs no package (the numpy descriptor) runs on the CPU: no torch import
     dev = "cpu" if device == "auto" and not get_spec(model).requires else _worker_device(device)
-    cached = _MODELS.get((model, dev))
-    if cached is None:
-        from mlipspace.models import load
+    with _MODELS_LOCK:  # threads of one Dask worker share the cache: load once
+        cached = _MODELS.get((model, dev))
+        if cached is None:
+            from mlipspace.models import load
 
-        cached = _MODELS[(model, dev)] = load(model, device=dev)
+            cached = _MODELS[(model, dev)] = load(model, device=dev)
     return cached
 
 
@@ -294,8 +297,12 @@ def _gpu_count() -> int:
         return 0
 
 
-def _client(workers: int | None, scheduler: str | None):
-    """A Dask client: an existing scheduler, or a LocalCluster of ``workers`` processes."""
+def _client(workers: int | None, scheduler: str | None, device: str = "auto"):
+    """A Dask client: an existing scheduler, or a LocalCluster of ``workers`` processes.
+
+    With GPUs (and a device other than ``cpu``) the cluster has one worker per GPU at most. On the
+    CPU, each worker gets ``cores // workers`` threads for torch/BLAS (Dask's default is one).
+    """
     if scheduler is None and not workers:
         return None, None
     try:
@@ -307,11 +314,13 @@ def _client(workers: int | None, scheduler: str | None):
     n = int(workers)
     if n < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
-    gpus = _gpu_count()
+    gpus = _gpu_count() if device != "cpu" else 0
     if gpus and n > gpus:
         n = gpus  # one worker per GPU: more would only share a device
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    env = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=40)
+                           silence_logs=40, env=env)
     return Client(cluster), cluster
 
 
@@ -357,7 +366,7 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
     _io.clean_tmp(store.path)
     key = store.add_dataset(frames, spec)
     counts = np.array([len(a) for a in frames], dtype=np.int64)
-    client, cluster = _client(workers, scheduler)
+    client, cluster = _client(workers, scheduler, device)
     summary = {"dataset": key, "fingerprint": store.dataset_info(key)["fingerprint"], "models": {}}
     try:
         plans = []
