@@ -25,7 +25,6 @@ from ase import Atoms
 from ase.build import bulk as ase_bulk
 from ase.build import graphene, mx2, surface
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
-from ase.neighborlist import neighbor_list
 
 from mlipspace.errors import InputError
 
