@@ -406,3 +406,15 @@ def test_bad_input_raises_clear_errors():
         similarity_with_uncertainty(X, Y, "cka", subsample=1.5)
     with pytest.raises(InputError, match="median distance is 0"):
         rbf_cka(np.vstack([np.zeros((20, 2)), np.ones((10, 2))]), Y, device="cpu")
+
+
+def test_knn_prefilter_on_wide_blocks_matches_brute_force_with_ties():
+    """Above 4 × 1024 columns the NumPy kNN pre-filters candidates; it must not change the answer."""
+    from mlipspace.metrics._similarity_backend import SAMPLE_COLS, NumpyBackend, knn_indices
+
+    rng = np.random.default_rng(2)
+    n = 4 * SAMPLE_COLS + 500
+    for X in (rng.normal(size=(n, 3)), rng.integers(0, 4, size=(n, 2)).astype(float)):
+        for k in (1, 12):
+            got = knn_indices(X, k, backend=NumpyBackend(), chunk_size=300)
+            np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(ref_knn(X, k), axis=1))

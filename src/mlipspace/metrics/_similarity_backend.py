@@ -20,6 +20,8 @@ from mlipspace.errors import InputError
 
 #: Elements (float64) of one block × N work array in the kNN and kernel code (64 MiB).
 BLOCK_ELEMENTS = 1 << 23
+#: Columns sampled per row for the kNN pre-filter (NumPy backend).
+SAMPLE_COLS = 1024
 #: Elements (float64) of one row chunk × d in the linear measures (32 MiB).
 CHUNK_ELEMENTS = 1 << 22
 
@@ -33,13 +35,13 @@ def chunk_rows(n_cols: int, chunk_size: int | None) -> int:
     return max(64, CHUNK_ELEMENTS // max(1, n_cols))
 
 
-def block_rows(n: int, chunk_size: int | None) -> int:
+def block_rows(n: int, chunk_size: int | None, elements: int = BLOCK_ELEMENTS) -> int:
     """Rows per block for block × N work arrays (kNN distances, kernel rows)."""
     if chunk_size is not None:
         if int(chunk_size) < 1:
             raise InputError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         return int(chunk_size)
-    return max(1, min(n, BLOCK_ELEMENTS // max(1, n)))
+    return max(1, min(n, elements // max(1, n)))
 
 
 class NumpyBackend:
@@ -47,6 +49,7 @@ class NumpyBackend:
 
     name = "numpy"
     device = "cpu"
+    block_elements = BLOCK_ELEMENTS
 
     def put(self, a: np.ndarray) -> np.ndarray:
         return a
@@ -66,6 +69,9 @@ class NumpyBackend:
     def exp(self, a):
         return np.exp(a, out=a)
 
+    def cat(self, parts):
+        return np.concatenate(parts, axis=1)
+
     def rowsum(self, a):
         return a.sum(axis=1)
 
@@ -73,21 +79,49 @@ class NumpyBackend:
         return np.arange(start, stop)
 
     def knn_block(self, dist, k: int) -> np.ndarray:
-        """Indices of the ``k`` smallest entries of each row of ``dist``; ties go to the lower index."""
+        """Indices of the ``k`` smallest entries of each row of ``dist``; ties go to the lower index.
+
+        For wide blocks a cheap pre-filter comes first: the (k+1)-th smallest value among
+        :data:`SAMPLE_COLS` evenly spaced columns bounds the row's (k+1)-th smallest from above, so
+        every entry that can matter is ≤ that bound. Only those candidates (about (k+1)·n/1024 per
+        row) go on to the exact selection, kept in column order so ties still go to the lower index.
+        """
         b, n = dist.shape
-        idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
-        kth = np.take_along_axis(dist, idx, axis=1).max(axis=1)
-        at_kth = dist == kth[:, None]
-        n_at_kth = at_kth.sum(axis=1)
-        n_below = (np.take_along_axis(dist, idx, axis=1) < kth[:, None]).sum(axis=1)
-        # argpartition picks an arbitrary subset of equal values; only rows with more candidates at the
-        # k-th distance than slots left need the deterministic (lowest index first) choice.
-        tied = np.nonzero(n_at_kth > k - n_below)[0]
+        if n <= 4 * SAMPLE_COLS:
+            return self._select(dist, k)
+        cols = np.linspace(0, n - 1, SAMPLE_COLS).astype(np.int64)
+        bound = np.partition(dist[:, cols], k, axis=1)[:, k]
+        rows, cc = np.nonzero(dist <= bound[:, None])
+        counts = np.bincount(rows, minlength=b)
+        starts = np.cumsum(counts) - counts
+        pos = np.arange(rows.size) - starts[rows]
+        cand = np.full((b, int(counts.max())), np.inf)
+        cand_col = np.zeros(cand.shape, dtype=np.int64)
+        cand[rows, pos] = dist[rows, cc]
+        cand_col[rows, pos] = cc
+        return np.take_along_axis(cand_col, self._select(cand, k), axis=1)
+
+    @staticmethod
+    def _select(dist, k: int) -> np.ndarray:
+        """Exact k smallest per row, ties to the lower column.
+
+        One ``argpartition`` for the k+1 smallest: the k-th and (k+1)-th smallest values differ in
+        every row without a tie at the boundary, and only the other rows (rare, except with duplicated
+        rows) are resolved with a full pass that picks the lowest indices among equal distances.
+        """
+        part = np.argpartition(dist, k, axis=1)[:, : k + 1]
+        vals = np.take_along_axis(dist, part, axis=1)
+        order = np.argsort(vals, axis=1, kind="stable")
+        part = np.take_along_axis(part, order, axis=1)
+        vals = np.take_along_axis(vals, order, axis=1)
+        idx = part[:, :k].copy()
+        tied = np.nonzero(vals[:, k] == vals[:, k - 1])[0]
         if tied.size:
             sub = dist[tied]
-            below = sub < kth[tied][:, None]
-            equal = at_kth[tied]
-            slots = (k - below.sum(axis=1))[:, None]
+            kth = vals[tied, k - 1][:, None]
+            below = sub < kth
+            equal = sub == kth
+            slots = k - below.sum(axis=1, keepdims=True)
             take = below | (equal & (np.cumsum(equal, axis=1) <= slots))
             idx[tied] = np.nonzero(take)[1].reshape(-1, k)
         return idx
@@ -110,6 +144,8 @@ class TorchBackend:
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"device={device!r} was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'")
         self.device = torch.device(dev)
+        # a GPU wants bigger blocks to stay busy: 8 × 64 MiB per block array there
+        self.block_elements = BLOCK_ELEMENTS * (8 if dev.startswith("cuda") else 1)
 
     def put(self, a):
         return self.torch.as_tensor(np.asarray(a), dtype=self.torch.float64, device=self.device)
@@ -131,6 +167,9 @@ class TorchBackend:
     def exp(self, a):
         return a.exp_()
 
+    def cat(self, parts):
+        return self.torch.cat(parts, dim=1)
+
     def rowsum(self, a):
         return a.sum(dim=1)
 
@@ -139,21 +178,18 @@ class TorchBackend:
 
     def knn_block(self, dist, k: int) -> np.ndarray:
         torch = self.torch
-        vals, idx = torch.topk(dist, k, dim=1, largest=False, sorted=False)
-        kth = vals.max(dim=1).values
-        at_kth = dist == kth[:, None]
-        n_at_kth = at_kth.sum(dim=1)
-        n_below = (vals < kth[:, None]).sum(dim=1)
-        tied = torch.nonzero(n_at_kth > k - n_below).flatten()
+        vals, idx = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
+        idx = idx[:, :k].clone()
+        tied = torch.nonzero(vals[:, k] == vals[:, k - 1]).flatten()
         if tied.numel():
             # lowest-index choice among equal distances, as in the NumPy backend
-            sub_dist = dist[tied]
-            below = sub_dist < kth[tied][:, None]
-            equal = at_kth[tied]
-            slots = (k - below.sum(dim=1))[:, None]
+            sub = dist[tied]
+            kth = vals[tied, k - 1][:, None]
+            below = sub < kth
+            equal = sub == kth
+            slots = k - below.sum(dim=1, keepdim=True)
             take = below | (equal & (torch.cumsum(equal.to(torch.int64), dim=1) <= slots))
-            cols = torch.nonzero(take)[:, 1].reshape(-1, k)
-            idx[tied] = cols
+            idx[tied] = torch.nonzero(take)[:, 1].reshape(-1, k)
         return idx.cpu().numpy()
 
 
@@ -172,8 +208,8 @@ def get_backend(device: str = "auto"):
 def knn_indices(X, k: int, *, backend, metric: str = "euclidean", chunk_size: int | None = None) -> np.ndarray:
     """Indices (n, k) of each row's ``k`` nearest other rows of ``X``, self excluded.
 
-    Squared distances of a block of rows to all rows are ``|x_i|² + |x_j|² − 2 x_i·x_j`` (one matrix
-    product per block); ``metric="cosine"`` first scales every row to unit length, so the order is
+    Neighbours are ranked by squared Euclidean distance (one matrix product per block of rows);
+    ``metric="cosine"`` first scales every row to unit length, so the order is
     that of cosine similarity. Ties at the k-th distance are broken in favour of the lower row index.
     Memory: one ``block × n`` float64 array (see :func:`block_rows`), never ``n × n``.
     """
@@ -181,25 +217,25 @@ def knn_indices(X, k: int, *, backend, metric: str = "euclidean", chunk_size: in
     Xd = backend.put(X)
     if backend.name == "numpy":
         Xd = np.asarray(Xd, dtype=np.float64)
-    sq = (Xd * Xd).sum(1)
     if metric == "cosine":
-        norms = sq**0.5
+        norms = (Xd * Xd).sum(1) ** 0.5
         if bool((norms == 0).any()):
             bad = int(np.nonzero(backend.to_numpy(norms) == 0)[0][0])
             raise InputError(f"row {bad} is all zeros: its cosine distance is undefined")
         Xd = Xd / norms[:, None]
-        sq = (Xd * Xd).sum(1)
     elif metric != "euclidean":
         raise InputError(f"unknown metric {metric!r}: use 'euclidean' or 'cosine'")
-    step = block_rows(n, chunk_size)
+    # Row i's order over j only needs |x_j|² − 2 x_i·x_j (|x_i|² is constant along the row), which one
+    # matrix product of the augmented rows [x_i, 1] and [−2 x_j, |x_j|²] gives with no extra pass.
+    ones = backend.put(np.ones((n, 1)))
+    left = backend.cat([Xd, ones])
+    right = backend.cat([-2.0 * Xd, (Xd * Xd).sum(1)[:, None]])
+    del Xd
+    step = block_rows(n, chunk_size, backend.block_elements)
     out = np.empty((n, k), dtype=np.int64)
     for s in range(0, n, step):
         e = min(n, s + step)
-        blk = Xd[s:e]
-        dist = blk @ Xd.T
-        dist *= -2.0
-        dist += sq[s:e][:, None]
-        dist += sq[None, :]
+        dist = left[s:e] @ right.T
         r = backend.arange(0, e - s)
         dist[r, r + s] = float("inf")  # self is not its own neighbour
         out[s:e] = backend.knn_block(dist, k)

@@ -370,7 +370,7 @@ class _RbfState:
                 )
         self.sigma = (sx, sy)
         self.bk = get_backend(device)
-        self.step = block_rows(self.n, chunk_size)
+        self.step = block_rows(self.n, chunk_size, self.bk.block_elements)
         self.X = self.bk.put(np.asarray(X, dtype=np.float64))
         self.Y = self.bk.put(np.asarray(Y, dtype=np.float64))
         self.sqx = (self.X * self.X).sum(1)
