@@ -408,13 +408,14 @@ def test_bad_input_raises_clear_errors():
         rbf_cka(np.vstack([np.zeros((20, 2)), np.ones((10, 2))]), Y, device="cpu")
 
 
-def test_knn_prefilter_on_wide_blocks_matches_brute_force_with_ties():
-    """Above 4 × 1024 columns the NumPy kNN pre-filters candidates; it must not change the answer."""
-    from mlipspace.metrics._similarity_backend import SAMPLE_COLS, NumpyBackend, knn_indices
+def test_knn_prefilter_on_wide_blocks_matches_brute_force_with_ties(monkeypatch):
+    """Above 4 × SAMPLE_COLS columns the NumPy kNN pre-filters candidates; it must not change the answer."""
+    from mlipspace.metrics import _similarity_backend as backend
 
+    monkeypatch.setattr(backend, "SAMPLE_COLS", 16)  # exercise the pre-filter at a test-sized n
     rng = np.random.default_rng(2)
-    n = 4 * SAMPLE_COLS + 500
+    n = 700
     for X in (rng.normal(size=(n, 3)), rng.integers(0, 4, size=(n, 2)).astype(float)):
-        for k in (1, 12):
-            got = knn_indices(X, k, backend=NumpyBackend(), chunk_size=300)
+        for k in (1, 12, 40):
+            got = backend.knn_indices(X, k, backend=backend.NumpyBackend(), chunk_size=90)
             np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(ref_knn(X, k), axis=1))

@@ -82,14 +82,15 @@ class NumpyBackend:
         """Indices of the ``k`` smallest entries of each row of ``dist``; ties go to the lower index.
 
         For wide blocks a cheap pre-filter comes first: the (k+1)-th smallest value among
-        :data:`SAMPLE_COLS` evenly spaced columns bounds the row's (k+1)-th smallest from above, so
+        :data:`SAMPLE_COLS` (at least 8(k+1)) evenly spaced columns bounds the row's (k+1)-th smallest from above, so
         every entry that can matter is ≤ that bound. Only those candidates (about (k+1)·n/1024 per
         row) go on to the exact selection, kept in column order so ties still go to the lower index.
         """
         b, n = dist.shape
-        if n <= 4 * SAMPLE_COLS:
+        n_sample = max(SAMPLE_COLS, 8 * (k + 1))
+        if n <= 4 * n_sample:
             return self._select(dist, k)
-        cols = np.linspace(0, n - 1, SAMPLE_COLS).astype(np.int64)
+        cols = np.linspace(0, n - 1, n_sample).astype(np.int64)
         bound = np.partition(dist[:, cols], k, axis=1)[:, k]
         rows, cc = np.nonzero(dist <= bound[:, None])
         counts = np.bincount(rows, minlength=b)
