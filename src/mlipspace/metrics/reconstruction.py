@@ -119,6 +119,10 @@ def resolve_backend(device: str) -> str:
 
     ``"torch-cpu"`` runs the torch implementation on the CPU (for testing the GPU code path)."""
     if device == "auto":
+        import sys
+
+        if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+            return "numpy"  # no NVIDIA driver: skip the (slow) torch import
         from mlipspace._device import resolve_device
 
         device = resolve_device("auto")

@@ -1,0 +1,90 @@
+"""Exact neighbour-distance ties (duplicated rows) are broken by row index; LFRE is order independent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlipspace.metrics import pointwise_lfre
+from mlipspace.metrics._knn import knn_indices
+
+
+def brute_knn(Xtr, Xte, k, key):
+    out = []
+    for x in Xte:
+        d = ((Xtr - x) ** 2).sum(1)
+        out.append(np.lexsort((key, d))[:k])
+    return np.array(out)
+
+
+def duplicated(seed=0, n_unique=40, copies=4, x_only=False, d=5):
+    """Rows repeated ``copies`` times (symmetry-equivalent atoms); with ``x_only`` Y rows differ."""
+    rng = np.random.default_rng(seed)
+    Xu = rng.standard_normal((n_unique, d))
+    Yu = np.tanh(Xu @ rng.standard_normal((d, 6)))
+    X = np.repeat(Xu, copies, axis=0)
+    Y = np.repeat(Yu, copies, axis=0)
+    if x_only:
+        Y = Y + 0.1 * rng.standard_normal(Y.shape)
+    return X, Y
+
+
+def test_knn_matches_brute_force_with_ties():
+    X, _ = duplicated()
+    rng = np.random.default_rng(1)
+    key = rng.permutation(len(X))
+    Xte = np.vstack([X[:10], rng.standard_normal((10, 5))])
+    for k in (1, 3, 4, 9, 30):
+        got = knn_indices(X, Xte, k, key, chunk=17)
+        np.testing.assert_array_equal(got, brute_knn(X, Xte, k, key))
+
+
+def test_knn_torch_twin_agrees():
+    torch = pytest.importorskip("torch")
+    from mlipspace.metrics._knn import knn_indices_torch
+
+    X, _ = duplicated(seed=3)
+    key = np.random.default_rng(2).permutation(len(X))
+    Xte = X[::7] + 0.0
+    got = knn_indices_torch(torch.as_tensor(X), torch.as_tensor(Xte), 6, torch.as_tensor(key), chunk=23)
+    np.testing.assert_array_equal(got.numpy(), knn_indices(X, Xte, 6, key))
+
+
+@pytest.mark.parametrize("x_only", [False, True])
+def test_lfre_does_not_depend_on_training_order(x_only):
+    # 2-D features and k = 14 > groups of 4: the local fit cannot interpolate the group means, so
+    # both the choice among tied rows and their order (the CV folds) change the values
+    X, Y = duplicated(x_only=x_only, d=2)
+    rng = np.random.default_rng(4)
+    test = rng.choice(len(X), 30, replace=False)
+    train = np.setdiff1d(np.arange(len(X)), test)
+    ref = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu")
+    for seed in range(3):
+        shuffled = np.random.default_rng(seed).permutation(train)
+        got = pointwise_lfre(X, Y, 14, train_idx=shuffled, test_idx=test, device="cpu")
+        # only the rounding of the scaler's sums changes; another neighbour choice would move values by ~1e-2
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_lfre_of_duplicated_rows_does_not_depend_on_row_order():
+    """Permuting the dataset (indices mapped along, training rows kept in ascending order) leaves
+    every pointwise value unchanged when tied rows are identical in X and Y."""
+    X, Y = duplicated(seed=5)
+    n = len(X)
+    rng = np.random.default_rng(6)
+    test = rng.choice(n, 25, replace=False)
+    train = np.setdiff1d(np.arange(n), test)
+    ref = pointwise_lfre(X, Y, 12, train_idx=train, test_idx=test, device="cpu")
+    for seed in range(3):
+        perm = np.random.default_rng(10 + seed).permutation(n)  # new row r holds old row perm[r]
+        inv = np.argsort(perm)
+        # same training sequence as before (so the same CV folds), new row labels
+        got = pointwise_lfre(X[perm], Y[perm], 12, train_idx=inv[train], test_idx=inv[test], device="cpu")
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_duplicated_test_rows_get_identical_errors():
+    X, Y = duplicated(seed=7)
+    test = np.arange(0, 40)  # ten unique rows, four copies each, all on the test side
+    vals = pointwise_lfre(X, Y, 8, test_idx=test, device="cpu")
+    np.testing.assert_array_equal(vals.reshape(10, 4), np.repeat(vals.reshape(10, 4)[:, :1], 4, axis=1))
