@@ -1,7 +1,8 @@
 """Similarity measures: ours (chunked) vs straightforward dense N×N implementations, side by side.
 
-Every measurement runs in its own child process, so its time and its peak memory (extra resident
-memory over the process after the input is built, from ``getrusage``'s ``ru_maxrss``) are its own.
+Every measurement runs in its own child process, so its time and its peak memory (the peak of the
+arrays it allocates, from ``tracemalloc``, which NumPy reports to; on CUDA plus torch's peak GPU
+memory) are its own.
 
 A dense N×N float64 matrix at 50,000 rows is 20 GB (and the references hold two or three of them), so
 the dense references run on the first ``--ref-rows`` rows (default 10,000) of the same data and
@@ -10,7 +11,7 @@ size is printed beside it. RBF CKA uses one fixed bandwidth on both sides (so th
 comparable); at the full size ours runs on its default ``max_rows`` subsample unless ``--rbf-all``.
 
     python benchmarks/bench_similarity.py                      # 50,000 rows, d = 128 and 512, CPU
-    python benchmarks/bench_similarity.py --rows 20000 --dims 64 --device cuda
+    python benchmarks/bench_similarity.py --rows 20000 --dims 64 --devices cpu cuda
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -78,19 +79,25 @@ def dense_cka_debiased(X, Y):
     return float(_song(K, L) / math.sqrt(_song(K, K) * _song(L, L)))
 
 
-def dense_rbf_cka(X, Y, sx, sy):
-    from scipy.spatial.distance import cdist
+def _sqdist(A):
+    """All squared distances, N×N, the usual BLAS way (|a|² + |b|² − 2 a·b)."""
+    A = np.asarray(A, np.float64)
+    sq = (A * A).sum(1)
+    D = sq[:, None] + sq[None, :] - 2.0 * (A @ A.T)
+    np.maximum(D, 0.0, out=D)
+    np.fill_diagonal(D, 0.0)
+    return D
 
-    K = _double_centre(np.exp(-cdist(X, X, "sqeuclidean") / (2 * sx * sx)))
-    L = _double_centre(np.exp(-cdist(Y, Y, "sqeuclidean") / (2 * sy * sy)))
+
+def dense_rbf_cka(X, Y, sx, sy):
+    K = _double_centre(np.exp(-_sqdist(X) / (2 * sx * sx)))
+    L = _double_centre(np.exp(-_sqdist(Y) / (2 * sy * sy)))
     return float(np.sum(K * L) / math.sqrt(np.sum(K * K) * np.sum(L * L)))
 
 
 def dense_mknn(X, Y, k):
-    from scipy.spatial.distance import cdist
-
     def knn(A):
-        D = cdist(A, A, "sqeuclidean")
+        D = _sqdist(A)
         np.fill_diagonal(D, np.inf)
         return np.argpartition(D, k - 1, axis=1)[:, :k]
 
@@ -115,7 +122,6 @@ def dense_procrustes(X, Y):
 def child(measure: str, impl: str, n: int, d: int, device: str, rbf_all: bool) -> dict:
     X, Y = make_data(n, d)
     sx, sy = fixed_sigma(X), fixed_sigma(Y)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if impl == "ours":
         from mlipspace.metrics import similarity as sim
 
@@ -138,17 +144,25 @@ def child(measure: str, impl: str, n: int, d: int, device: str, rbf_all: bool) -
             "mknn": lambda: dense_mknn(X, Y, K_NN),
             "rbf_cka": lambda: dense_rbf_cka(X, Y, sx, sy),
         }[measure]
-    if device.startswith("cuda") and impl == "ours":
-        f()  # warm-up: CUDA context and kernels
-    t0 = time.perf_counter()
-    value = f()
-    if device.startswith("cuda") and impl == "ours":
+    cuda = device.startswith("cuda") and impl == "ours"
+    if impl == "ours" and device != "cpu":
         import torch
 
+        f()  # warm-up outside the timing: torch import, CUDA context, cuBLAS handles
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+    tracemalloc.start()  # NumPy reports its buffers to tracemalloc: the peak is the measure's own arrays
+    t0 = time.perf_counter()
+    value = f()
+    if cuda:
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"value": value, "seconds": sec, "extra_peak_mb": max(0, peak - base) / 1024.0}
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    if cuda:
+        peak += torch.cuda.max_memory_allocated()
+    return {"value": value, "seconds": sec, "peak_mb": peak / 1e6}
 
 
 def run_child(measure, impl, n, d, device, rbf_all) -> dict:
@@ -165,7 +179,7 @@ def main() -> None:
     ap.add_argument("--ref-rows", type=int, default=10_000, help="rows for the dense references")
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--measures", nargs="+", default=MEASURES, choices=MEASURES)
-    ap.add_argument("--device", default="cpu", help="device for ours: cpu, cuda, torch-cpu, auto")
+    ap.add_argument("--devices", nargs="+", default=["cpu"], help="devices for ours: cpu, cuda, torch-cpu")
     ap.add_argument("--rbf-all", action="store_true", help="RBF CKA on all rows at the full size")
     ap.add_argument("--json", help="also write the records to this file")
     ap.add_argument("--_child", nargs=6, help=argparse.SUPPRESS)
@@ -176,38 +190,36 @@ def main() -> None:
         return
 
     ref_n = min(args.ref_rows, args.rows)
-    dense_gb = 8 * args.rows**2 / 1e9
-    print(f"rows {args.rows}, dense references on the first {ref_n} rows "
-          f"(one N×N float64 matrix at {args.rows} rows = {dense_gb:.1f} GB); device for ours: {args.device}; "
-          f"k = {K_NN} for mknn; float32 input; 'extra' = peak resident memory above the input")
+    print(f"rows {args.rows}; dense references (NumPy, CPU) on the first {ref_n} rows: one N×N float64 "
+          f"matrix at {args.rows} rows is {8 * args.rows**2 / 1e9:.1f} GB. k = {K_NN} for mknn; float32 input.")
+    print("MB = peak of the measure's own allocations (tracemalloc; on CUDA plus torch's peak GPU memory).")
     if args.rows > ref_n:
-        print(f"NOTE: the dense/ours ratio is measured at the common size {ref_n}; "
-              f"ours at {args.rows} is listed beside it.")
+        print(f"NOTE: ratio = dense/ours time at the common size {ref_n}; ours at {args.rows} is listed beside it.")
     if "rbf_cka" in args.measures and not args.rbf_all and args.rows > 10_000:
         print(f"NOTE: rbf_cka at {args.rows} rows runs on its default max_rows=10,000 subsample "
-              "(use --rbf-all for all rows).")
-    header = (f"{'measure':<13}{'d':>5} | {'dense s':>9}{'dense MB':>10} | {'ours s':>8}{'ours MB':>9}"
-              f" | {'ratio':>7} | {'|Δvalue|':>9} | {'ours@' + str(args.rows) + ' s':>14}{'MB':>8}")
+              "(--rbf-all: all rows).")
+    full = f"ours@{args.rows} s"
+    header = (f"{'measure':<13}{'d':>5} {'device':<9}| {'dense s':>8}{'MB':>7} | {'ours s':>8}{'MB':>7} | "
+              f"{'ratio':>7} | {'|diff|':>8} | {full:>13}{'MB':>7}")
     print(header)
     print("-" * len(header))
     records = []
     for d in args.dims:
         for m in args.measures:
             ref = run_child(m, "dense", ref_n, d, "cpu", False)
-            ours_small = run_child(m, "ours", ref_n, d, args.device, True)
-            ours_full = (run_child(m, "ours", args.rows, d, args.device, args.rbf_all)
-                         if args.rows > ref_n else ours_small)
-            rec = {"measure": m, "d": d, "ref_rows": ref_n, "rows": args.rows, "dense": ref,
-                   "ours_common": ours_small, "ours_full": ours_full, "device": args.device}
-            records.append(rec)
-            if "error" in ref or "error" in ours_small or "error" in ours_full:
-                print(f"{m:<13}{d:>5} | error: {ref.get('error') or ours_small.get('error') or ours_full.get('error')}")
-                continue
-            ratio = ref["seconds"] / ours_small["seconds"]
-            dv = abs(ref["value"] - ours_small["value"])
-            print(f"{m:<13}{d:>5} | {ref['seconds']:>9.2f}{ref['extra_peak_mb']:>10.0f} | "
-                  f"{ours_small['seconds']:>8.2f}{ours_small['extra_peak_mb']:>9.0f} | {ratio:>6.1f}x | "
-                  f"{dv:>9.1e} | {ours_full['seconds']:>14.2f}{ours_full['extra_peak_mb']:>8.0f}", flush=True)
+            for dev in args.devices:
+                small = run_child(m, "ours", ref_n, d, dev, True)
+                big = run_child(m, "ours", args.rows, d, dev, args.rbf_all) if args.rows > ref_n else small
+                records.append({"measure": m, "d": d, "device": dev, "ref_rows": ref_n, "rows": args.rows,
+                                "dense": ref, "ours_common": small, "ours_full": big})
+                err = ref.get("error") or small.get("error") or big.get("error")
+                if err:
+                    print(f"{m:<13}{d:>5} {dev:<9}| error: {err}", flush=True)
+                    continue
+                print(f"{m:<13}{d:>5} {dev:<9}| {ref['seconds']:>8.2f}{ref['peak_mb']:>7.0f} | "
+                      f"{small['seconds']:>8.2f}{small['peak_mb']:>7.0f} | "
+                      f"{ref['seconds'] / small['seconds']:>6.1f}x | {abs(ref['value'] - small['value']):>8.1e} | "
+                      f"{big['seconds']:>13.2f}{big['peak_mb']:>7.0f}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(records, fh, indent=1)
