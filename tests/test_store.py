@@ -226,11 +226,11 @@ def test_cli_extract_and_ls(tmp_path):
     path = tmp_path / "fs"
     res = runner.invoke(app, ["extract", "builtin:mad-mini?size=6", "--model", MODEL, "--layers", "all",
                               "--store", str(path), "--shard-size", "4", "--json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, (res.output, repr(res.exception))
     out = json.loads(res.output)
     assert out["models"][MODEL]["layers"] == ["radial", "last"]
     res = runner.invoke(app, ["store", "ls", str(path), "--json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, (res.output, repr(res.exception))
     ls = json.loads(res.output)
     assert ls[0]["spec"] == "builtin:mad-mini?size=6" and ls[0]["n_frames"] == 6
     rec = ls[0]["models"][0]

@@ -128,6 +128,8 @@ class FeatureStore:
         elif mode == "r":
             raise StoreError(f"{self.path}: no feature store here (run `mlipspace extract ... --store {self.path}`)")
         else:
+            if self.path.exists() and not self.path.is_dir():
+                raise StoreError(f"{self.path} is a file, not a feature store directory")
             if self.path.exists() and any(self.path.iterdir()):
                 raise StoreError(f"{self.path} exists, is not empty and is not a feature store")
             self.path.mkdir(parents=True, exist_ok=True)
