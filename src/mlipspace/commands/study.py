@@ -45,6 +45,12 @@ def _open(store: Path, dataset: str | None, models: str | None, layer: str = "la
         raise InputError(f"{store}: dataset {key} has no features of {', '.join(missing)} "
                          f"(stored: {', '.join(st.models(key)) or 'none'})")
     feats, rows = load_features(st, key, names, layer)
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread for this command's analyses (see mlipspace.experiments.study.blas_threads)
+    threadpool_limits(limits=int(os.environ.get("MLIPSPACE_BLAS_THREADS", "1")))
     spec = st.dataset_info(key).get("spec") or key
     fps = {m: st.fingerprint(key, m) for m in names}
     return feats, rows, spec, fps, st, key, names

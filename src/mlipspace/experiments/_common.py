@@ -202,7 +202,7 @@ def fre(
 
     LFRE fits one local ridge per test row, so it is evaluated on at most ``lfre_max_test`` test rows
     (a seeded subsample) and with k = min(d_X, d_Y, n_train - 1) neighbours (the study's k, bounded
-    by the training size).
+    by the training size), as :func:`mlipspace.metrics.pairwise` does.
     """
     from mlipspace import metrics
 
@@ -210,11 +210,11 @@ def fre(
         raise InputError(f"unknown metric {metric!r}; choose from {', '.join(FRE_METRICS)}")
     test = np.asarray(test_idx)
     if metric == "lfre":
-        if lfre_max_test is not None and len(test) > lfre_max_test:
-            rng = np.random.default_rng(seed)
-            test = np.sort(rng.choice(test, size=lfre_max_test, replace=False))
-        k = int(min(X.shape[1], Y.shape[1], len(train_idx) - 1))
-        value = metrics.lfre(X, Y, n_neighbors=k, train_idx=train_idx, test_idx=test)
+        from mlipspace.experiments.cross_model import subsample
+
+        test = subsample(test, lfre_max_test, seed)
+        k = int(min(X.shape[1], Y.shape[1], len(train_idx)))
+        value = metrics.lfre(X, Y, k, train_idx=train_idx, test_idx=test)
     else:
         value = getattr(metrics, metric)(X, Y, train_idx=train_idx, test_idx=test)
     return float(value), int(len(test))

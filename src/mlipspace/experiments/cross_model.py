@@ -15,8 +15,8 @@ import numpy as np
 from mlipspace.data.rows import check_aligned
 from mlipspace.errors import InputError
 from mlipspace.experiments._common import (
+    FRE_METRICS,
     atom_splits,
-    fre,
     record,
     select,
     structure_features,
@@ -36,33 +36,66 @@ def pair_errors(
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
     lfre_max_test: int | None = 200,
-    extra: Mapping[str, Mapping] | None = None,
+    extra: Mapping[tuple[str, str], Mapping] | None = None,
     progress=None,
+    n_local_points: int | str | None = None,
 ) -> list[dict]:
-    """Records of ``metric(source -> target)`` for each pair, over the given splits.
+    """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
     ``features`` maps a name to a matrix whose rows the splits index; ``extra`` optionally maps
-    ``(source, target)`` to additional record fields; ``progress`` is called once per pair.
+    ``(source, target)`` to additional record fields. The errors come from
+    :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour search shared per source);
+    LFRE uses k = min(d_source, d_target) capped by the training size and at most ``lfre_max_test``
+    test rows (seeded subsample); ``n_local_points`` overrides k (``"half"``: half the training
+    rows, used for structure-level features whose width exceeds the number of structures).
+    ``progress`` is called once per (split, metric).
     """
+    from mlipspace.metrics import pairwise
+
+    for m in metrics:
+        if m not in FRE_METRICS:
+            raise InputError(f"unknown metric {m!r}; choose from {', '.join(FRE_METRICS)}")
+    pairs = list(dict.fromkeys(pairs))
+    names = list(dict.fromkeys(n for p in pairs for n in p))
+    every = [(a, b) for a in names for b in names if a != b]
+    # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
+    groups = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
+    values: dict[tuple[str, str, str], list[float]] = {}
+    info: dict[tuple[str, str, str], dict] = {}
+    for seed, (train, test) in enumerate(splits):
+        for metric in metrics:
+            te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
+            for group in groups:
+                k = max(2, len(train) // 2) if n_local_points == "half" else n_local_points
+                recs = pairwise({g: features[g] for g in group}, metric, train_idx=train, test_idx=te,
+                                diagonal=False, n_local_points=None if metric != "lfre" else k)
+                for r in recs:
+                    key = (r["source"], r["target"], metric)
+                    values.setdefault(key, []).append(float(r["value"]))
+                    info[key] = {"n_train": r["n_train"], "n_test": r["n_test"], "k": r.get("k")}
+            if progress is not None:
+                progress()
     out = []
     for source, target in pairs:
-        X, Y = features[source], features[target]
         for metric in metrics:
-            vals, n_test = [], 0
-            for seed, (train, test) in enumerate(splits):
-                value, n_test = fre(metric, X, Y, train, test, lfre_max_test=lfre_max_test, seed=seed)
-                vals.append(value)
-            out.append(
-                record(
-                    analysis, source, target, metric, vals,
-                    level=level, layer=layer, n_train=len(splits[0][0]), n_test=n_test,
-                    dataset=dataset, fingerprints=fingerprints,
-                    **(dict(extra.get((source, target), {})) if extra else {}),
-                )
-            )
-        if progress is not None:
-            progress()
+            key = (source, target, metric)
+            more = dict(extra.get((source, target), {})) if extra else {}
+            if info[key]["k"] is not None:
+                more["k"] = int(info[key]["k"])
+            out.append(record(
+                analysis, source, target, metric, values[key], level=level, layer=layer,
+                n_train=info[key]["n_train"], n_test=info[key]["n_test"], dataset=dataset,
+                fingerprints=fingerprints, **more,
+            ))
     return out
+
+
+def subsample(test: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """At most ``max_rows`` of ``test`` (sorted, seeded draw without replacement)."""
+    test = np.asarray(test)
+    if max_rows is None or len(test) <= max_rows:
+        return test
+    return np.sort(np.random.default_rng(seed).choice(test, size=int(max_rows), replace=False))
 
 
 def level_features(
@@ -114,7 +147,9 @@ def cross_model(
 
     ``features`` maps model name -> (n_atoms, d) matrix, all rows described by ``rows``; when the
     models' own row tables are given in ``row_tables`` they are checked against ``rows`` first.
-    ``level="structure"`` compares progressive cumulants of order ``order`` per structure.
+    ``level="structure"`` compares progressive cumulants of order ``order`` per structure (LFRE
+    then uses k = half the training structures: the cumulant width K·d exceeds their number, and
+    the study's k = min(d_X, d_Y) would make the neighbourhood the whole training set).
     Returns one record per (source, target, metric), ``analysis="cross-model"``.
     """
     names = list(features)
@@ -129,6 +164,7 @@ def cross_model(
     return pair_errors(
         feats, pairs, splits, metrics=metrics, level=level, layer=layer, dataset=dataset,
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra, progress=progress,
+        n_local_points="half" if level == "structure" else None,
     )
 
 

@@ -218,12 +218,33 @@ def checkpoint_features(
 
 
 def _chgnet_checkpoint_extractor(path):
-    """An extractor for a CHGNet checkpoint file, reusing the CHGNet adapter's extraction."""
+    """An extractor for a CHGNet checkpoint file (``Trainer.save`` format), reusing the CHGNet adapter.
+
+    The adapter loads only the bundled versions by name, so the model is built here with
+    ``CHGNet.from_file`` and handed to the adapter's :class:`CHGNetExtractor` (same hooks, same
+    graph conversion); the fingerprint names the checkpoint file and its sha256.
+    """
     from mlipspace.models import chgnet as adapter
 
     if hasattr(adapter, "from_checkpoint"):
         return adapter.from_checkpoint(str(path), device="cpu")
-    raise ModelUnavailableError("the CHGNet adapter offers no way to load a checkpoint file")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        from chgnet.model import CHGNet
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = CHGNet.from_file(str(path))
+    except (KeyError, RuntimeError, OSError, EOFError) as exc:
+        raise ModelUnavailableError(f"{path}: not a CHGNet checkpoint ({type(exc).__name__}: {exc})") from None
+    version = str(model.model_args.get("version") or "0.3.0")
+    ext = adapter.CHGNetExtractor(f"chgnet:{path.name}", model, version if version in adapter.VERSIONS else "0.3.0",
+                                  "cpu")
+    from mlipspace.models._torch_utils import make_fingerprint
+
+    ext.fingerprint = make_fingerprint(ext.name, "chgnet", path, "chgnet", head=None, version=version)
+    return ext
 
 
 def finetune_track(

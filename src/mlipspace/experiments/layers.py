@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import atom_splits, fre, record
-from mlipspace.experiments.cross_model import check_features
+from mlipspace.experiments._common import atom_splits, fingerprint_id, fre, record
+from mlipspace.experiments.cross_model import check_features, pair_errors
 
 
 def layer_pairs(
@@ -42,21 +42,16 @@ def layer_pairs(
     check_features(layers, rows)
     splits = atom_splits(rows, seeds, n_test)
     depth = {n: (i / (len(names) - 1)) for i, n in enumerate(names)}
+    pairs = [(a, b) for a in names for b in names if a != b]
+    recs = pair_errors(layers, pairs, splits, metrics=metrics, analysis="layers", dataset=dataset,
+                       lfre_max_test=lfre_max_test)
+    fid = fingerprint_id((fingerprints or {}).get(model))
     out = []
-    for a in names:
-        for b in names:
-            if a == b:
-                continue
-            for metric in metrics:
-                vals, nt = [], 0
-                for seed, (train, test) in enumerate(splits):
-                    v, nt = fre(metric, layers[a], layers[b], train, test, lfre_max_test=lfre_max_test, seed=seed)
-                    vals.append(v)
-                out.append(record(
-                    "layers", model, model, metric, vals, layer=a, n_train=len(splits[0][0]), n_test=nt,
-                    dataset=dataset, fingerprints=fingerprints, source_layer=a, target_layer=b,
-                    source_depth=round(depth[a], 6), target_depth=round(depth[b], 6),
-                ))
+    for r in recs:
+        a, b = r["source"], r["target"]
+        r.update(source=model, target=model, layer=a, source_fingerprint=fid, target_fingerprint=fid,
+                 source_layer=a, target_layer=b, source_depth=round(depth[a], 6), target_depth=round(depth[b], 6))
+        out.append(r)
     return out
 
 

@@ -1,7 +1,8 @@
 """Property probe: how linearly do a model's features encode the DFT energy? And 2-D maps.
 
-The probe removes a composition baseline (a linear fit of the total energy on the element counts,
-fitted on the training folds only), then fits a ridge regression from structure features to the
+The probe removes a composition baseline (a linear fit of the energy per atom on the element
+fractions with an intercept, i.e. of the total energy on the element counts; fitted on the training
+folds only), then fits a ridge regression from structure features to the
 residual and reports the cross-validated RMSE of the energy per atom (meV/atom):
 
 * ``level="atom"``: structure features = sum of the atom features (extensive, like an energy
@@ -61,6 +62,21 @@ def _folds(n: int, n_splits: int, seed: int):
     return KFold(n_splits=min(n_splits, n), shuffle=True, random_state=seed).split(np.arange(n))
 
 
+def composition_fit(counts: np.ndarray, E: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Composition-baseline prediction of every structure's total energy, fitted on ``train`` rows.
+
+    Energy per atom = c + Σ_Z x_Z μ_Z (x_Z: fraction of element Z), a least-squares fit with an
+    intercept c and a tiny ridge (1e-8) so that elements absent from ``train`` fall back to c
+    instead of an arbitrary value; times the atom count.
+    """
+    from sklearn.linear_model import Ridge
+
+    n_atoms = counts.sum(axis=1)
+    frac = counts / n_atoms[:, None]
+    reg = Ridge(alpha=1e-8, fit_intercept=True).fit(frac[train], E[train] / n_atoms[train])
+    return reg.predict(frac) * n_atoms
+
+
 def _cv_rmse(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: np.ndarray, *,
              extensive: bool, n_splits: int, seed: int) -> float:
     """Cross-validated RMSE (eV/atom) of composition baseline + ridge on ``F`` (``None``: baseline only)."""
@@ -70,15 +86,17 @@ def _cv_rmse(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: n
 
     err = np.empty(len(E))
     for train, test in _folds(len(E), n_splits, seed):
-        coef, *_ = np.linalg.lstsq(counts[train], E[train], rcond=None)
-        base = counts @ coef
-        resid = E - base
+        resid = E - composition_fit(counts, E, train)
         target = resid if extensive else resid / n_atoms
         pred = np.zeros(len(test))
         if F is not None:
+            # the composition enters again (counts, or fractions for per-atom targets) so the ridge can
+            # undo what the baseline fit absorbed of the feature signal
+            comp = counts if extensive else counts / n_atoms[:, None]
+            G = np.hstack([F, comp])
             reg = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
-            reg.fit(F[train], target[train])
-            pred = reg.predict(F[test])
+            reg.fit(G[train], target[train])
+            pred = reg.predict(G[test])
         diff = pred - target[test]
         err[test] = diff / n_atoms[test] if extensive else diff
     return float(np.sqrt(np.mean(err**2)))
@@ -112,8 +130,7 @@ def probe(
     if len(E) < 2 * min(n_splits, len(E)) or len(E) < 6:
         raise InputError(f"probe: {len(E)} labelled structures are too few for {n_splits}-fold CV")
     n_atoms = counts.sum(axis=1)
-    coef, *_ = np.linalg.lstsq(counts, E, rcond=None)
-    target_std = float(np.std((E - counts @ coef) / n_atoms) * 1000)
+    target_std = float(np.std((E - composition_fit(counts, E, np.arange(len(E)))) / n_atoms) * 1000)
     n_test = len(E) // min(n_splits, len(E))
     common = dict(level=level, layer=layer, n_train=len(E) - n_test, n_test=n_test, dataset=dataset,
                   fingerprints=fingerprints, target_std=round(target_std, 6), folds=int(min(n_splits, len(E))))
@@ -137,8 +154,7 @@ def residual_energy(rows: Mapping[str, np.ndarray], energy: np.ndarray) -> np.nd
     """Energy per atom (eV/atom) after the composition baseline fitted on all structures."""
     counts, _ = composition(rows)
     E = np.asarray(energy, dtype=np.float64)
-    coef, *_ = np.linalg.lstsq(counts, E, rcond=None)
-    return (E - counts @ coef) / counts.sum(axis=1)
+    return (E - composition_fit(counts, E, np.arange(len(E)))) / counts.sum(axis=1)
 
 
 def pca_map(F: np.ndarray, n_components: int = 2) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlipspace.errors import InputError, StoreError
+from mlipspace.errors import InputError, ModelUnavailableError, StoreError
 
 #: Default number of builtin mad-mini structures: keeps ``mlipspace run`` with the ten bundled
 #: models under 10 minutes on a 2-core CPU (measured; see docs/study.md).
@@ -64,11 +64,28 @@ class StudyConfig:
                 "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order}
 
 
-def default_models() -> list[str]:
-    """Every registered model whose packages are importable here, baselines (descriptor) left out."""
+def default_models(notes: list[str] | None = None) -> list[str]:
+    """Every registered model whose packages and adapter are importable here, baselines left out.
+
+    Models left out for a missing package or adapter are explained in ``notes`` (if given).
+    """
+    import importlib.util
+
     from mlipspace.models import get_spec, names, why_unavailable
 
-    return [n for n in names() if get_spec(n).family not in BASELINE_FAMILIES and why_unavailable(n) is None]
+    out = []
+    for n in names():
+        spec = get_spec(n)
+        if spec.family in BASELINE_FAMILIES:
+            continue
+        reason = why_unavailable(n)
+        if reason is None and importlib.util.find_spec(f"mlipspace.models.{spec.module}") is None:
+            reason = f"no adapter module mlipspace.models.{spec.module} in this installation"
+        if reason is None:
+            out.append(n)
+        elif notes is not None:
+            notes.append(f"Model {n} left out: {reason}.")
+    return out
 
 
 def data_spec(data: str, size: int | None) -> str:
@@ -150,7 +167,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
     from mlipspace.store import FeatureStore, extract_to_store
 
     out = Path(cfg.out)
-    models = list(cfg.models) if cfg.models else default_models()
+    models = list(cfg.models) if cfg.models else default_models(cfg.notes)
     if not models:
         raise InputError("no model available here (install the bundled models: see scripts/install.sh)")
     for m in models:
@@ -249,7 +266,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
         for level in ("atom", "structure"):
             with stages.stage(f"cross-model ({level})", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} "
                                                         f"ordered pairs × {len(seeds)} seeds"):
-                with stages.bar("pairs", n_pairs) as adv:
+                with stages.bar("splits × metrics", len(seeds) * len(metrics)) as adv:
                     recs, hit = cache.get(f"cross-{level}", _cache_key(base_key, level), lambda: cm.cross_model(
                         last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
                         progress=adv, **common))
@@ -352,9 +369,27 @@ def _order_records(last, rows, cfg: StudyConfig, dataset: str, fps) -> list[dict
 
     out = []
     for m, X in last.items():
-        out += cumulant_orders.order_table(X, rows, model=m, max_order=cfg.max_order, seeds=list(range(cfg.seeds)),
-                                           dataset=dataset, fingerprints=fps)
+        out += cumulant_orders.order_table(X, rows["frame"], rows["subset"], max_order=cfg.max_order,
+                                           seeds=list(range(cfg.seeds)), metrics=("gfre",), model=m,
+                                           dataset=dataset)
     return out
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None = None):
+    """Limit BLAS/OpenMP threads (default 1, or ``$MLIPSPACE_BLAS_THREADS``) for the analyses.
+
+    The analyses are many small factorisations; on a shared 2-core machine multi-threaded OpenBLAS
+    spends most of its time spinning (measured: 3x slower than one thread for the same comparison).
+    LFRE parallelises over test rows itself.
+    """
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    n = int(os.environ.get("MLIPSPACE_BLAS_THREADS", "1")) if n is None else int(n)
+    with threadpool_limits(limits=n):
+        yield
 
 
 def run_study(cfg: StudyConfig, console=None) -> dict:
@@ -367,7 +402,8 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(console)
     prep = prepare_features(cfg, stages, console)
-    records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
+    with blas_threads():
+        records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
     frames, store, key = prep["frames"], prep["store"], prep["key"]
     with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
         from mlipspace.data import write as write_frames

@@ -101,6 +101,9 @@ def finding_finetune(records, meta) -> Finding:
     parent = next((v for k, v in means.items() if k.startswith("parent")), None)
     others = {k: v for k, v in means.items() if not k.startswith("parent")}
     parts, holds = [], None
+    if parent is not None and not others:
+        parts.append(f"CHGNet-r2SCAN sits at GFRE {parent:.2f} from its parent CHGNet 0.3.0 (mean of both "
+                     "directions); no independently trained reference was compared.")
     if parent is not None and others:
         holds = bool(all(parent < v for v in others.values()))
         parts.append(
@@ -122,7 +125,8 @@ def finding_finetune(records, meta) -> Finding:
             parts.append(s + ".")
     if not parts:
         return Finding("iii", title, None, "No fine-tuning comparison was run (needs chgnet-r2scan and references).")
-    parts.append("The parent is the closest, as in the study (0.03–0.07 vs 0.13–0.20)." if holds
+    if holds is not None:
+        parts.append("The parent is the closest, as in the study (0.03–0.07 vs 0.13–0.20)." if holds
                  else "The parent is not the closest reference here.")
     return Finding("iii", title, holds, " ".join(parts), {"relations": means})
 
