@@ -22,7 +22,6 @@ so no backward pass is taken; frames are batched as a torch_geometric ``Batch``
 from __future__ import annotations
 
 import warnings
-from importlib.metadata import version
 
 from ase import Atoms
 
@@ -32,10 +31,21 @@ from mlipspace.models._e3nn_common import (
     LayerHook,
     SequentialGraphExtractor,
     count_gates,
-    file_sha256,
     gate_hooks,
     readout_input_width,
 )
+from mlipspace.models._torch_utils import make_fingerprint
+
+N_BLOCKS = 5
+WIDTH = 128
+#: Z of the type map of all four bundled checkpoints (MPtrj elements): H..Bi and Ac..Pu
+ELEMENTS = frozenset(list(range(1, 84)) + list(range(89, 95)))
+
+
+def describe(spec) -> dict:
+    """Static metadata of a bundled SevenNet entry (no torch import, no weights): layers, dims, elements."""
+    layers = tuple(f"interaction.{i}" for i in range(N_BLOCKS)) + ("last",)
+    return {"layers": layers, "dims": {layer: WIDTH for layer in layers}, "elements": ELEMENTS, "cutoff": 5.0}
 
 
 class SevenNetExtractor(SequentialGraphExtractor):
@@ -86,15 +96,9 @@ class SevenNetExtractor(SequentialGraphExtractor):
         self.layers = tuple(f"interaction.{i}" for i in range(n)) + ("last",)
         self.dims = {k: self.hooks[k].dim for k in self.layers}
         self.elements = frozenset(int(z) for z in cp.config[KEY.TYPE_MAP])
-        self.fingerprint = {
-            "model": name,
-            "family": self.family,
-            "checkpoint": checkpoint,
-            "checkpoint_sha256": file_sha256(self.checkpoint_path),
-            "package": "sevenn",
-            "package_version": version("sevenn"),
-            "head": modality,
-        }
+        self.check_static(describe(None))
+        self.fingerprint = make_fingerprint(name, self.family, self.checkpoint_path, "sevenn", head=modality,
+                                            pretrained_name=checkpoint)
 
     def _graph(self, atoms: Atoms):
         import sevenn._keys as KEY
