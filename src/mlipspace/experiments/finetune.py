@@ -145,6 +145,7 @@ def train_chgnet(
     learning_rate: float | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    targets: str | None = None,
     quiet: bool = True,
 ) -> list[Path]:
     """Train CHGNet on labelled ``frames`` with CHGNet's own trainer; one checkpoint per epoch.
@@ -152,7 +153,8 @@ def train_chgnet(
     Starts from the pre-trained ``model`` (fine-tuning) or, with ``from_scratch``, from a random
     initialisation of the same architecture (the control). Writes ``epoch000.pth.tar`` (the starting
     point) and ``epoch{e:03d}.pth.tar`` after each epoch ``e`` into ``out_dir`` and returns them in
-    epoch order. 10% of the frames are held out for CHGNet's validation loss.
+    epoch order. 10% of the frames are held out for CHGNet's validation loss. ``targets``: CHGNet's
+    training targets (default ``"ef"`` when every frame has forces, else ``"e"``).
     """
     try:
         import torch
@@ -172,6 +174,8 @@ def train_chgnet(
     if spec.family != "chgnet":
         raise InputError(f"live fine-tuning supports CHGNet models only, got {model!r} ({spec.family})")
     energies, forces, have_forces = _labels(frames)
+    if targets is not None and ("f" in targets and not have_forces or not set(targets) <= set("efsm")):
+        raise InputError(f"training targets {targets!r} need labels the frames lack (forces: {have_forces})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -196,7 +200,7 @@ def train_chgnet(
 
         lr = learning_rate if learning_rate is not None else (1e-3 if from_scratch else 1e-4)
         trainer = _TrajectoryTrainer(
-            model=net, targets="ef" if have_forces else "e", optimizer="Adam", scheduler="CosLR",
+            model=net, targets=targets or ("ef" if have_forces else "e"), optimizer="Adam", scheduler="CosLR",
             criterion="MSE", epochs=epochs, learning_rate=lr, use_device="cpu", print_freq=10**6,
             torch_seed=seed, data_seed=seed,
         )
