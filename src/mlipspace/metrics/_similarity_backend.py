@@ -69,8 +69,11 @@ class NumpyBackend:
     def exp(self, a):
         return np.exp(a, out=a)
 
-    def cat(self, parts):
-        return np.concatenate(parts, axis=1)
+    def assign(self, dst, src) -> None:
+        dst[...] = src
+
+    def rownorm2(self, a):
+        return np.einsum("ij,ij->i", a, a)
 
     def rowsum(self, a):
         return a.sum(axis=1)
@@ -168,8 +171,11 @@ class TorchBackend:
     def exp(self, a):
         return a.exp_()
 
-    def cat(self, parts):
-        return self.torch.cat(parts, dim=1)
+    def assign(self, dst, src) -> None:
+        dst.copy_(self.torch.as_tensor(np.asarray(src)))
+
+    def rownorm2(self, a):
+        return (a * a).sum(dim=1)
 
     def rowsum(self, a):
         return a.sum(dim=1)
@@ -214,24 +220,26 @@ def knn_indices(X, k: int, *, backend, metric: str = "euclidean", chunk_size: in
     that of cosine similarity. Ties at the k-th distance are broken in favour of the lower row index.
     Memory: one ``block × n`` float64 array (see :func:`block_rows`), never ``n × n``.
     """
-    n = X.shape[0]
-    Xd = backend.put(X)
-    if backend.name == "numpy":
-        Xd = np.asarray(Xd, dtype=np.float64)
+    if metric not in ("euclidean", "cosine"):
+        raise InputError(f"unknown metric {metric!r}: use 'euclidean' or 'cosine'")
+    n, d = X.shape
+    # Row i's order over j only needs |x_j|² − 2 x_i·x_j (|x_i|² is constant along the row), which one
+    # matrix product of the augmented rows [x_i, 1] and [−2 x_j, |x_j|²] gives with no extra pass.
+    # Both are filled in place: two float64 (n, d+1) arrays, no further copy of X.
+    left = backend.zeros((n, d + 1))
+    backend.assign(left[:, :d], X)
+    feats = left[:, :d]
     if metric == "cosine":
-        norms = (Xd * Xd).sum(1) ** 0.5
+        norms = backend.rownorm2(feats) ** 0.5
         if bool((norms == 0).any()):
             bad = int(np.nonzero(backend.to_numpy(norms) == 0)[0][0])
             raise InputError(f"row {bad} is all zeros: its cosine distance is undefined")
-        Xd = Xd / norms[:, None]
-    elif metric != "euclidean":
-        raise InputError(f"unknown metric {metric!r}: use 'euclidean' or 'cosine'")
-    # Row i's order over j only needs |x_j|² − 2 x_i·x_j (|x_i|² is constant along the row), which one
-    # matrix product of the augmented rows [x_i, 1] and [−2 x_j, |x_j|²] gives with no extra pass.
-    ones = backend.put(np.ones((n, 1)))
-    left = backend.cat([Xd, ones])
-    right = backend.cat([-2.0 * Xd, (Xd * Xd).sum(1)[:, None]])
-    del Xd
+        feats /= norms[:, None]
+    left[:, d] = 1.0
+    right = backend.zeros((n, d + 1))
+    right[:, :d] = feats
+    right[:, :d] *= -2.0
+    right[:, d] = backend.rownorm2(feats)
     step = block_rows(n, chunk_size, backend.block_elements)
     out = np.empty((n, k), dtype=np.int64)
     for s in range(0, n, step):
