@@ -227,16 +227,17 @@ def test_cli_extract_and_ls(tmp_path):
     res = runner.invoke(app, ["extract", "builtin:mad-mini?size=6", "--model", MODEL, "--layers", "all",
                               "--store", str(path), "--shard-size", "4", "--json"])
     assert res.exit_code == 0, (res.output, repr(res.exception))
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["models"][MODEL]["layers"] == ["radial", "last"]
     res = runner.invoke(app, ["store", "ls", str(path), "--json"])
     assert res.exit_code == 0, (res.output, repr(res.exception))
-    ls = json.loads(res.output)
+    ls = json.loads(res.stdout)
     assert ls[0]["spec"] == "builtin:mad-mini?size=6" and ls[0]["n_frames"] == 6
     rec = ls[0]["models"][0]
     assert rec["complete"] and {x["layer"]: x["shape"][1] for x in rec["layers"]} == {"last": 64, "radial": 64}
-    res = runner.invoke(app, ["store", "ls", str(path)])
-    assert res.exit_code == 0 and "complete" in res.output and MODEL in res.output
+    res = runner.invoke(app, ["store", "ls", str(path)], env={"COLUMNS": "200"})  # no wrapped cells
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    assert "complete" in res.stdout and MODEL in res.stdout and f"{ls[0]['n_atoms']}×64" in res.stdout
 
 
 def test_cli_errors_are_one_line(tmp_path):
