@@ -271,3 +271,21 @@ def test_frame_table(filled):
     assert list(table["subset"]) == [a.info["subset"] for a in frames]
     assert np.isnan(table["energy"][1]) and table["energy"][2] == -3.0 and table["stress"].shape == (5, 6)
     assert list(mstore.open(path)[f"{summary['dataset']}/frames/subset"]) == list(table["subset"])
+
+
+def test_lazy_arrays_feed_streaming_gfre(filled):
+    """Stored zarr arrays go straight into the streaming GFRE: same number as in memory."""
+    from mlipspace.metrics import gfre
+
+    path, _, summary = filled
+    st = FeatureStore(path)
+    key = summary["dataset"]
+    n = len(st.rows(key, MODEL)["frame"])
+    rng = np.random.default_rng(0)
+    test = np.sort(rng.choice(n, n // 4, replace=False))
+    train = np.setdiff1d(np.arange(n), test)
+    lazy = [st.features(key, MODEL, layer, lazy=True) for layer in ("radial", "last")]
+    full = [st.features(key, MODEL, layer) for layer in ("radial", "last")]
+    streamed = gfre(*lazy, train, test, chunk_size=7)
+    assert streamed == pytest.approx(gfre(*full, train, test), rel=1e-8, abs=1e-10)
+    assert 0 <= streamed < 1.5
