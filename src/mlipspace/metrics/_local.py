@@ -25,6 +25,8 @@ import numpy as np
 _EPS = np.spacing(1.0)
 #: Eigenvalues of the Gram matrix below this fraction of the largest are zero in fast mode.
 FAST_FLOOR = 1e-13
+#: cuSOLVER SVD driver for torch on CUDA (None = torch's default; "gesvd", "gesvdj" or "gesvda").
+TORCH_SVD_DRIVER: str | None = None
 
 
 class _NumpyNS:
@@ -82,6 +84,14 @@ class _NumpyNS:
     def to_numpy(a):
         return np.asarray(a)
 
+    @staticmethod
+    def contiguous(a):
+        return np.ascontiguousarray(a)
+
+    @staticmethod
+    def einsum(spec, *ops):
+        return np.einsum(spec, *ops)
+
 
 class _TorchNS:
     name = "torch"
@@ -99,6 +109,8 @@ class _TorchNS:
         return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
 
     def svd(self, a):
+        if TORCH_SVD_DRIVER is not None and self.device.type == "cuda":
+            return self.torch.linalg.svd(a, full_matrices=False, driver=TORCH_SVD_DRIVER)
         return self.torch.linalg.svd(a, full_matrices=False)
 
     def eigh(self, a):
@@ -130,6 +142,13 @@ class _TorchNS:
 
     def to_numpy(self, a):
         return a.detach().cpu().numpy()
+
+    @staticmethod
+    def contiguous(a):
+        return a.contiguous()
+
+    def einsum(self, spec, *ops):
+        return self.torch.einsum(spec, *ops)
 
 
 def namespace(device: str):
@@ -206,15 +225,16 @@ class LocalSource:
         self.xv = ((x - mx)[:, None, :] @ Vt.mT)[:, 0, :] * inv  # (B, r)
 
     def _loss_table(self, A, Bm, Yv, levels, n_rows):
-        """(B, r+1) table of negative mean-over-columns RMSE of each needed truncation level."""
+        """(B, r+1) table of negative mean-over-columns RMSE of the truncation levels in ``levels``,
+        evaluated per distinct level only for the rows that need it."""
         ns = self.ns
-        B = A.shape[0]
-        table = ns.zeros((B, A.shape[-1] + 1), like=A)
+        table = ns.zeros((A.shape[0], A.shape[-1] + 1), like=A)
         for L in ns.unique(levels):
             rows = ns.nonzero((levels == L).any(-1))
-            Yr = Yv[rows]
-            E = Yr - A[rows][:, :, :L] @ Bm[rows][:, :L, :] if L > 0 else Yr
-            table[rows, L] = -(((E**2).sum(1) / n_rows) ** 0.5).mean(-1)
+            E = Yv[rows]
+            if L > 0:
+                E = E - A[rows][:, :, :L] @ Bm[rows][:, :L, :]
+            table[rows, L] = -((ns.einsum("bij,bij->bj", E, E) / n_rows) ** 0.5).mean(-1)
         return table
 
     def errors(self, Yn, y):

@@ -106,12 +106,14 @@ def gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> flo
 
 def _scale(A: np.ndarray, train: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, float]:
     """StandardFlexibleScaler fitted on the training rows: (scaled training rows, mean, scale)."""
-    At = A[train]
-    mean = At.mean(axis=0)
-    var = ((At - mean) ** 2).mean(axis=0).sum()
-    check_variance(float(var), name)
+    C = A[train]
+    mean = C.mean(axis=0)
+    C -= mean
+    var = float(np.einsum("ij,ij->", C, C)) / C.shape[0]
+    check_variance(var, name)
     scale = np.sqrt(var)
-    return (At - mean) / scale, mean, scale
+    C /= scale
+    return C, mean, scale
 
 
 def resolve_backend(device: str) -> str:
@@ -178,7 +180,13 @@ class LocalProblem:
         nt = self.Xte.shape[0]
         outs = [np.empty(nt) for _ in targets]
         if self.backend == "numpy":
-            from threadpoolctl import threadpool_limits
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:  # pragma: no cover - threadpoolctl is a dependency; stay usable without
+                from contextlib import nullcontext
+
+                def threadpool_limits(limits=None):
+                    return nullcontext()
 
             ns = namespace("numpy")
 
