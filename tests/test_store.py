@@ -26,6 +26,7 @@ def small_frames():
                            bulk("Cu", "fcc", 3.6, cubic=True), molecule("H2O"), bulk("Si", "diamond", 5.43)]):
         a.info["subset"] = "bulk" if a.pbc.any() else "molecules"
         a.info["tag"] = i
+        a.set_initial_magnetic_moments(np.arange(len(a)) * 0.5)
         a.rattle(0.01, seed=i)
         if i % 2 == 0:
             a.calc = SinglePointCalculator(a, energy=-1.5 * i, forces=np.full((len(a), 3), 0.1 * i),
@@ -80,6 +81,8 @@ def test_frames_round_trip_with_labels(filled):
     np.testing.assert_array_equal(back[4].get_stress(voigt=True), np.arange(6.0))
     assert "energy" not in back[1].info and back[1].calc is None
     assert back[3].info["tag"] == 3 and back[3].info["subset"] == "molecules"
+    for a, b in zip(frames, back):
+        np.testing.assert_array_equal(b.get_initial_magnetic_moments(), a.get_initial_magnetic_moments())
     info = FeatureStore(path).dataset_info(summary["dataset"])
     assert info["n_frames"] == 5 and info["labels"] == ["energy", "forces", "stress"]
     assert info["subsets"] == {"bulk": 3, "molecules": 2}

@@ -61,9 +61,10 @@ def _labels(atoms: Atoms) -> dict:
 
 
 def frames_to_arrays(frames: Sequence[Atoms]) -> dict[str, np.ndarray]:
-    """Flat arrays of ``frames``: ``natoms``, ``numbers``, ``positions``, ``cell``, ``pbc``, ``info``
-    (UTF-8 JSON bytes) and, when any frame has them, ``energy`` (F,), ``forces`` (A, 3) and
-    ``stress`` (F, 6), NaN where a frame lacks the label.
+    """Flat arrays of ``frames``: ``natoms``, ``numbers``, ``positions``, ``cell``, ``pbc``, ``subset``,
+    ``info`` (UTF-8 JSON bytes); when any frame has them, ``energy`` (F,), ``forces`` (A, 3) and
+    ``stress`` (F, 6), NaN where a frame lacks the label; ``array.<name>`` for other numeric per-atom
+    arrays that all frames carry (tags, initial magnetic moments, ...).
     """
     n_frames = len(frames)
     natoms = np.array([len(a) for a in frames], dtype=np.int64)
@@ -87,6 +88,17 @@ def frames_to_arrays(frames: Sequence[Atoms]) -> dict[str, np.ndarray]:
         out["forces"] = np.concatenate(
             [lab.get("forces", np.full((len(a), 3), np.nan)) for lab, a in zip(labels, frames)]
         ) if n_atoms else np.zeros((0, 3))
+    # other numeric per-atom arrays (tags, magmoms, charges, ...) that every frame carries alike
+    if n_frames:
+        for name, first in frames[0].arrays.items():
+            if name in ("numbers", "positions", "forces") or not isinstance(first, np.ndarray):
+                continue
+            if first.dtype.kind not in "biuf" or not all(
+                name in a.arrays and a.arrays[name].dtype.kind == first.dtype.kind
+                and a.arrays[name].shape[1:] == first.shape[1:] for a in frames
+            ):
+                continue
+            out[f"array.{name}"] = np.concatenate([a.arrays[name] for a in frames])
     infos = []
     for a in frames:
         info = {}
@@ -123,6 +135,9 @@ def arrays_to_frames(arrays: dict[str, np.ndarray], indices: Sequence[int] | Non
             atoms.info["stress"] = res["stress"] = np.array(arrays["stress"][f])
         if "forces" in arrays and np.all(np.isfinite(arrays["forces"][lo:hi])):
             atoms.arrays["forces"] = res["forces"] = np.array(arrays["forces"][lo:hi])
+        for name, arr in arrays.items():
+            if name.startswith("array."):
+                atoms.arrays[name[len("array."):]] = np.array(arr[lo:hi])
         if res:
             atoms.calc = SinglePointCalculator(atoms, **res)
         frames.append(atoms)
