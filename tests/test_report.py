@@ -172,3 +172,18 @@ def test_report_renders_non_blank_in_headless_chromium(tmp_path):
     pixels = screenshot(html_path, tmp_path)
     assert pixels.shape[0] >= 1000
     assert float(pixels[..., :3].var()) > 1e-3  # not a blank page
+
+
+def test_merge_adds_finetune_track_records(tmp_path):
+    from mlipspace.report import merge_results
+
+    full = synthetic_results()
+    base = dict(full, records=[r for r in full["records"] if r["analysis"] != "finetune-track"])
+    track = make_results([r for r in full["records"] if r["analysis"] == "finetune-track"], {"finetune": {"epochs": 2}})
+    merged = merge_results(base, track, track)  # the second copy adds nothing
+    assert len(merged["records"]) == len(full["records"])
+    p_base = write_results(tmp_path / "results.json", base)
+    p_track = write_results(tmp_path / "ft" / "results.json", track)
+    html = write_report(p_base, tmp_path / "out", merge=[p_track]).read_text()
+    assert "finetune_track_gfre.png" in html
+    assert load_results(tmp_path / "out" / "results.json")["meta"]["merged"][0]["analyses"] == ["finetune-track"]

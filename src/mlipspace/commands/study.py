@@ -350,9 +350,10 @@ def probe_cmd(
 def report_cmd(
     results: Path = typer.Option(..., "--results", "-r", help="results.json written by `mlipspace run`."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: the folder of results.json)."),
+    merge: list[Path] = typer.Option(None, "--merge", help="Add the analyses of another results.json (e.g. of finetune-track); repeatable."),
 ) -> None:
     """Rebuild index.html (figures, tables, summary) and the chemiscope file from a results.json."""
     from mlipspace.report import write_report
 
-    path = write_report(results, out)
+    path = write_report(results, out, merge=merge or ())
     Console().print(f"report: [bold]{path}[/]", highlight=False)

@@ -2,7 +2,8 @@
 
 Public API::
 
-    write_report(results_path, out_dir=None, frames=None)   # -> path of index.html
+    write_report(results_path, out_dir=None, frames=None, merge=())   # -> path of index.html
+    merge_results(base, *others)                            # add e.g. finetune-track records
     load_results(path) / write_results(path, results) / make_results(records, meta, maps)
     findings(results)                                       # the study's four findings, in words
 """
@@ -19,11 +20,34 @@ from mlipspace.report.summary import findings
 __all__ = ["findings", "load_results", "make_results", "write_report", "write_results"]
 
 
-def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, frames=None) -> Path:
+def merge_results(base: dict, *others: dict) -> dict:
+    """``base`` plus the records of ``others`` whose analysis ``base`` lacks (e.g. ``finetune-track``).
+
+    Analyses present in ``base`` are kept as they are (no duplicates); the others' ``meta`` is kept
+    under ``meta["merged"]``.
+    """
+    have = {r["analysis"] for r in base["records"]}
+    records = list(base["records"])
+    merged = list(base.get("meta", {}).get("merged", []))
+    for other in others:
+        new = [r for r in other["records"] if r["analysis"] not in have]
+        records += new
+        have |= {r["analysis"] for r in new}
+        merged.append({"analyses": sorted({r["analysis"] for r in new}), "meta": other.get("meta", {})})
+    meta = dict(base.get("meta", {}))
+    if merged:
+        meta["merged"] = merged
+    return dict(base, records=records, meta=meta)
+
+
+def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, frames=None,
+                 merge=()) -> Path:
     """Build ``index.html`` (+ ``figures/``) and the chemiscope file from a ``results.json``.
 
     ``out_dir`` defaults to the folder of ``results_path``. The chemiscope file needs the structures:
     ``frames`` or the ``structures.xyz`` named in the results' meta (relative to the results file).
+    ``merge``: further results files (e.g. of ``mlipspace finetune-track``) whose analyses are added;
+    the merged document is written as ``out_dir/results.json``.
     """
     from mlipspace.report.html import build_report
 
@@ -31,6 +55,9 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     results = load_results(results_path)
     out = Path(out_dir) if out_dir is not None else results_path.parent
     out.mkdir(parents=True, exist_ok=True)
+    if merge:
+        results = merge_results(results, *[load_results(p) for p in merge])
+        write_results(out / "results.json", results)
     meta = results.get("meta", {})
     maps = results.get("maps") or {}
     if maps and meta.get("chemiscope"):

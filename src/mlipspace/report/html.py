@@ -165,8 +165,10 @@ def _finetune_section(page: _Page, results):
                                       title=f"{metric.upper()} along the training trajectory",
                                       xlabel="epoch (checkpoint of that epoch; 0 = start)", ylabel=metric.upper()),
                         f"{metric.upper()} of every checkpoint against the pre-trained model and the control")
-    elif results.get("meta", {}).get("finetune_note"):
-        page.add(f'<p class="note">{_e(results["meta"]["finetune_note"])}</p>')
+    else:
+        page.add('<p class="note">Live fine-tuning curves: run <code>mlipspace finetune-track DATA --out ft</code> '
+                 "on labelled data, then <code>mlipspace report --results OUT/results.json --merge "
+                 "ft/results.json</code>.</p>")
 
 
 def _layers_section(page: _Page, results):
