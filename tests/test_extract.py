@@ -102,3 +102,21 @@ def test_existing_scheduler_address(reference, tmp_path):
         extract_to_store(SPEC, MODEL, path, layers="all", shard_size=3, scheduler=cluster.scheduler_address,
                          progress=False)
     assert tree(path) == tree(reference)
+
+
+def test_crash_between_last_shard_and_finalize(reference, tmp_path, monkeypatch):
+    """All shards staged but never assembled (killed in between): the rerun only assembles them."""
+    import mlipspace.store.pipeline as pipeline
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill before assembling the shards")
+
+    path = tmp_path / "fs"
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_finalize", crash)
+        with pytest.raises(KeyboardInterrupt):
+            extract_to_store(SPEC, MODEL, path, layers="all", shard_size=2, progress=False)
+    assert len(list(path.glob("staging/*/*/shard_*/meta.json"))) == 8
+    summary = extract_to_store(SPEC, MODEL, path, layers="all", shard_size=2, progress=False)
+    assert summary["models"][MODEL]["extracted_shards"] == 0
+    assert tree(path) == tree(reference)

@@ -401,6 +401,8 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
 
             if client is None:
                 for plan in plans:
+                    if not plan.todo:
+                        continue  # finalized above
                     for s, e in plan.todo:
                         out = run_shard(*args(plan, s, e))
                         bar.advance(task, out["atoms"])
