@@ -18,6 +18,19 @@ What an adapter gets from here:
     tapped module must see the atoms of ``frames`` in order; the forward may batch them or loop
     over them (hooks fire once per call and the captured pieces are concatenated in call order).
 
+  Optional, used by tests and ``benchmarks/bench_extract.py``: ``calculator()`` (the package's
+  own ASE calculator on the same weights) and ``readout(last, numbers)`` (per-atom energies from
+  ``last`` through the model's own readout; their sum plus ``energy_offset`` is the energy).
+
+- For ``mlipspace models`` (cheap listing), an adapter module should define
+  ``describe(spec) -> {"layers", "dims", "elements"}`` from static knowledge, and import neither
+  torch nor its model package at module level; without it the listing shows "?" unless ``--load``.
+
+- Pitfall: a model that builds a tensor cache lazily on its first forward pass (DIEP's quadrature
+  grid) must have it built *outside* ``torch.inference_mode``, or a later forward with autograd
+  (the ASE calculator on the same module) fails with "Inference tensors cannot be saved for
+  backward". Hooks must return ``None`` (a pre-hook that returns a value replaces the input).
+
 - :class:`Tap`, :func:`capture` (forward hooks / pre-hooks that store detached copies),
   :func:`sha256_file`, :func:`sha256_files`, :func:`make_fingerprint`, :func:`package_version`,
   :func:`check_frames`, :func:`unsupported_frames`, :func:`parse_layers`, :func:`with_vacuum`

@@ -81,9 +81,8 @@ class DIEPExtractor(TorchExtractor):
         """
         integrator = getattr(self.model, "diep_integrator", None)
         if integrator is not None and hasattr(integrator, "_ensure_grid"):
-            import torch
-
-            integrator._ensure_grid(torch.device(self.device) if self.device != "cuda" else torch.device("cuda", 0))
+            # the device the forward will pass (that of the graph = that of the weights, e.g. cuda:0)
+            integrator._ensure_grid(next(self.model.parameters()).device)
 
     def _taps(self) -> dict[str, Tap]:
         taps = {f"interaction.{i}": Tap(f"graph_layers.{i}", select=lambda out: out[1])
