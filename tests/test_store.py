@@ -54,7 +54,7 @@ def test_features_match_direct_extraction(filled):
     rows = st.rows(key, MODEL)
     for field in ("frame", "atom", "Z", "subset"):
         np.testing.assert_array_equal(rows[field], direct.rows[field])
-    assert st.models(key) == [MODEL] and st.layers(key, MODEL) == ["last", "radial"]
+    assert st.models(key) == [MODEL] and st.layers(key, MODEL) == ["radial", "last"]  # model order
     assert st.is_complete(key, MODEL, ["last", "radial"]) and not st.is_complete(key, MODEL, ["backbone"])
     assert st.fingerprint(key, MODEL) == load(MODEL).fingerprint
     # datasets can be named by frames, fingerprint prefix or key

@@ -281,9 +281,13 @@ class FeatureStore:
         return [(int(f), str(r)) for f, r in _io.attrs(path / "rows").get("skipped", [])]
 
     def layers(self, dataset, model: str) -> list[str]:
-        """Layers of ``model`` stored for ``dataset`` (each one complete)."""
+        """Layers of ``model`` stored for ``dataset`` (each one complete), in the model's order
+        (backbone first, ``"last"`` at the end) when it is recorded, else alphabetically."""
         key = self.resolve(dataset)
-        return _io.children(self._model_dir(key, model) / "layers")
+        path = self._model_dir(key, model)
+        have = _io.children(path / "layers")
+        order = {name: i for i, name in enumerate(_io.attrs(path).get("layer_order") or [])}
+        return sorted(have, key=lambda name: (order.get(name, len(order)), name))
 
     def is_complete(self, dataset, model: str | None = None, layers: Iterable[str] | None = None) -> bool:
         """Whether the dataset (and, if given, the model and all ``layers``) are fully stored."""
@@ -387,7 +391,8 @@ class FeatureStore:
 
     def write_model(self, dataset, model: str, fingerprint: Mapping, family: str | None,
                     rows: Mapping[str, np.ndarray], skipped: Sequence[tuple[int, str]],
-                    layers: Mapping[str, tuple[Iterable[np.ndarray], int]]) -> None:
+                    layers: Mapping[str, tuple[Iterable[np.ndarray], int]],
+                    layer_order: Sequence[str] | None = None) -> None:
         """Place a model's rows and layers (each given as row blocks and width) atomically, one by one.
 
         The model group with its fingerprint and rows is placed first (once); each layer array is
@@ -400,7 +405,8 @@ class FeatureStore:
         if not _io.is_node(path):
             tmp = _io.tmp_dir(self.path)
             _io.create_group(tmp, {"model": model, "family": family, "fingerprint": dict(fingerprint),
-                                   "fingerprint_sha256": model_fingerprint_sha(fingerprint)})
+                                   "fingerprint_sha256": model_fingerprint_sha(fingerprint),
+                                   "layer_order": list(layer_order or layers)})
             _write_rows(tmp / "rows", rows, {"skipped": [[int(f), str(r)] for f, r in skipped]})
             _io.create_group(tmp / "layers")
             _io.create_group(tmp / "structure")
@@ -445,7 +451,7 @@ class FeatureStore:
                         rattrs = _io.attrs(mdir / "rows")
                         rec["n_rows"] = rattrs.get("n_rows")
                         rec["skipped"] = len(rattrs.get("skipped", []))
-                    for layer in _io.children(mdir / "layers"):
+                    for layer in self.layers(key, model):
                         shape, dtype = _io.shape_dtype(mdir / "layers" / layer)
                         rec["layers"].append({"layer": layer, "shape": list(shape), "dtype": dtype,
                                               "bytes": _io.disk_bytes(mdir / "layers" / layer)})

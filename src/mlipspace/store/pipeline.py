@@ -257,7 +257,8 @@ def _finalize(store: FeatureStore, key: str, plan: _Plan) -> None:
                 raise StoreError(f"{plan.name}: shard {p.name} has width {m['layers'].get(layer)} for layer "
                                  f"{layer!r}, expected {dims[layer]}")
     store.write_model(key, plan.name, plan.info["fingerprint"], plan.info.get("family"), rows, skipped,
-                      {layer: (blocks(layer), dims[layer]) for layer in plan.layers})
+                      {layer: (blocks(layer), dims[layer]) for layer in plan.layers},
+                      layer_order=plan.info["layers"])
     # the staging goes aside first (atomic), then is deleted: a kill here leaves nothing half-valid
     trash = _io.tmp_dir(store.path)
     os.rename(base, trash / "staging")
