@@ -359,6 +359,9 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
         models = [models]
     if not models:
         raise InputError("no model given")
+    names = [m for m in models if isinstance(m, str)]
+    if len(set(names)) != len(names):
+        raise InputError(f"a model is named twice in {names}")
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else int(shard_size)
     if shard_size < 1:
         raise InputError(f"shard_size must be >= 1, got {shard_size}")
