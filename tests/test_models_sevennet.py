@@ -110,7 +110,7 @@ def test_last_through_readout_reproduces_calculator_energies(any_model):
     """``last`` pushed through the model's own readout gives the sevenn calculator's energies."""
     frames = _synthetic()[:3] + _mad([6, 33])  # crystal, slab, molecule; MAD cluster and 2D
     fs = any_model.extract(frames, layers="all", batch_size=3)
-    per_atom = any_model.readout(fs.layers["last"], frames)
+    per_atom = any_model.readout(fs.layers["last"], fs.rows["Z"])
     calc = any_model.calculator()
     for atoms, sl in zip(frames, _slices(frames)):
         work = atoms.copy()
@@ -128,7 +128,7 @@ def test_mad_frames_readout(s0):
     frames = _mad([1, 46, 52])  # 2D (8 atoms), OC20 slab (pbc T,T,F), SPICE molecule (pbc F)
     fs = s0.extract(frames, layers="last", batch_size=8)
     calc = s0.calculator()
-    per_atom = s0.readout(fs.layers["last"], frames)
+    per_atom = s0.readout(fs.layers["last"], fs.rows["Z"])
     for atoms, sl in zip(frames, _slices(frames)):
         work = atoms.copy()
         work.calc = calc
@@ -216,5 +216,9 @@ def test_bad_arguments_are_clear_errors(s0):
         s0.extract(_synthetic()[:1], on_unsupported="ignore")
     with pytest.raises(StructureError, match="frame 1"):
         s0.extract([molecule("H2O"), Atoms()])
+    with pytest.raises(InputError, match="shape"):
+        s0.readout(np.zeros((2, 128), np.float32), [1, 1, 8])
+    with pytest.raises(InputError, match="84"):
+        s0.readout(np.zeros((1, 128), np.float32), [84])
     empty = s0.extract([], layers="all")
     assert all(v.shape == (0, 128) for v in empty.layers.values()) and len(empty.rows["frame"]) == 0

@@ -22,6 +22,7 @@ from functools import partial
 import numpy as np
 from ase import Atoms
 
+from mlipspace.errors import InputError
 from mlipspace.models._torch_utils import Tap, TorchExtractor
 
 #: Modules of the energy readout, in forward order, as named by SevenNet and HIENet.
@@ -113,22 +114,37 @@ class SequentialGraphExtractor(TorchExtractor):
     def _forward(self, frames: list[Atoms]):
         return self.model(self._batch(frames))  # type: ignore[misc]
 
-    def readout(self, last: np.ndarray, frames: Sequence[Atoms]) -> np.ndarray:
+    #: energy added once per structure on top of the per-atom readout (none: shifts are per species)
+    energy_offset = 0.0
+
+    def readout(self, last: np.ndarray, numbers) -> np.ndarray:
         """Per-atom energies (eV) obtained by feeding ``last`` through the model's own readout.
 
-        Runs ``frames`` (one batch) through the model, replaces the node features entering
-        ``reduce_input_to_hidden`` by ``last`` (rows of ``frames`` in order) and applies the
-        readout modules ``reduce_input_to_hidden -> reduce_hidden_to_energy ->
-        rescale_atomic_energy`` (the model's per-species scale and shift; for SevenNet-MF-0 the head's
-        one-hot is appended inside the first module). This equals the model's atomic energies iff
-        ``last`` is the tensor the readout really sees: the check that ``last`` is right.
+        ``last``: (n_atoms, d) features; ``numbers``: atomic numbers of the same rows. Applies
+        ``reduce_input_to_hidden -> reduce_hidden_to_energy -> rescale_atomic_energy`` (the
+        model's per-species scale and shift; for SevenNet-MF-0 the head's one-hot is appended inside
+        the first module). Summed over a structure's atoms this is the model's total energy, so
+        agreement with the package's own energies proves ``last`` is the readout's input.
+
+        The readout is per atom and sees no geometry, so the data dict it needs (node types, head,
+        batch index) comes from a forward pass over the same species as isolated atoms.
         """
         import torch
 
-        frames = list(frames)
+        numbers = np.asarray(numbers, dtype=int).reshape(-1)
+        last = np.asarray(last, dtype=np.float32)
+        if last.shape != (len(numbers), self.dims["last"]):
+            raise InputError(
+                f"last has shape {last.shape}, expected ({len(numbers)}, {self.dims['last']}) for {len(numbers)} atoms"
+            )
+        unknown = sorted(set(numbers.tolist()) - set(self.elements))
+        if unknown:
+            raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")
+        spacing = 2.0 * float(self.cutoff) + 1.0
+        isolated = Atoms(numbers=numbers, positions=np.outer(np.arange(len(numbers)), [spacing, 0.0, 0.0]))
         with torch.inference_mode():
-            data = self._forward(frames)
-            data[self.hooks["last"].key] = torch.as_tensor(np.asarray(last, dtype=np.float32), device=self.device)
+            data = self._forward([isolated])
+            data[self.hooks["last"].key] = torch.as_tensor(last, device=self.device)
             for key in READOUT_MODULES:
                 data = self.model._modules[key](data)  # type: ignore[union-attr]
         return data[_ATOMIC_ENERGY].reshape(-1).double().cpu().numpy()
