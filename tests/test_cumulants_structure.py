@@ -154,6 +154,14 @@ def test_order_table_plumbing_with_a_probe_metric(monkeypatch):
     assert [r["value"] for r in recs2] == [r["value"] for r in recs]
 
 
+def test_order_table_warns_when_widths_reach_the_training_size(monkeypatch):
+    x, rows, subsets = synthetic(d=3, n_frames=20)  # 15 training structures; order 5 has 15 columns
+    monkeypatch.setattr(fre_metrics, "gfre", lambda X, Y, train_idx=None, test_idx=None: 0.5, raising=False)
+    with pytest.warns(UserWarning, match="order >= 5 have 15"):
+        recs = order_table(x, rows["frame"], subsets, max_order=5, seeds=(0,), metrics=("gfre",))
+    assert {(r["source_width"], r["target_width"]) for r in recs if r["source_order"] == 1} == {(3, 6), (3, 9), (3, 12), (3, 15)}
+
+
 def test_order_table_rejects_bad_options():
     x, rows, subsets = synthetic()
     with pytest.raises(InputError, match="max_order must be an integer >= 2"):
@@ -191,13 +199,14 @@ def test_order_table_each_order_adds_information_and_reverse_is_zero():
 @needs_fre
 def test_cumulants_table_cli_writes_records(store, tmp_path):
     out = tmp_path / "orders.json"
-    res = CliRunner().invoke(
-        app,
-        ["cumulants-table", "--store", str(store), "--model", "descriptor-rdf", "--max-order", "3", "--seeds", "2",
-         "--metrics", "gfre", "--out", str(out)],
-    )
+    with pytest.warns(UserWarning, match="interpolate"):  # 64 columns per order, 30 training structures
+        res = CliRunner().invoke(
+            app,
+            ["cumulants-table", "--store", str(store), "--model", "descriptor-rdf", "--max-order", "3", "--seeds", "2",
+             "--metrics", "gfre", "--out", str(out)],
+        )
     assert res.exit_code == 0, res.output
-    assert "GFRE of order k" in res.output
+    assert "descriptor-rdf (last): GFRE j → k" in res.output
     recs = json.loads(out.read_text())
     assert len(recs) == 6 and {r["source_order"] for r in recs} == {1, 2, 3}
     assert all(r["n_train"] == 30 and r["n_test"] == 10 for r in recs)

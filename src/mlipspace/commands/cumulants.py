@@ -127,9 +127,11 @@ def cumulants_table_cmd(
             S, _ = order_matrix(records, metric, name, field="spread")
             r0 = next(r for r in records if r["model"] == name and r["metric"] == metric)
             table = Table(
-                title=f"{name} [{layer}] — {metric.upper()} of order k (column) from order j (row); "
-                      f"{r0['n_train']} train / {r0['n_test']} test structures, {seeds} seed(s)",
+                title=f"{name} ({layer}): {metric.upper()} j → k",
+                caption=f"reconstruct order ≤k (column) from order ≤j (row); {r0['n_train']} train / "
+                        f"{r0['n_test']} test structures, {seeds} seed(s); bold = consecutive orders",
                 title_justify="left",
+                caption_justify="left",
             )
             table.add_column("j \\ k", justify="right")
             for o in orders:
@@ -140,9 +142,12 @@ def cumulants_table_cmd(
                     if i == jj:
                         cells.append("·")
                     else:
-                        style = "bold" if jj == i + 1 else ""
-                        cell = f"{M[i, jj]:.3f}" + (f"±{S[i, jj]:.3f}" if seeds > 1 else "")
-                        cells.append(f"[{style}]{cell}[/]" if style else cell)
+                        cell = f"{M[i, jj]:.3f}"
+                        if jj == i + 1:  # consecutive orders: the study's headline numbers
+                            cell = f"[bold]{cell}[/]"
+                        if seeds > 1:
+                            cell += f"\n[dim]±{S[i, jj]:.3f}[/]"
+                        cells.append(cell)
                 table.add_row(f"≤{a}", *cells)
             console.print(table)
     if out is not None:

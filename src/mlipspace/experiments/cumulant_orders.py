@@ -13,6 +13,7 @@ one per seed; each record reports the mean and the sample standard deviation ove
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -83,8 +84,11 @@ def order_table(
 
     Returns tidy records (``analysis="cumulant-orders"``, ``level="structure"``) with
     ``source_order``, ``target_order``, ``metric``, ``value`` (mean over seeds), ``spread`` (sample
-    std), ``seed_values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model`` and, for LFRE,
-    ``n_local_points``.
+    std), ``seed_values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model``,
+    ``source_width``/``target_width`` (columns) and, for LFRE, ``n_local_points``.
+
+    Warns when an order's width reaches the number of training structures: the ridge fits then
+    interpolate and the table loses its meaning for those orders (see ``docs/cumulants.md``).
     """
     from mlipspace import metrics as fre_metrics
     from mlipspace.data.splits import structure_split
@@ -105,6 +109,15 @@ def order_table(
         structure_split(list(labels), n_test=n_test, test_fraction=test_fraction, seed=int(s)) for s in seeds
     ]
     w = info.block_width
+    n_train_min = min(len(tr) for tr, _ in splits)
+    wide = [k for k in range(1, max_order + 1) if k * w >= n_train_min]
+    if wide:
+        warnings.warn(
+            f"cumulants of order >= {wide[0]} have {wide[0] * w}+ columns for {n_train_min} training structures: "
+            "ridge fits there interpolate, so reverse (high -> low) errors are no longer ~0 and forward errors "
+            "into or out of those orders are inflated; use more structures or a lower max_order",
+            stacklevel=2,
+        )
     pairs = [(j, k) for j in range(1, max_order + 1) for k in range(1, max_order + 1) if j != k]
     out = []
     for metric in metrics:
@@ -148,6 +161,8 @@ def order_table(
                     seed_values=values,
                     seeds=[int(s) for s in seeds],
                     max_order=int(max_order),
+                    source_width=int(j * w),
+                    target_width=int(k * w),
                     root=bool(root),
                     **extra,
                 )
