@@ -10,7 +10,8 @@ is put on ``sys.path``). Designed to finish in well under 4 minutes on one GPU:
 What it does (correlated features, X 128 -> Y 256, 20,000 rows, k = 128):
 1. CPU exact LFRE (NumPy) on ``--n-test`` (300) test rows: the reference values and time;
 2. device exact LFRE on the same rows: max |pointwise diff| vs CPU (must be <= 1e-8), time;
-   also with each cuSOLVER SVD driver (gesvd, gesvdj, gesvda) when on CUDA;
+   also with each SVD choice of ``mlipspace.metrics._local.TORCH_SVD_DRIVER`` when on CUDA
+   (cuSOLVER gesvd, gesvdj, gesvda; our batched Jacobi, plain and eigh-preconditioned);
 3. device fast mode (Gram eigh): deviation and time;
 4. scikit-matter LFRE (n_jobs = ``--sk-jobs``) on the same rows, if importable: time and parity;
 5. device exact LFRE on 1,000 and (if the time budget allows) 10,000 test rows vs 200,000 train.
@@ -105,16 +106,16 @@ def main() -> int:
           f"speed-up vs our CPU {t_cpu / t_dev:.1f}x")
 
     if dev.startswith("cuda"):
-        for driver in ("gesvd", "gesvdj", "gesvda"):
+        for driver in ("gesvd", "gesvdj", "gesvda", "jacobi", "jacobi-eigh"):
             local.TORCH_SVD_DRIVER = driver
             try:
                 pointwise_lfre(X, Y, k, train, test[:8], device=ours_dev)
                 pw, t = timed(dev, pointwise_lfre, X, Y, k, train, test, device=ours_dev)
                 d = float(np.max(np.abs(pw - cpu_pw)))
-                print(f"[cuda {driver:<6}] LFRE {rms(pw):.10f}  {t:8.3f} s  max|diff| vs CPU {d:.2e} "
+                print(f"[cuda {driver:<11}] LFRE {rms(pw):.10f}  {t:8.3f} s  max|diff| vs CPU {d:.2e} "
                       f"{'OK' if d <= TOL else 'DIFFERS'}")
             except Exception as exc:  # a driver may not support these shapes
-                print(f"[cuda {driver:<6}] failed: {type(exc).__name__}: {str(exc)[:120]}")
+                print(f"[cuda {driver:<11}] failed: {type(exc).__name__}: {str(exc)[:120]}")
             finally:
                 local.TORCH_SVD_DRIVER = None
 

@@ -139,6 +139,35 @@ def test_lfre_torch_code_path_equals_numpy():
     assert np.max(np.abs(a - b)) <= 1e-10
 
 
+@pytest.mark.parametrize("method", ["jacobi", "jacobi-eigh"])
+@pytest.mark.parametrize("kind,k", [("correlated", 16), ("lowrank", 25)])
+def test_lfre_torch_jacobi_svd_equals_numpy(method, kind, k, monkeypatch):
+    """The batched Jacobi SVD (an option for CUDA) gives the LAPACK path's values."""
+    pytest.importorskip("torch")
+    import mlipspace.metrics._local as local
+
+    X, Y = make(kind, n=160)
+    test = np.arange(0, 160, 8)
+    ref = pointwise_lfre(X, Y, k, test_idx=test, device="cpu")
+    monkeypatch.setattr(local, "TORCH_SVD_DRIVER", method)
+    got = pointwise_lfre(X, Y, k, test_idx=test, device="torch-cpu")
+    assert np.max(np.abs(got - ref)) <= 1e-10
+
+
+def test_jacobi_svd_factorises_rank_deficient_batches():
+    torch = pytest.importorskip("torch")
+    from mlipspace.metrics._jacobi import jacobi_svd
+
+    rng = np.random.default_rng(3)
+    for shape in [(4, 11, 7), (3, 6, 13), (2, 9, 9)]:
+        A = rng.standard_normal(shape)
+        A[0] = rng.standard_normal((shape[1], 2)) @ rng.standard_normal((2, shape[2]))
+        for pre in (False, True):
+            U, s, Vt = (t.numpy() for t in jacobi_svd(torch.as_tensor(A), precondition=pre))
+            np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False), rtol=0, atol=1e-13)
+            np.testing.assert_allclose((U * s[:, None, :]) @ Vt, A, rtol=0, atol=1e-12)
+
+
 def test_lfre_fast_mode_is_close_on_well_conditioned_data():
     X, Y = make("correlated", n=200)
     test = np.arange(0, 200, 5)

@@ -16,7 +16,6 @@ memory stays O((d_X+d_Y)^2) and no accuracy is lost (unlike forming :math:`X^T X
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import lapack  # imported before any threadpool_limits block so the limit reaches its BLAS
 
 from mlipspace.metrics._checks import ALPHAS, check_finite, check_rows, check_variance, kfold_halves, resolve_split
 from mlipspace.metrics._sources import RowSource, paired_blocks
@@ -54,6 +53,8 @@ class _Stats:
 def _qr_r(A: np.ndarray) -> np.ndarray:
     """R factor of A (min(m, n), n). LAPACK ``geqrt`` (compact-WY blocked Householder) is about 4x
     faster than ``geqrf`` on tall blocks; same numerical properties."""
+    from scipy.linalg import lapack
+
     m, n = A.shape
     if m == 0:
         return np.zeros((0, n))
@@ -126,6 +127,8 @@ def global_measure(X, Y, train_idx=None, test_idx=None, *, kind: str = "gfre", c
     ever held in memory. ``scaled=True`` declares X and Y already centred and scaled on the training
     rows (as :func:`mlipspace.metrics.pairwise` caches them) and skips the statistics pass.
     """
+    import scipy.linalg.lapack  # noqa: F401  (load its BLAS before limiting the thread pools)
+
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover

@@ -44,9 +44,14 @@ def _schedule(n: int):
     return sweeps
 
 
-def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, return_sweeps: bool = False):
+def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, precondition: bool = False,
+               return_sweeps: bool = False):
     """Thin SVD of a batch ``A`` (B, m, n) of float64 tensors: (U (B,m,r), s (B,r), Vt (B,r,n)),
-    r = min(m, n), singular values in descending order (like ``torch.linalg.svd``)."""
+    r = min(m, n), singular values in descending order (like ``torch.linalg.svd``).
+
+    ``precondition=True`` first rotates the columns by the eigenvectors of the Gram matrix
+    (batched ``eigh``), which leaves them nearly orthogonal: the Jacobi sweeps then only polish
+    (typically 2-3 sweeps instead of ~10), with the same final accuracy."""
     import torch
 
     B, m, n = A.shape
@@ -54,16 +59,26 @@ def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, return_swee
     # columns to orthogonalise are stored as rows (contiguous): Gt (B, N, M), Wt = V^T rows
     Gt = (A if wide else A.mT).contiguous().clone()
     N, M = Gt.shape[-2], Gt.shape[-1]
+    Wt = torch.eye(N, dtype=Gt.dtype, device=Gt.device).expand(B, N, N).contiguous()
+    if precondition:
+        _, V0 = torch.linalg.eigh(Gt @ Gt.mT)
+        Wt = V0.mT.contiguous()
+        Gt = Wt @ Gt
     N2 = N + (N % 2)
     if N2 != N:
         Gt = torch.cat([Gt, torch.zeros(B, 1, M, dtype=Gt.dtype, device=Gt.device)], dim=-2)
-    Wt = torch.eye(N2, dtype=Gt.dtype, device=Gt.device).expand(B, N2, N2).contiguous()
+        Wt = torch.cat([Wt, torch.zeros(B, 1, N, dtype=Gt.dtype, device=Gt.device)], dim=-2)
+        Wt = torch.cat([Wt, torch.zeros(B, N2, 1, dtype=Gt.dtype, device=Gt.device)], dim=-1)
+        Wt[:, N, N] = 1.0
     if tol is None:
         tol = M * float(np.spacing(1.0))
     h = N2 // 2
     first, rest = _schedule(N2)
     first = [torch.as_tensor(p, device=Gt.device) for p in first]
     rest = [torch.as_tensor(p, device=Gt.device) for p in rest]
+    # columns below (M eps) ||A||_F are numerically zero: never rotated (as LAPACK's gesvj does),
+    # otherwise rounding noise in a null space keeps the sweeps going without changing anything
+    floor = ((M * float(np.spacing(1.0))) ** 2) * (Gt * Gt).sum((-2, -1))[:, None]
     sweeps = 0
     for sweep in range(max_sweeps):
         sweeps += 1
@@ -77,7 +92,7 @@ def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, return_swee
             beta = (Q * Q).sum(-1)
             gamma = (P * Q).sum(-1)
             norm = torch.sqrt(alpha * beta)
-            pos = norm > 0
+            pos = (alpha > floor) & (beta > floor)
             off = torch.where(pos, gamma.abs() / torch.where(pos, norm, 1.0), 0.0)
             worst = torch.maximum(worst, off.amax(-1))
             rotate = off > tol

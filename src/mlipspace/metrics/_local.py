@@ -25,7 +25,9 @@ import numpy as np
 _EPS = np.spacing(1.0)
 #: Eigenvalues of the Gram matrix below this fraction of the largest are zero in fast mode.
 FAST_FLOOR = 1e-13
-#: cuSOLVER SVD driver for torch on CUDA (None = torch's default; "gesvd", "gesvdj" or "gesvda").
+#: SVD used by the torch path: None or "linalg" (``torch.linalg.svd``, cuSOLVER's default driver on
+#: CUDA), "gesvd" / "gesvdj" / "gesvda" (that cuSOLVER driver), "jacobi" (batched one-sided Jacobi
+#: in plain torch ops, :mod:`._jacobi`) or "jacobi-eigh" (the same, preconditioned by a Gram eigh).
 TORCH_SVD_DRIVER: str | None = None
 
 
@@ -109,8 +111,13 @@ class _TorchNS:
         return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
 
     def svd(self, a):
-        if TORCH_SVD_DRIVER is not None and self.device.type == "cuda":
-            return self.torch.linalg.svd(a, full_matrices=False, driver=TORCH_SVD_DRIVER)
+        method = TORCH_SVD_DRIVER or "linalg"
+        if method in ("jacobi", "jacobi-eigh"):
+            from mlipspace.metrics._jacobi import jacobi_svd
+
+            return jacobi_svd(a, precondition=method == "jacobi-eigh")
+        if method != "linalg" and self.device.type == "cuda":
+            return self.torch.linalg.svd(a, full_matrices=False, driver=method)
         return self.torch.linalg.svd(a, full_matrices=False)
 
     def eigh(self, a):
