@@ -179,3 +179,30 @@ def test_sorted_checkpoints_use_trajectory_order(tmp_path):
 def test_finetune_needs_labels(frames):
     with pytest.raises(Exception, match="no DFT energy label"):
         finetune._labels(frames[:3])
+
+
+def test_outlier_frames_flag_structures_far_outside(rows):
+    from mlipspace.experiments._common import drop_frames, outlier_frames
+
+    sp = nested_spaces(rows)
+    assert outlier_frames(sp, rows) == {}
+    X = sp["big"].copy()
+    i = int(np.flatnonzero(rows["frame"] == 7)[0])
+    X[i] *= 1000.0  # one atom of frame 7 blows up, as unphysical neighbours do in some models
+    flagged = outlier_frames({"ok": sp["small"], "bad": X}, rows)
+    assert list(flagged) == [7] and flagged[7].startswith("bad:")
+    keep = drop_frames(rows, flagged)
+    assert not np.any(rows["frame"][keep] == 7) and keep.sum() == len(keep) - np.sum(rows["frame"] == 7)
+
+
+def test_relabel_reuses_cross_model_numbers(rows):
+    sp = nested_spaces(rows)
+    feats = {"chgnet-0.2.0": sp["big"], "chgnet-0.3.0": sp["small"], "diep-r2scan": sp["noise"]}
+    full = cm.cross_model(feats, rows, metrics=("gfre",), seeds=(0, 1))
+    extra = {("chgnet-0.2.0", "chgnet-0.3.0"): {"group": "CHGNet: 0.2.0 vs 0.3.0"},
+             ("chgnet-0.3.0", "chgnet-0.2.0"): {"group": "CHGNet: 0.2.0 vs 0.3.0"}}
+    reused = cm.relabel(full, extra, "variants")
+    direct = variants.variants(feats, rows, metrics=("gfre",), seeds=(0, 1))
+    key = lambda r: (r["source"], r["target"])  # noqa: E731
+    assert sorted(reused, key=key) == sorted(direct, key=key)
+    assert cm.relabel(full, {("x", "y"): {}}, "variants") is None

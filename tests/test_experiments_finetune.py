@@ -19,15 +19,24 @@ pytestmark = [
 ]
 
 
-def test_finetune_track_trajectory_against_parent_and_control(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of fine-tuning and of from-scratch training on 5 Si structures (energies only)."""
     from mlipspace.data import read
+    from mlipspace.experiments import finetune
+
+    tmp = tmp_path_factory.mktemp("ft")
+    frames = read(str(SI))[:5]
+    ft = finetune.train_chgnet(frames, tmp / "ft", epochs=1, targets="e", batch_size=4)
+    ctl = finetune.train_chgnet(frames, tmp / "scratch", epochs=1, targets="e", batch_size=4, from_scratch=True)
+    return frames, ft, ctl, tmp
+
+
+def test_finetune_track_trajectory_against_parent_and_control(trained):
     from mlipspace.experiments import finetune
     from mlipspace.models import load
 
-    frames = read(str(SI))[:5]
-    ft = finetune.train_chgnet(frames, tmp_path / "ft", epochs=1, targets="e", batch_size=4)
-    ctl = finetune.train_chgnet(frames, tmp_path / "scratch", epochs=1, targets="e", batch_size=4,
-                                from_scratch=True)
+    frames, ft, ctl, _ = trained
     assert [p.name for p in ft] == ["epoch000.pth.tar", "epoch001.pth.tar"]
     assert [p.name for p in ctl] == ["epoch000.pth.tar", "epoch001.pth.tar"]
     ref = load("chgnet-0.3.0", device="cpu").extract(frames, layers=("last",)).layers["last"]
@@ -40,3 +49,22 @@ def test_finetune_track_trajectory_against_parent_and_control(tmp_path):
     assert by[("scratch", 1, "scratch")] > by[("finetune", 1, "finetune")]
     assert {r["run"] for r in recs} == {"finetune", "scratch", "finetune-vs-scratch"}
     assert all(np.isfinite(r["value"]) for r in recs)
+
+
+def test_finetune_track_command_with_existing_checkpoints(trained, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlipspace.cli import app
+
+    _, _, _, tmp = trained
+    result = CliRunner().invoke(app, [
+        "finetune-track", str(SI), "--max-structures", "5", "--checkpoints", str(tmp / "ft" / "*.pth.tar"),
+        "--control", str(tmp / "scratch" / "epoch*.pth.tar"), "--seeds", "1", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {r["epoch"] for r in res["records"]} == {0, 1}
+    assert (tmp_path / "index.html").is_file()
+    assert "finetune_track_gfre.png" in (tmp_path / "index.html").read_text()

@@ -105,6 +105,7 @@ def run(
     lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
     lfre_max_test: int = typer.Option(100, "--lfre-max-test", help="Test rows LFRE is evaluated on (one local fit each)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
+    outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median (0: keep all)."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, timing) at the end."),
@@ -118,7 +119,8 @@ def run(
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
-                      lfre_max_test=lfre_max_test, layers=layers, device=device)
+                      lfre_max_test=lfre_max_test, layers=layers, device=device,
+                      outlier_threshold=outlier_threshold)
     console = None if (quiet or as_json) else Console()
     summary = run_study(cfg, console=console)
     if as_json:

@@ -218,3 +218,37 @@ def fre(
     else:
         value = getattr(metrics, metric)(X, Y, train_idx=train_idx, test_idx=test)
     return float(value), int(len(test))
+
+
+# --- feature outliers -----------------------------------------------------------------------------
+
+
+def outlier_frames(features: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray], threshold: float = 20.0
+                   ) -> dict[int, str]:
+    """Structures with atoms whose features lie far outside every other atom's, in any model.
+
+    Score of an atom in one model: ``||x_i - median(X)|| / median_j ||x_j - median(X)||`` (robust, no
+    mean or variance that the outlier itself inflates). Frames with any atom scoring above
+    ``threshold`` are returned as ``{frame id: reason}``. Such atoms (e.g. unphysically close
+    neighbours that a model never saw in training) would dominate every root-mean-square error:
+    one structure can move a GFRE from 0.4 to 6.
+    """
+    out: dict[int, str] = {}
+    frame = np.asarray(rows["frame"])
+    for name, X in features.items():
+        X = np.asarray(X, dtype=np.float64)
+        r = np.linalg.norm(X - np.median(X, axis=0), axis=1)
+        scale = np.median(r)
+        if not np.isfinite(scale) or scale <= 0:
+            continue
+        score = r / scale
+        for i in np.flatnonzero(score > threshold):
+            f = int(frame[i])
+            if f not in out:
+                out[f] = f"{name}: atom {int(rows['atom'][i]) if 'atom' in rows else i} scores {score[i]:.0f}"
+    return dict(sorted(out.items()))
+
+
+def drop_frames(rows: Mapping[str, np.ndarray], frames: Sequence[int]) -> np.ndarray:
+    """Boolean mask of the rows NOT in ``frames``."""
+    return ~np.isin(np.asarray(rows["frame"]), np.asarray(list(frames), dtype=np.int64))

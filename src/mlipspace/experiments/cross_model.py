@@ -212,3 +212,23 @@ def mean_off_diagonal(
                 continue
         vals.append(r["value"])
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def relabel(records: Sequence[Mapping], extra: Mapping[tuple[str, str], Mapping], analysis: str,
+            level: str = "atom") -> list[dict] | None:
+    """Copies of the ``cross-model`` records of the pairs in ``extra``, as ``analysis`` with its fields.
+
+    The variant and fine-tuning comparisons are sub-matrices of the cross-model one (same features,
+    splits and metrics): a study run reuses those numbers instead of recomputing them. Returns
+    ``None`` when a pair is missing from ``records``.
+    """
+    by = {}
+    for r in select(records, analysis="cross-model", level=level):
+        by.setdefault((r["source"], r["target"]), []).append(r)
+    out = []
+    for pair, fields in extra.items():
+        if pair not in by:
+            return None
+        for r in by[pair]:
+            out.append({**r, "analysis": analysis, **dict(fields)})
+    return out

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.errors import InputError, ModelUnavailableError, StoreError
+from mlipspace.experiments._common import drop_frames, outlier_frames
 
 #: Default number of builtin mad-mini structures: keeps ``mlipspace run`` with the ten bundled
 #: models under 10 minutes on a 2-core CPU (measured; see docs/study.md).
@@ -54,6 +55,7 @@ class StudyConfig:
     layers: bool = True
     orders: bool = True
     max_order: int = 4
+    outlier_threshold: float = 20.0
     probe: bool = True
     maps: bool = True
     device: str = "auto"
@@ -61,7 +63,8 @@ class StudyConfig:
 
     def analysis_settings(self) -> dict:
         return {"seeds": list(range(self.seeds)), "order": self.order, "n_test": self.n_test,
-                "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order}
+                "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order,
+                "outlier_threshold": self.outlier_threshold}
 
 
 def default_models(notes: list[str] | None = None) -> list[str]:
@@ -257,8 +260,22 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     records: list[dict] = []
     meta: dict = {"notes": []}
 
-    with stages.stage("load", "features from the store"):
+    with stages.stage("load", "features from the store; screen for outlier structures"):
         last, rows = load_features(store, key, models, "last")
+        outliers = outlier_frames(last, rows, cfg.outlier_threshold) if cfg.outlier_threshold else {}
+        keep = drop_frames(rows, outliers)
+        if outliers:
+            last = {m: x[keep] for m, x in last.items()}
+            rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
+            meta["notes"].append(
+                f"{len(outliers)} structure(s) left out of the analyses: some atom's features lie more than "
+                f"{cfg.outlier_threshold:g} times the median distance from the median ("
+                + "; ".join(f"frame {f} ({why})" for f, why in outliers.items())
+                + "). Such atoms would dominate every RMS error.")
+            if console is not None:
+                console.print(f"  [yellow]left out {len(outliers)} outlier structure(s)[/]: "
+                              + ", ".join(map(str, outliers)), highlight=False)
+        meta["outliers"] = sorted(outliers)
     common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test)
     n_pairs = len(models) * (len(models) - 1)
 
@@ -274,13 +291,23 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     else:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
 
-    with stages.stage("variants", "same-architecture pairs"):
-        recs, _ = cache.get("variants", _cache_key(base_key), lambda: variants.variants(
-            last, rows, metrics=metrics, n_test=cfg.n_test, **common))
+    # the variant and fine-tuning comparisons are sub-matrices of the cross-model one: reuse its numbers
+    var_extra = {(s, t): {"group": label} for label, a, b in variants.available_pairs(models)
+                 for s, t in ((a, b), (b, a))}
+    tuned, refs = finetune.BUNDLED_FINETUNE
+    ft_extra = {(s, t): {"relation": rel} for m, rel in refs if tuned in models and m in models
+                for s, t in ((tuned, m), (m, tuned))}
+    with stages.stage("variants", f"{len(var_extra) // 2} same-architecture pairs"):
+        recs = cm.relabel(records, var_extra, "variants")
+        if recs is None:
+            recs, _ = cache.get("variants", _cache_key(base_key), lambda: variants.variants(
+                last, rows, metrics=metrics, n_test=cfg.n_test, **common))
         records += recs
     with stages.stage("fine-tuning", "CHGNet-r2SCAN vs parent and independent models"):
-        recs, _ = cache.get("finetune", _cache_key(base_key), lambda: finetune.finetune_bundled(
-            last, rows, metrics=metrics, n_test=cfg.n_test, **common))
+        recs = cm.relabel(records, ft_extra, "finetune")
+        if recs is None:
+            recs, _ = cache.get("finetune", _cache_key(base_key), lambda: finetune.finetune_bundled(
+                last, rows, metrics=metrics, n_test=cfg.n_test, **common))
         records += recs
         if not recs:
             meta["finetune_note"] = ("Bundled fine-tuning comparison not run: it needs chgnet-r2scan and "
@@ -294,7 +321,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
             feats = {}
             for lay in ordered:
                 x, r = load_features(store, key, [m], lay)
-                feats[lay] = x[m]
+                feats[lay] = x[m][keep]
             model_layers[m] = feats
         n_layer_tasks = sum(len(v) for v in model_layers.values())
         with stages.stage("layers", f"layer pairs of {len(models)} models, each layer vs other models"):
@@ -321,7 +348,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                                 lambda: _order_records(last, rows, cfg, dataset, fps))
             records += recs
 
-    frames = prep["frames"]
+    frames = [prep["frames"][int(i)] for i in np.unique(rows["frame"])]  # the analysed structures
     energy = probe.energies(frames)
     if cfg.probe:
         with stages.stage("probe", "energy per atom from features (ridge, cross-validated)"):
@@ -344,6 +371,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                 meta["map_colour"] = probe.residual_energy(rows, energy).tolist()
                 meta["map_colour_label"] = "residual energy per atom (eV/atom)"
     meta["families"] = fam
+    meta["frames"] = frames
     return records, maps, meta
 
 
@@ -404,7 +432,8 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     prep = prepare_features(cfg, stages, console)
     with blas_threads():
         records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
-    frames, store, key = prep["frames"], prep["store"], prep["key"]
+    store, key = prep["store"], prep["key"]
+    frames = meta_extra.pop("frames")
     with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
         from mlipspace.data import write as write_frames
 
@@ -418,7 +447,8 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
         meta = {
             "dataset": {"name": prep["spec"], "key": key, "fingerprint": info.get("fingerprint"),
                         "n_frames": len(frames), "n_atoms": int(sum(len(a) for a in frames)),
-                        "subsets": info.get("subsets", {}), "dropped": len(prep["dropped"])},
+                        "subsets": info.get("subsets", {}), "dropped": len(prep["dropped"]),
+                        "outliers": meta_extra.get("outliers", [])},
             "models": models_meta,
             "model_order": list(prep["models"]),
             "settings": cfg.analysis_settings(),
