@@ -204,10 +204,15 @@ def maps(
 ) -> dict[str, dict[str, list]]:
     """Per model ``{"pca": [[x, y], ...], "pcovr": [...]}`` of the structures (frames in sorted id order).
 
-    Structure features are progressive cumulants of order ``order``; ``pcovr`` only with ``energy``.
+    Structure features are progressive cumulants of order ``order``; ``pcovr`` only with ``energy``
+    and scikit-matter installed.
     """
+    import importlib.util
+
     frames, _ = frame_subsets(rows)
     y = residual_energy(rows, energy) if energy is not None else None
+    if importlib.util.find_spec("skmatter") is None:  # PCovR needs scikit-matter; PCA does not
+        y = None
     out = {}
     for name, X in features.items():
         F = structure_features(X, rows, order)

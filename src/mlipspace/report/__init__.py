@@ -67,6 +67,10 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
                 from mlipspace.data import read
 
                 frames = read(str(src))
+        import importlib.util
+
+        if importlib.util.find_spec("chemiscope") is None:
+            frames = None  # optional: no chemiscope file without the package (the link is dropped)
         if frames is not None:
             from mlipspace.report.chemiscope_export import write_chemiscope
 
