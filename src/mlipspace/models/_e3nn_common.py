@@ -137,6 +137,8 @@ class SequentialGraphExtractor(TorchExtractor):
             raise InputError(
                 f"last has shape {last.shape}, expected ({len(numbers)}, {self.dims['last']}) for {len(numbers)} atoms"
             )
+        if len(numbers) == 0:
+            return np.zeros(0)
         unknown = sorted(set(numbers.tolist()) - set(self.elements))
         if unknown:
             raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")

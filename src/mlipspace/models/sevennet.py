@@ -40,6 +40,8 @@ N_BLOCKS = 5
 WIDTH = 128
 #: Z of the type map of all four bundled checkpoints (MPtrj elements): H..Bi and Ac..Pu
 ELEMENTS = frozenset(list(range(1, 84)) + list(range(89, 95)))
+#: sevenn pretrained keys of the registry entries (shipped in the sevenn 0.13.0 wheel)
+BUNDLED = ("7net-0", "7net-0_22May2024", "7net-l3i5", "7net-mf-0")
 
 
 def describe(spec) -> dict:
@@ -96,7 +98,8 @@ class SevenNetExtractor(SequentialGraphExtractor):
         self.layers = tuple(f"interaction.{i}" for i in range(n)) + ("last",)
         self.dims = {k: self.hooks[k].dim for k in self.layers}
         self.elements = frozenset(int(z) for z in cp.config[KEY.TYPE_MAP])
-        self.check_static(describe(None))
+        if checkpoint in BUNDLED:  # a user's own sevenn checkpoint may have other widths/elements
+            self.check_static(describe(None))
         self.fingerprint = make_fingerprint(name, self.family, self.checkpoint_path, "sevenn", head=modality,
                                             pretrained_name=checkpoint)
 
