@@ -103,7 +103,7 @@ def run(
     store: Path = typer.Option(None, "--store", "-s", help="Feature store (default OUT/features.zarr); reused across runs."),
     order: int = typer.Option(3, "--order", help="Cumulant order of the structure-level features."),
     lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
-    lfre_max_test: int = typer.Option(100, "--lfre-max-test", help="Test rows LFRE is evaluated on (one local fit each)."),
+    lfre_max_test: int = typer.Option(50, "--lfre-max-test", help="Test rows LFRE is evaluated on per seed (one local fit each)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
     outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median (0: keep all)."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),

@@ -66,12 +66,14 @@ def cross_model_layers(
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
     lfre_max_test: int | None = 200,
+    targets: Sequence[str] | None = None,
     progress=None,
 ) -> list[dict]:
-    """Records (``analysis="layers-cross"``): each layer of each source -> every other model's last layer.
+    """Records (``analysis="layers-cross"``): each layer of each source -> other models' last layer.
 
     ``model_layers`` maps model -> {layer -> (n_atoms, d)} in network order; every model must have
-    the ``last`` layer. Records carry ``layer`` (the source layer) and ``source_depth`` in [0, 1].
+    the ``last`` layer. ``targets`` restricts the target models (default: all). Records carry
+    ``layer`` (the source layer) and ``source_depth`` in [0, 1].
     """
     models = list(model_layers)
     if len(models) < 2:
@@ -86,7 +88,7 @@ def cross_model_layers(
         names = list(model_layers[src])
         for i, lay in enumerate(names):
             X = model_layers[src][lay]
-            for tgt in models:
+            for tgt in (models if targets is None else [t for t in targets if t in model_layers]):
                 if tgt == src:
                     continue
                 Y = model_layers[tgt][last]

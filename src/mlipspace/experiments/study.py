@@ -51,7 +51,7 @@ class StudyConfig:
     order: int = 3
     n_test: int | None = None
     lfre: bool = True
-    lfre_max_test: int = 100
+    lfre_max_test: int = 50
     layers: bool = True
     orders: bool = True
     max_order: int = 4
@@ -183,10 +183,13 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
 
     with stages.stage("data", f"{spec} for {len(models)} models"):
         key = None
+        # which stored dataset a previous run with the same data and models filtered to (kept in
+        # OUT/cache: the consistent filtering needs every model's elements, i.e. loading them)
+        memo = out / "cache" / f"dataset-{_cache_key(run_spec, str(store_path.resolve()))}.json"
         if (store_path / "zarr.json").is_file():
             store = FeatureStore(store_path)
-            with contextlib.suppress(StoreError):
-                key = store.resolve(run_spec)
+            with contextlib.suppress(StoreError, OSError, ValueError, KeyError):
+                key = store.resolve(json.loads(memo.read_text())["key"] if memo.is_file() else run_spec)
             if key is not None and not all(store.is_complete(key, m, ["last"]) for m in models):
                 key = None
         if key is not None:
@@ -213,6 +216,8 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
     with stages.stage("features", f"all layers of {len(models)} models into {store_path}"):
         store = FeatureStore(store_path, mode="a")
         key = store.add_dataset(frames, run_spec)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps({"key": key, "spec": run_spec}) + "\n")
         todo = [m for m in models if not store.is_complete(key, m, ["last"]) or not _all_layers(store, key, m)]
         if todo:
             extract_to_store(frames, todo, store_path, layers="all", progress=console is not None,
@@ -324,7 +329,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                 feats[lay] = x[m][keep]
             model_layers[m] = feats
         n_layer_tasks = sum(len(v) for v in model_layers.values())
-        with stages.stage("layers", f"layer pairs of {len(models)} models, each layer vs other models"):
+        with stages.stage("layers", f"layer pairs of {len(models)} models; each layer vs one model per family"):
             def _layers():
                 out = []
                 for m, feats in model_layers.items():
@@ -339,14 +344,25 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                     recs, _ = cache.get("layers-cross", _cache_key(base_key, "layers-cross"),
                                         lambda: layers.cross_model_layers(
                                             model_layers, rows, seeds=seeds[:1], n_test=cfg.n_test,
-                                            dataset=dataset, fingerprints=fps, progress=adv))
+                                            dataset=dataset, fingerprints=fps, progress=adv,
+                                            targets=representatives(models, fam)))
                 records += recs
 
     if cfg.orders:
+        import warnings
+
+        def _orders():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                recs = _order_records(last, rows, cfg, dataset, fps)
+            # the warnings (too few structures for the cumulant widths) are kept with the records
+            msgs = sorted({str(w.message).split(":")[-1].strip() for w in caught})
+            return {"records": recs, "notes": ["Cumulant orders: " + "; ".join(msgs) + "."] if msgs else []}
+
         with stages.stage("cumulant orders", f"orders 1..{cfg.max_order} of each model's last layer"):
-            recs, _ = cache.get("orders", _cache_key(base_key, "orders"),
-                                lambda: _order_records(last, rows, cfg, dataset, fps))
-            records += recs
+            got, _ = cache.get("orders", _cache_key(base_key, "orders"), _orders)
+            records += got["records"]
+            meta["notes"] += got["notes"]
 
     frames = [prep["frames"][int(i)] for i in np.unique(rows["frame"])]  # the analysed structures
     energy = probe.energies(frames)
@@ -373,6 +389,14 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     meta["families"] = fam
     meta["frames"] = frames
     return records, maps, meta
+
+
+def representatives(models: Sequence[str], families: Mapping[str, str]) -> list[str]:
+    """The first model of each family (in ``models`` order): the targets of the per-layer comparison."""
+    seen: dict[str, str] = {}
+    for m in models:
+        seen.setdefault(families.get(m, m), m)
+    return list(seen.values())
 
 
 def cm_fp(fp: Mapping) -> str:
