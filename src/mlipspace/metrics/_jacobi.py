@@ -80,17 +80,18 @@ def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, preconditio
     # otherwise rounding noise in a null space keeps the sweeps going without changing anything
     floor = ((M * float(np.spacing(1.0))) ** 2) * (Gt * Gt).sum((-2, -1))[:, None]
     sweeps = 0
+    # G and W rows travel together: one gather and one rotation per step for both
+    H = torch.cat([Gt, Wt], dim=-1)
     for sweep in range(max_sweeps):
         sweeps += 1
         worst = torch.zeros(B, dtype=Gt.dtype, device=Gt.device)
         for perm in (first if sweep == 0 else rest):
-            Gt = Gt.index_select(-2, perm)
-            Wt = Wt.index_select(-2, perm)
-            P, Q = Gt[..., :h, :], Gt[..., h:, :]
-            WP, WQ = Wt[..., :h, :], Wt[..., h:, :]
-            alpha = (P * P).sum(-1)
-            beta = (Q * Q).sum(-1)
-            gamma = (P * Q).sum(-1)
+            H = H.index_select(-2, perm)
+            P, Q = H[..., :h, :], H[..., h:, :]
+            Pg, Qg = P[..., :M], Q[..., :M]
+            alpha = (Pg * Pg).sum(-1)
+            beta = (Qg * Qg).sum(-1)
+            gamma = (Pg * Qg).sum(-1)
             norm = torch.sqrt(alpha * beta)
             pos = (alpha > floor) & (beta > floor)
             off = torch.where(pos, gamma.abs() / torch.where(pos, norm, 1.0), 0.0)
@@ -103,10 +104,10 @@ def jacobi_svd(A, *, max_sweeps: int = 40, tol: float | None = None, preconditio
             c = 1.0 / torch.sqrt(1.0 + t * t)
             s = c * t
             c, s = c[..., None], s[..., None]
-            Gt = torch.cat([c * P - s * Q, s * P + c * Q], dim=-2)
-            Wt = torch.cat([c * WP - s * WQ, s * WP + c * WQ], dim=-2)
+            H = torch.cat([c * P - s * Q, s * P + c * Q], dim=-2)
         if float(worst.max()) <= tol:
             break
+    Gt, Wt = H[..., :M], H[..., M:]
     sv = torch.sqrt((Gt * Gt).sum(-1))
     sv, order = torch.sort(sv, dim=-1, descending=True)
     sv, order = sv[..., :N], order[..., :N]
