@@ -236,11 +236,16 @@ class LocalSource:
         evaluated per distinct level only for the rows that need it."""
         ns = self.ns
         table = ns.zeros((A.shape[0], A.shape[-1] + 1), like=A)
+        B = A.shape[0]
         for L in ns.unique(levels):
             rows = ns.nonzero((levels == L).any(-1))
+            if rows.shape[0] == B:  # every row needs this level: work on views, no gathers
+                E = Yv - A[:, :, :L] @ Bm[:, :L, :] if L > 0 else Yv
+                table[:, L] = -((ns.einsum("bij,bij->bj", E, E) / n_rows) ** 0.5).mean(-1)
+                continue
             E = Yv[rows]
             if L > 0:
-                E = E - A[rows][:, :, :L] @ Bm[rows][:, :L, :]
+                E = E - A[rows, :, :L] @ Bm[rows, :L, :]
             table[rows, L] = -((ns.einsum("bij,bij->bj", E, E) / n_rows) ** 0.5).mean(-1)
         return table
 
