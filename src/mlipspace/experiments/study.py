@@ -31,7 +31,7 @@ from mlipspace.experiments._common import drop_frames, outlier_frames
 
 #: Default number of builtin mad-mini structures: keeps ``mlipspace run`` with the ten bundled
 #: models under 10 minutes on a 2-core CPU (measured; see docs/study.md).
-DEFAULT_SIZE = 60
+DEFAULT_SIZE = 80
 #: Families left out of the default model list (non-learned baselines).
 BASELINE_FAMILIES = frozenset({"descriptor"})
 #: Models whose layer-pair matrix is shown by default (one per family present).
@@ -431,8 +431,9 @@ def _order_records(last, rows, cfg: StudyConfig, dataset: str, fps) -> list[dict
 def blas_threads(n: int | None = None):
     """Limit BLAS/OpenMP threads (default 1, or ``$MLIPSPACE_BLAS_THREADS``) for the analyses.
 
-    The analyses are many small factorisations; on a shared 2-core machine multi-threaded OpenBLAS
-    spends most of its time spinning (measured: 3x slower than one thread for the same comparison).
+    The analyses are many small factorisations; on a shared, loaded 2-core machine multi-threaded
+    OpenBLAS spends most of its time spinning (measured 3x slower than one thread for the same
+    comparison; equal when the machine is quiet, see benchmarks/bench_study.py).
     LFRE parallelises over test rows itself.
     """
     import os
