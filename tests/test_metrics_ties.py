@@ -88,3 +88,22 @@ def test_duplicated_test_rows_get_identical_errors():
     test = np.arange(0, 40)  # ten unique rows, four copies each, all on the test side
     vals = pointwise_lfre(X, Y, 8, test_idx=test, device="cpu")
     np.testing.assert_array_equal(vals.reshape(10, 4), np.repeat(vals.reshape(10, 4)[:, :1], 4, axis=1))
+
+
+def test_neighbourhood_of_identical_rows_predicts_their_mean():
+    """k identical neighbours (k <= multiplicity of a duplicated row): the centred neighbourhood is
+    exactly zero, nothing is fitted, the prediction is the mean Y of the k lowest-index copies.
+    (Rounding noise from a naive mean could otherwise be 'fitted' into arbitrarily large errors.)"""
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.standard_normal((20, 3)), 10, axis=0)
+    Y = np.repeat(rng.standard_normal((20, 4)), 10, axis=0) + 0.01 * rng.standard_normal((200, 4))
+    test = np.arange(0, 200, 7)
+    train = np.setdiff1d(np.arange(200), test)
+    got = pointwise_lfre(X, Y, 5, train_idx=train, test_idx=test, device="cpu")
+    # the scaler is affine per space, so errors in scaled units = raw errors / Y's global scale
+    Yt = Y[train]
+    scale = np.sqrt(((Yt - Yt.mean(0)) ** 2).mean(0).sum())
+    for t, val in zip(test, got):
+        group = train[train // 10 == t // 10][:5]
+        expected = np.linalg.norm(Y[t] - Y[group].mean(0)) / scale
+        assert abs(val - expected) < 1e-12

@@ -87,10 +87,6 @@ class _NumpyNS:
         return np.asarray(a)
 
     @staticmethod
-    def contiguous(a):
-        return np.ascontiguousarray(a)
-
-    @staticmethod
     def einsum(spec, *ops):
         return np.einsum(spec, *ops)
 
@@ -150,10 +146,6 @@ class _TorchNS:
     def to_numpy(self, a):
         return a.detach().cpu().numpy()
 
-    @staticmethod
-    def contiguous(a):
-        return a.contiguous()
-
     def einsum(self, spec, *ops):
         return self.torch.einsum(spec, *ops)
 
@@ -194,6 +186,16 @@ def _decompose(ns, A, mode: str, rcond: float):
     return U, s, Vt, valid.sum(-1)
 
 
+def _exact_mean(A):
+    """Mean over axis 1 of (B, k, d), computed as ``A[:, 0] + mean(A - A[:, 0])``.
+
+    Equal to ``A.mean(1)`` up to rounding, but exact when all k rows are identical (duplicated
+    atoms): the centred neighbourhood is then exactly zero instead of rounding noise, whose
+    relative-cutoff "fit" could blow up to arbitrary values."""
+    a0 = A[:, :1, :]
+    return a0[:, 0, :] + (A - a0).mean(1)
+
+
 class LocalSource:
     """Everything of a batch of local fits that depends only on the source space X.
 
@@ -208,7 +210,7 @@ class LocalSource:
         self.f1, self.f2 = f1, f2
         self.n1, self.n2 = len(folds[0]), len(folds[1])
         rcond = max(k, d_x) * _EPS
-        mx = Xn.mean(1)
+        mx = _exact_mean(Xn)
         Xl = Xn - mx[:, None, :]
         X1, X2 = Xl[:, f1], Xl[:, f2]
         U1, s1, V1t, n1 = _decompose(ns, X1, mode, rcond)
@@ -252,7 +254,7 @@ class LocalSource:
     def errors(self, Yn, y):
         """Pointwise local reconstruction errors (B,) of targets ``Yn`` (B, k, d_Y), ``y`` (B, d_Y)."""
         ns = self.ns
-        my = Yn.mean(1)
+        my = _exact_mean(Yn)
         Yl = Yn - my[:, None, :]
         Y1, Y2 = Yl[:, self.f1], Yl[:, self.f2]
         B1 = self.U1t @ Y1  # (B, r1, d_Y)
