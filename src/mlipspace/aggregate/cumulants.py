@@ -33,7 +33,7 @@ from math import comb
 
 import numpy as np
 
-from mlipspace.aggregate._segments import Segments, check_features, segment_sum, segments_of
+from mlipspace.aggregate._segments import Segments, check_features, segment_indicator, segments_of
 from mlipspace.errors import InputError
 
 
@@ -130,8 +130,19 @@ def root_cumulants(kappa: np.ndarray, axis: int = -1) -> np.ndarray:
     r"""Map :math:`\kappa_k \mapsto \operatorname{sign}(\kappa_k)|\kappa_k|^{1/k}` for k >= 2 along ``axis``."""
     out = np.moveaxis(np.array(kappa, dtype=np.float64), axis, 0)
     for k in range(2, len(out) + 1):
-        out[k - 1] = np.sign(out[k - 1]) * np.abs(out[k - 1]) ** (1.0 / k)
+        v = out[k - 1]
+        out[k - 1] = np.sign(v) * _ROOTS.get(k, lambda a, k=k: a ** (1.0 / k))(np.abs(v))
     return np.moveaxis(out, 0, axis)
+
+
+# exact, faster k-th roots of non-negative arrays for the common orders (sqrt/cbrt vs pow)
+_ROOTS = {
+    2: np.sqrt,
+    3: np.cbrt,
+    4: lambda a: np.sqrt(np.sqrt(a)),
+    6: lambda a: np.sqrt(np.cbrt(a)),
+    8: lambda a: np.sqrt(np.sqrt(np.sqrt(a))),
+}
 
 
 def population_to_kstat(kappa: np.ndarray, n, axis: int = -1) -> np.ndarray:
@@ -170,8 +181,8 @@ def _segment_cumulants(x: np.ndarray, seg: Segments, order: int, keys_for_errors
         counts = seg.counts[s_lo:s_hi]
         local = seg.starts[s_lo:s_hi] - r_lo
         inv_n = (1.0 / counts)[:, None]
-        nb = r_hi - r_lo
-        mean = segment_sum(xb, local, nb) * inv_n
+        ind = segment_indicator(local, r_hi - r_lo)
+        mean = (ind @ xb) * inv_n
         bad = ~np.isfinite(mean).all(axis=1)
         if bad.any():
             f = int(keys_for_errors[s_lo + int(np.flatnonzero(bad)[0])])
@@ -183,10 +194,10 @@ def _segment_cumulants(x: np.ndarray, seg: Segments, order: int, keys_for_errors
         c -= np.repeat(mean, counts, axis=0)  # xb is a private float64 copy: centre in place
         mom = np.zeros((order, s_hi - s_lo, d))  # m_1 = 0 (centred), m_2..m_K
         p = c * c
-        mom[1] = segment_sum(p, local, nb) * inv_n
+        mom[1] = (ind @ p) * inv_n
         for k in range(3, order + 1):
             p *= c
-            mom[k - 1] = segment_sum(p, local, nb) * inv_n
+            mom[k - 1] = (ind @ p) * inv_n
         kap = moments_to_cumulants(mom, axis=0)
         kap[0] = mean
         out[s_lo:s_hi] = np.moveaxis(kap, 0, 1)
