@@ -199,20 +199,20 @@ def _exact_mean(A):
 class LocalSource:
     """Everything of a batch of local fits that depends only on the source space X.
 
-    ``Xn`` (B, k, d_X): neighbourhoods, nearest first; ``x`` (B, d_X): the test rows.
+    ``Xn`` (B, k, d_X): neighbourhoods in *fold order*: the rows of CV fold 1 (positions in the
+    nearest-first order given by ``kfold_halves(k)[0]``) then those of fold 2, so both folds are
+    views; ``n1`` = size of fold 1. ``x`` (B, d_X): the test rows.
     Reused across targets by :func:`mlipspace.metrics.pairwise`.
     """
 
-    def __init__(self, ns, Xn, x, folds, alphas, mode: str = "exact"):
+    def __init__(self, ns, Xn, x, n1: int, alphas, mode: str = "exact"):
         self.ns = ns
         B, k, d_x = Xn.shape
-        f1, f2 = ns.index(folds[0]), ns.index(folds[1])
-        self.f1, self.f2 = f1, f2
-        self.n1, self.n2 = len(folds[0]), len(folds[1])
+        self.n1, self.n2 = int(n1), k - int(n1)
         rcond = max(k, d_x) * _EPS
         mx = _exact_mean(Xn)
         Xl = Xn - mx[:, None, :]
-        X1, X2 = Xl[:, f1], Xl[:, f2]
+        X1, X2 = Xl[:, : self.n1], Xl[:, self.n1 :]
         U1, s1, V1t, n1 = _decompose(ns, X1, mode, rcond)
         U2, s2, V2t, n2 = _decompose(ns, X2, mode, rcond)
         self.U1t, self.U2t = U1.mT, U2.mT
@@ -256,7 +256,7 @@ class LocalSource:
         ns = self.ns
         my = _exact_mean(Yn)
         Yl = Yn - my[:, None, :]
-        Y1, Y2 = Yl[:, self.f1], Yl[:, self.f2]
+        Y1, Y2 = Yl[:, : self.n1], Yl[:, self.n1 :]
         B1 = self.U1t @ Y1  # (B, r1, d_Y)
         B2 = self.U2t @ Y2
         t12 = self._loss_table(self.A12, B1, Y2, self.L1, self.n2)

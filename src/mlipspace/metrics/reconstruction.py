@@ -166,7 +166,9 @@ class LocalProblem:
         self.k = k
         self.Xtr, self.Xte = Xtr, Xte
         self.tie_key = np.asarray(train)
-        self.folds = kfold_halves(k)
+        f1, f2 = kfold_halves(k)
+        self.n1 = f1.size
+        self.fold_order = np.concatenate([f1, f2])  # neighbours gathered fold by fold
         self.n_jobs = _n_workers(n_jobs) if self.backend == "numpy" else 1
         if batch_size is None:
             batch_size = 64 if self.backend == "numpy" else 512
@@ -193,7 +195,8 @@ class LocalProblem:
             def work(bounds):
                 a, b = bounds
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq)
-                src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.folds, ALPHAS, self.mode)
+                nbr = nbr[:, self.fold_order]
+                src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
 
@@ -214,10 +217,11 @@ class LocalProblem:
         Xtr = ns.asarray(self.Xtr)
         Xte = ns.asarray(self.Xte)
         key = ns.index(self.tie_key)
+        order = ns.index(self.fold_order)
         Ys = [(ns.asarray(a), ns.asarray(b)) for a, b in targets]
         for a, b in self.batches:
-            nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)
-            src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.folds, ALPHAS, self.mode)
+            nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)[:, order]
+            src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.n1, ALPHAS, self.mode)
             for out, (Ytr, Yte) in zip(outs, Ys):
                 out[a:b] = ns.to_numpy(src.errors(Ytr[nbr], Yte[a:b]))
         return outs
