@@ -16,10 +16,19 @@ from mlipspace.models import ModelSpec, register
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 runner = CliRunner()
 
-# a second, differently parametrised radial descriptor: two fast models give every analysis something to do
-register(ModelSpec("test-rdf-coarse", "descriptor", "descriptor", (), "coarse radial descriptor (tests)",
-                   {"cutoff": 4.0, "n_bins": 8, "seed": 1}), replace=True)
 MODELS = "descriptor-rdf,test-rdf-coarse"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coarse_descriptor():
+    """A second, differently parametrised radial descriptor (two fast models give every analysis
+    something to do), registered for this module only so other tests see the usual registry."""
+    from mlipspace.models import registry
+
+    register(ModelSpec("test-rdf-coarse", "descriptor", "descriptor", (), "coarse radial descriptor (tests)",
+                       {"cutoff": 4.0, "n_bins": 8, "seed": 1}), replace=True)
+    yield
+    registry._REGISTRY.pop("test-rdf-coarse", None)
 
 
 def invoke(*args):
