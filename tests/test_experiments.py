@@ -206,3 +206,15 @@ def test_relabel_reuses_cross_model_numbers(rows):
     key = lambda r: (r["source"], r["target"])  # noqa: E731
     assert sorted(reused, key=key) == sorted(direct, key=key)
     assert cm.relabel(full, {("x", "y"): {}}, "variants") is None
+
+
+def test_ungrouped_split_is_the_study_protocol(rows):
+    from mlipspace.experiments._common import atom_splits
+
+    (tr, te), = atom_splits(rows, [0], 60, grouped=False)
+    shared = set(rows["frame"][tr]) & set(rows["frame"][te])
+    assert shared  # structure-mates of test atoms train: the leakage the grouped split avoids
+    (tr, te), = atom_splits(rows, [0], 60)
+    assert not set(rows["frame"][tr]) & set(rows["frame"][te])
+    recs = cm.cross_model(nested_spaces(rows), rows, metrics=("gfre",), level="atom-ungrouped", seeds=(0,))
+    assert {r["level"] for r in recs} == {"atom-ungrouped"}

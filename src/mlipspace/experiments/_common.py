@@ -132,13 +132,19 @@ def default_n_test(n: int, *, fraction: float = 0.25, cap: int = 1000) -> int:
     return int(max(1, min(cap, round(fraction * n))))
 
 
-def atom_splits(rows: Mapping[str, np.ndarray], seeds: Sequence[int], n_test: int | None = None):
+def atom_splits(rows: Mapping[str, np.ndarray], seeds: Sequence[int], n_test: int | None = None, *,
+                grouped: bool = True):
     """``[(train_idx, test_idx), ...]`` atom-row splits grouped by structure, one per seed.
 
     Whole structures go to one side (:func:`mlipspace.data.splits.grouped_split`), so symmetry-
-    equivalent atoms of one structure never sit on both sides of the split.
+    equivalent atoms of one structure never sit on both sides of the split. ``grouped=False`` gives
+    the study's protocol instead (:func:`mlipspace.data.splits.atom_split`: test atoms drawn one by
+    one, their structure-mates train), kept for comparison.
     """
-    from mlipspace.data.splits import grouped_split
+    from mlipspace.data.splits import atom_split, grouped_split
+
+    if not grouped:
+        grouped_split = atom_split  # noqa: F811  (same signature)
 
     n = len(rows["frame"])
     n_frames = len(np.unique(rows["frame"]))

@@ -110,10 +110,12 @@ def level_features(
     """Feature matrices and seeded splits for ``level`` ("atom": rows as given; "structure": cumulants)."""
     if level == "atom":
         return dict(features), atom_splits(rows, seeds, n_test)
+    if level == "atom-ungrouped":
+        return dict(features), atom_splits(rows, seeds, n_test, grouped=False)
     if level == "structure":
         feats = {name: structure_features(X, rows, order) for name, X in features.items()}
         return feats, structure_splits(rows, seeds)
-    raise InputError(f"unknown level {level!r}; choose 'atom' or 'structure'")
+    raise InputError(f"unknown level {level!r}; choose 'atom', 'structure' (or 'atom-ungrouped')")
 
 
 def check_features(features: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray]) -> None:
@@ -147,7 +149,9 @@ def cross_model(
 
     ``features`` maps model name -> (n_atoms, d) matrix, all rows described by ``rows``; when the
     models' own row tables are given in ``row_tables`` they are checked against ``rows`` first.
-    ``level="structure"`` compares progressive cumulants of order ``order`` per structure (LFRE
+    ``level="atom-ungrouped"`` uses the study's per-atom split instead of the grouped one (test atoms'
+    structure-mates train: optimistic, for comparison). ``level="structure"`` compares progressive
+    cumulants of order ``order`` per structure (LFRE
     then uses k = half the training structures: the cumulant width K·d exceeds their number, and
     the study's k = min(d_X, d_Y) would make the neighbourhood the whole training set).
     Returns one record per (source, target, metric), ``analysis="cross-model"``.

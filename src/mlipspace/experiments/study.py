@@ -293,6 +293,10 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                         last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
                         progress=adv, **common))
                 records += recs
+        with stages.stage("cross-model (study split)", f"GFRE of {n_pairs} pairs with the study's per-atom split"):
+            recs, _ = cache.get("cross-ungrouped", _cache_key(base_key, "ungrouped"), lambda: cm.cross_model(
+                last, rows, metrics=("gfre",), level="atom-ungrouped", n_test=cfg.n_test, **common))
+            records += recs
     else:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
 

@@ -87,7 +87,13 @@ def _cross_section(page: _Page, results):
     page.add('<p class="note">Error of reconstructing the target\'s last-layer features from the source\'s '
              "(0 = fully recoverable, ~1 = nothing recoverable). Mean ± spread over grouped splits (seeds).</p>")
     any_ = False
-    for level in ("atom", "structure"):
+    explain = {
+        "atom": "atom level, test structures held out whole (grouped split)",
+        "atom-ungrouped": "atom level, the study's per-atom split (a test atom's structure-mates train: "
+                          "optimistic, shown for comparison)",
+        "structure": "structure level",
+    }
+    for level in ("atom", "atom-ungrouped", "structure"):
         for metric in ("gfre", "lfre", "gfrd"):
             sel = select(recs, analysis="cross-model", metric=metric, level=level)
             if not sel:
@@ -99,13 +105,20 @@ def _cross_section(page: _Page, results):
             extra = ""
             if level == "structure" and sel[0].get("order") is not None:
                 extra = f", cumulants up to order {sel[0]['order']}"
-            title = f"{metric.upper()} — {level} level{extra}"
+            title = f"{metric.upper()} — {explain[level]}{extra}"
             stem = page.fig_dir / f"cross_{metric}_{level}"
             page.add(f"<h3>{_e(title)}</h3>")
             page.add(f"<p>Mean off-diagonal {metric.upper()}: <b>{_fmt(off.mean() if off.size else None)}</b> "
                      f"({len(off)} ordered pairs; n_train = {sel[0]['n_train']}, n_test = {sel[0]['n_test']}).</p>")
-            page.figure(figures.heatmap(names, M, stem, title=title, S=S, cbar_label=metric.upper()),
+            page.figure(figures.heatmap(names, M, stem, title=title if len(title) < 60 else f"{metric.upper()} — {level}",
+                                        S=S, cbar_label=metric.upper()),
                         f"{title}: rows = source, columns = target")
+            if off.size and np.mean(off > 1) > 0.1:
+                page.add(f'<p class="note">{int(np.sum(off > 1))} of {off.size} values exceed 1: on the test '
+                         "structures the reconstruction does worse than predicting the mean. With few, diverse "
+                         "training structures (elements and environments the test side has but the training side "
+                         "lacks) a linear map does not carry over; a larger <code>--size</code> or a homogeneous "
+                         "dataset lowers these numbers.</p>")
     if not any_:
         page.add('<p class="note">Not run (needs at least two models).</p>')
 
