@@ -360,8 +360,9 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                 warnings.simplefilter("always")
                 recs = _order_records(last, rows, cfg, dataset, fps)
             # the warnings (too few structures for the cumulant widths) are kept with the records
-            msgs = sorted({str(w.message).split(":")[-1].strip() for w in caught})
-            return {"records": recs, "notes": ["Cumulant orders: " + "; ".join(msgs) + "."] if msgs else []}
+            msgs = sorted({str(w.message).strip() for w in caught})
+            more = f" (and {len(msgs) - 2} similar warnings)" if len(msgs) > 2 else ""
+            return {"records": recs, "notes": ["Cumulant orders: " + "; ".join(msgs[:2]) + more + "."] if msgs else []}
 
         with stages.stage("cumulant orders", f"orders 1..{cfg.max_order} of each model's last layer"):
             got, _ = cache.get("orders", _cache_key(base_key, "orders"), _orders)
