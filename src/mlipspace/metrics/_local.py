@@ -28,6 +28,8 @@ FAST_FLOOR = 1e-13
 #: SVD used by the torch path: None or "linalg" (``torch.linalg.svd``, cuSOLVER's default driver on
 #: CUDA), "gesvd" / "gesvdj" / "gesvda" (that cuSOLVER driver), "jacobi" (batched one-sided Jacobi
 #: in plain torch ops, :mod:`._jacobi`) or "jacobi-eigh" (the same, preconditioned by a Gram eigh).
+#: None picks "jacobi-eigh" on CUDA (fastest exact choice measured on an H200: 1.2 s vs 2.6 s for
+#: cuSOLVER's default on 300 local fits of 128 x 128, parity 9e-15) and "linalg" elsewhere.
 TORCH_SVD_DRIVER: str | None = None
 
 
@@ -107,7 +109,7 @@ class _TorchNS:
         return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
 
     def svd(self, a):
-        method = TORCH_SVD_DRIVER or "linalg"
+        method = TORCH_SVD_DRIVER or ("jacobi-eigh" if self.device.type == "cuda" else "linalg")
         if method in ("jacobi", "jacobi-eigh"):
             from mlipspace.metrics._jacobi import jacobi_svd
 
