@@ -105,6 +105,8 @@ def run(
     lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
     lfre_max_test: int = typer.Option(50, "--lfre-max-test", help="Test rows LFRE is evaluated on per seed (one local fit each)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
+    finetune: str = typer.Option(None, "--finetune", help="Also fine-tune CHGNet live on this labelled data (e.g. ../shared/data/mlearn/Si_training.json) and track every epoch (slow: minutes per epoch)."),
+    finetune_epochs: int = typer.Option(3, "--finetune-epochs", help="Epochs of the live fine-tuning."),
     outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median (0: keep all)."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -120,7 +122,7 @@ def run(
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
                       lfre_max_test=lfre_max_test, layers=layers, device=device,
-                      outlier_threshold=outlier_threshold)
+                      outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs)
     console = None if (quiet or as_json) else Console()
     summary = run_study(cfg, console=console)
     if as_json:
@@ -240,7 +242,6 @@ def finetune_track_cmd(
     from mlipspace.data import read
     from mlipspace.errors import InputError
     from mlipspace.experiments import finetune
-    from mlipspace.models import load
     from mlipspace.report import write_report
     from mlipspace.report.results import make_results, write_results
 
@@ -250,35 +251,16 @@ def finetune_track_cmd(
         frames = frames[:max_structures]
     if len(frames) < 3:
         raise InputError(f"{data}: {len(frames)} structures; fine-tuning needs at least 3")
-    ckpt_dir = out / "checkpoints"
-    if checkpoints:
-        ft = finetune.sorted_checkpoints(checkpoints)
-    else:
-        if console:
-            console.print(f"[bold cyan]▶ fine-tuning[/] {model} on {len(frames)} structures for {epochs} epochs")
-        ft = finetune.train_chgnet(frames, ckpt_dir / "finetune", model=model, epochs=epochs,
-                                   learning_rate=learning_rate, batch_size=batch_size)
-    ctl = None
-    if control:
-        ctl = finetune.sorted_checkpoints(control)
-    elif not no_control and not checkpoints:
-        if console:
-            console.print(f"[bold cyan]▶ control[/]: same architecture from random initialisation, {epochs} epochs")
-        ctl = finetune.train_chgnet(frames, ckpt_dir / "scratch", model=model, epochs=epochs, from_scratch=True,
-                                    learning_rate=learning_rate, batch_size=batch_size)
-    eval_frames = read(eval_data) if eval_data else frames
-    if console:
-        console.print(f"[bold cyan]▶ features[/]: {len(ft) + len(ctl or [])} checkpoints on {len(eval_frames)} structures")
-    ref = load(model, device="cpu")
-    reference = ref.extract(eval_frames, layers=("last",)).layers["last"]
-    recs = finetune.finetune_track(eval_frames, ft, reference, control=ctl, model=model, metrics=_split(metric),
-                                   seeds=list(range(seeds)), dataset=eval_data or data)
+    recs, ft_meta = finetune.track(
+        frames, out / "checkpoints", model=model, epochs=epochs, control=not no_control, checkpoints=checkpoints,
+        control_checkpoints=control, eval_frames=read(eval_data) if eval_data else None,
+        seeds=list(range(seeds)), metrics=_split(metric), learning_rate=learning_rate, batch_size=batch_size,
+        dataset=eval_data or data, log=(lambda m: console.print(f"[bold cyan]▶[/] {m}")) if console else None)
+    n_eval = ft_meta["n_eval_frames"]
     results = make_results(recs, {
-        "dataset": {"name": eval_data or data, "n_frames": len(eval_frames),
-                    "n_atoms": int(sum(len(a) for a in eval_frames))},
-        "models": {model: {"family": "chgnet", "fingerprint": ref.fingerprint, "layers": ["last"]}},
-        "finetune": {"data": data, "epochs": len(ft) - 1, "checkpoints": [str(p) for p in ft],
-                     "control": [str(p) for p in ctl] if ctl else []},
+        "dataset": {"name": eval_data or data, "n_frames": n_eval},
+        "models": {model: {"family": "chgnet", "fingerprint": ft_meta["fingerprint"], "layers": ["last"]}},
+        "finetune": dict(ft_meta, data=data),
     })
     path = write_results(out / "results.json", results)
     report = write_report(path, out)

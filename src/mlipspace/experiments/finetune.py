@@ -178,6 +178,23 @@ def train_chgnet(
         raise InputError(f"training targets {targets!r} need labels the frames lack (forces: {have_forces})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # a finished series with the same inputs is reused (reruns of the study do not retrain)
+    from mlipspace.data import fingerprint as data_fingerprint
+
+    manifest = {"model": model, "epochs": int(epochs), "from_scratch": bool(from_scratch), "lr": learning_rate,
+                "batch_size": int(batch_size), "seed": int(seed), "targets": targets,
+                "data": data_fingerprint(frames), "energies": [round(e, 9) for e in energies]}
+    mpath = out / "manifest.json"
+    if mpath.is_file() and (out / f"epoch{epochs:03d}.pth.tar").is_file():
+        import json
+
+        try:
+            if json.loads(mpath.read_text()) == manifest:
+                return sorted_checkpoints(str(out / "epoch*.pth.tar"))
+        except ValueError:
+            pass
+    for old in out.glob("epoch*.pth.tar"):
+        old.unlink()
 
     random.seed(seed)
     np.random.seed(seed)
@@ -206,7 +223,61 @@ def train_chgnet(
         )
         trainer.save(filename=str(out / "epoch000.pth.tar"))
         trainer.train(train_loader, val_loader, None, save_dir=str(out), train_composition_model=from_scratch)
+    import json
+
+    mpath.write_text(json.dumps(manifest) + "\n")
     return sorted_checkpoints(str(out / "epoch*.pth.tar"))
+
+
+def track(
+    frames: Sequence,
+    out_dir: str | os.PathLike,
+    *,
+    model: str = "chgnet-0.3.0",
+    epochs: int = 5,
+    control: bool = True,
+    checkpoints: str | Sequence | None = None,
+    control_checkpoints: str | Sequence | None = None,
+    eval_frames: Sequence | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    metrics: Sequence[str] = ("gfre",),
+    learning_rate: float | None = None,
+    batch_size: int = 8,
+    targets: str | None = None,
+    dataset: str = "",
+    log=None,
+) -> tuple[list[dict], dict]:
+    """The whole live experiment: train (or take) the checkpoint series, then :func:`finetune_track`.
+
+    Trains into ``out_dir/finetune`` and ``out_dir/scratch`` unless ``checkpoints`` (a glob or paths)
+    are given; compares on ``eval_frames`` (default: ``frames``). Returns ``(records, meta)``.
+    """
+    from mlipspace.models import load
+
+    say = log or (lambda msg: None)
+    if checkpoints:
+        ft = sorted_checkpoints(checkpoints)
+    else:
+        say(f"fine-tuning {model} on {len(frames)} structures for {epochs} epochs")
+        ft = train_chgnet(frames, Path(out_dir) / "finetune", model=model, epochs=epochs,
+                          learning_rate=learning_rate, batch_size=batch_size, targets=targets)
+    ctl = None
+    if control_checkpoints:
+        ctl = sorted_checkpoints(control_checkpoints)
+    elif control and not checkpoints:
+        say(f"control: the same architecture from random initialisation, {epochs} epochs")
+        ctl = train_chgnet(frames, Path(out_dir) / "scratch", model=model, epochs=epochs, from_scratch=True,
+                           learning_rate=learning_rate, batch_size=batch_size, targets=targets)
+    ev = list(eval_frames) if eval_frames is not None else list(frames)
+    say(f"features of {len(ft) + len(ctl or [])} checkpoints on {len(ev)} structures")
+    ref = load(model, device="cpu")
+    reference = ref.extract(ev, layers=("last",)).layers["last"]
+    recs = finetune_track(ev, ft, reference, control=ctl, model=model, metrics=metrics, seeds=seeds,
+                          dataset=dataset)
+    meta = {"model": model, "fingerprint": ref.fingerprint, "epochs": len(ft) - 1,
+            "checkpoints": [p.name for p in ft], "control": [p.name for p in ctl] if ctl else [],
+            "n_eval_frames": len(ev)}
+    return recs, meta
 
 
 def checkpoint_features(

@@ -56,6 +56,8 @@ class StudyConfig:
     orders: bool = True
     max_order: int = 4
     outlier_threshold: float = 20.0
+    finetune_data: str | None = None
+    finetune_epochs: int = 3
     probe: bool = True
     maps: bool = True
     device: str = "auto"
@@ -64,7 +66,8 @@ class StudyConfig:
     def analysis_settings(self) -> dict:
         return {"seeds": list(range(self.seeds)), "order": self.order, "n_test": self.n_test,
                 "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order,
-                "outlier_threshold": self.outlier_threshold}
+                "outlier_threshold": self.outlier_threshold, "finetune_data": self.finetune_data,
+                "finetune_epochs": self.finetune_epochs}
 
 
 def default_models(notes: list[str] | None = None) -> list[str]:
@@ -391,6 +394,16 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
             if energy is not None:
                 meta["map_colour"] = probe.residual_energy(rows, energy).tolist()
                 meta["map_colour_label"] = "residual energy per atom (eV/atom)"
+    if cfg.finetune_data:
+        from mlipspace.data import read
+
+        with stages.stage("live fine-tuning", f"CHGNet on {cfg.finetune_data}, {cfg.finetune_epochs} epochs + control"):
+            recs, ft_meta = finetune.track(
+                read(cfg.finetune_data), Path(cfg.out) / "finetune", epochs=cfg.finetune_epochs, seeds=seeds,
+                dataset=cfg.finetune_data,
+                log=(lambda m: console.print(f"  {m}", highlight=False)) if console is not None else None)
+            records += recs
+            meta["finetune"] = dict(ft_meta, data=cfg.finetune_data)
     meta["families"] = fam
     meta["frames"] = frames
     return records, maps, meta
@@ -485,7 +498,7 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
             "notes": list(cfg.notes) + meta_extra.get("notes", []),
             "structures": "structures.xyz",
         }
-        for k in ("probe_note", "finetune_note", "map_colour", "map_colour_label"):
+        for k in ("probe_note", "finetune_note", "map_colour", "map_colour_label", "finetune"):
             if k in meta_extra:
                 meta[k] = meta_extra[k]
         if maps:

@@ -126,7 +126,7 @@ def finding_finetune(records, meta) -> Finding:
         ftp = _mean([r["value"] for r in track if r["run"] == "finetune" and r["epoch"] == last])
         scp = _mean([r["value"] for r in track if r["run"] == "scratch" and r["epoch"] == last])
         if np.isfinite(ftp):
-            s = f"Live fine-tuning: after {last} epochs the fine-tuned CHGNet is at GFRE {ftp:.2f} from the pre-trained model"
+            s = f"Live fine-tuning: after {last} epoch(s) the fine-tuned CHGNet is at GFRE {ftp:.2f} from the pre-trained model"
             if np.isfinite(scp):
                 s += f", the from-scratch control at {scp:.2f}"
                 ok = ftp < scp
