@@ -129,16 +129,3 @@ def test_run_with_bundled_chgnet_models(tmp_path):
     assert {r["source_layer"] for r in chg} == {"interaction.0", "interaction.1", "interaction.2",
                                                 "interaction.3", "last"}
 
-
-@pytest.mark.models
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("chgnet") is None, reason="chgnet not installed")
-@pytest.mark.skipif(not (SHARED / "mlearn" / "Si_test.json").is_file(), reason="../shared/data is absent")
-def test_run_with_live_finetuning_adds_trajectory(tmp_path):
-    invoke("run", "--models", MODELS, "--size", 8, "--seeds", 1, "--no-lfre", "--no-layers", "--out", tmp_path,
-           "--finetune", SHARED / "mlearn" / "Si_test.json", "--finetune-epochs", 1)
-    res = json.loads((tmp_path / "results.json").read_text())
-    track = [r for r in res["records"] if r["analysis"] == "finetune-track"]
-    assert {r["epoch"] for r in track} == {0, 1} and {r["run"] for r in track} >= {"finetune", "scratch"}
-    assert res["meta"]["finetune"]["epochs"] == 1
-    assert "finetune_track_gfre.png" in (tmp_path / "index.html").read_text()
