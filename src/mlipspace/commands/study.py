@@ -144,7 +144,7 @@ def compare(
     dataset: str = _DATASET,
     models: str = _MODELS,
     metric: str = typer.Option("gfre,lfre", "--metric", help="Metrics, comma-separated: gfre, lfre, gfrd."),
-    level: str = typer.Option("atom", "--level", help="'atom' (per-atom features) or 'structure' (cumulants)."),
+    level: str = typer.Option("atom", "--level", help="'atom' (per-atom features, grouped split), 'structure' (cumulants) or 'atom-ungrouped' (the study's per-atom split)."),
     order: int = typer.Option(3, "--order", help="Cumulant order for --level structure."),
     seeds: int = _SEEDS,
     layer: str = typer.Option("last", "--layer", help="Layer to compare."),
