@@ -8,7 +8,7 @@
    already complete there are not even loaded, so a rerun is fast;
 3. analyses: cross-model (atom and structure level), variants, fine-tuning (bundled), layers,
    cumulant orders, energy probe (if labelled) and maps; each analysis's records are cached under
-   ``OUT/cache/`` keyed by the dataset and model fingerprints and the settings;
+   ``OUT/cache/`` keyed by the dataset and model fingerprints, the settings and the analysis code;
 4. report: ``OUT/results.json`` (deterministic), ``OUT/index.html`` + figures, ``OUT/chemiscope.json.gz``,
    ``OUT/structures.xyz`` and ``OUT/timing.json`` (wall times: kept out of results.json).
 """
@@ -140,6 +140,20 @@ class _Stages:
             yield lambda *a: prog.advance(task)
 
 
+def code_fingerprint() -> str:
+    """sha256 (16 hex) of the analysis code (metrics, aggregate, experiments): cached records are
+    reused only if the code that computed them is unchanged."""
+    import mlipspace
+
+    root = Path(mlipspace.__file__).parent
+    h = hashlib.sha256()
+    for sub in ("metrics", "aggregate", "experiments", "data/splits.py"):
+        for f in sorted((root / sub).rglob("*.py")) if (root / sub).is_dir() else [root / sub]:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_key(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -264,7 +278,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     fam = {m: store.model_info(key, m).get("family") or m for m in models}
     dataset = prep["spec"]
     cache = _Cache(Path(cfg.out) / "cache")
-    base_key = (key, sorted((m, cm_fp(fps[m])) for m in models), cfg.analysis_settings())
+    base_key = (key, sorted((m, cm_fp(fps[m])) for m in models), cfg.analysis_settings(), code_fingerprint())
     records: list[dict] = []
     meta: dict = {"notes": []}
 
