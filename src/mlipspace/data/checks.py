@@ -65,14 +65,22 @@ def closest_pair(atoms: Atoms, cutoff: float) -> tuple[int, int, float] | None:
     return int(i[k]), int(j[k]), float(d[k])
 
 
-def _problem(atoms: Atoms) -> str | None:
-    """The first reason ``atoms`` cannot be used, or ``None``."""
+def _symbol(z: int) -> str:
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={int(z)}"
+
+
+def _problem(atoms: Atoms, labels: bool = True, elements: bool = True) -> str | None:
+    """The first reason ``atoms`` cannot be used, or ``None``.
+
+    ``labels=False`` skips the energy/forces checks, ``elements=False`` the Z range (for model
+    adapters, which report unsupported elements themselves and may skip such frames).
+    """
     n = len(atoms)
     if n == 0:
         return "empty frame (no atoms)"
     z = atoms.numbers
     bad = z[(z <= 0) | (z > 118)]
-    if bad.size:
+    if elements and bad.size:
         return f"unknown element with atomic number {int(bad[0])}"
     if not np.all(np.isfinite(atoms.positions)):
         k = int(np.flatnonzero(~np.all(np.isfinite(atoms.positions), axis=1))[0])
@@ -93,9 +101,11 @@ def _problem(atoms: Atoms) -> str | None:
         if close is not None:
             i, j, d = close
             return (
-                f"atoms {i} ({chemical_symbols[z[i]]}) and {j} ({chemical_symbols[z[j]]}) "
+                f"atoms {i} ({_symbol(z[i])}) and {j} ({_symbol(z[j])}) "
                 f"are {d:.3f} Å apart (< {MIN_DISTANCE} Å)"
             )
+    if not labels:
+        return None
     forces = atoms.arrays.get("forces")
     if forces is not None and not np.all(np.isfinite(forces)):
         return "non-finite (NaN/inf) forces label"

@@ -194,27 +194,55 @@ def capture(model, taps: dict[str, Tap]) -> Iterator[dict[str, list]]:
 
 
 def check_frames(frames) -> list[Atoms]:
-    """``frames`` as a list of non-empty ``ase.Atoms`` with finite positions, else a clear error."""
+    """``frames`` as a list of usable ``ase.Atoms``, else a :class:`StructureError` naming the frame.
+
+    The structural checks of :func:`mlipspace.data.checks.validate` (empty frame, NaN/inf positions
+    or cell, zero periodic cell vector, atoms closer than 0.3 Å); labels are not looked at, and
+    elements are left to the unsupported-element policy. A model would otherwise return finite but meaningless features for such frames.
+    """
+    from mlipspace.data.checks import _problem, _where
+
     if isinstance(frames, Atoms):
         frames = [frames]
     frames = list(frames)
     for i, atoms in enumerate(frames):
         if not isinstance(atoms, Atoms):
             raise InputError(f"frame {i} is a {type(atoms).__name__}, expected ase.Atoms")
-        if len(atoms) == 0:
-            raise StructureError("structure has no atoms", frame=i)
-        if not np.all(np.isfinite(atoms.positions)):
-            raise StructureError("positions contain NaN or inf", frame=i)
+        reason = None
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        if pbc.any():
-            if np.any(atoms.cell.lengths()[pbc] < 1e-8):
-                raise StructureError(
-                    f"periodic along axes {np.flatnonzero(pbc).tolist()} but the cell vector of such an axis is zero",
-                    frame=i,
-                )
-            if pbc.all() and abs(atoms.cell.volume) < 1e-8:
-                raise StructureError("periodic structure with a singular (zero-volume) cell", frame=i)
+        if len(atoms) and not np.all(np.isfinite(atoms.positions)):
+            reason = "positions contain NaN or inf"
+        elif pbc.any() and np.all(np.isfinite(atoms.cell[:])) and np.any(atoms.cell.lengths()[pbc] < 1e-8):
+            reason = (f"periodic along axes {np.flatnonzero(pbc).tolist()} but the cell vector of such an "
+                      "axis is zero")
+        else:
+            reason = _problem(atoms, labels=False, elements=False)
+        if reason is not None:
+            source, frame = _where(atoms, i)
+            raise StructureError(reason, source=source, frame=frame)
     return frames
+
+
+def check_finite(model: str, layers: dict[str, np.ndarray], frame_of_row: np.ndarray,
+                 frames: Sequence[Atoms] | None = None) -> None:
+    """Raise :class:`StructureError` naming the first frame whose features are NaN/inf.
+
+    ``frame_of_row`` gives each row's frame (index into ``frames`` when given, so the error can
+    name the frame's source file and frame-in-file). A NaN feature is never stored silently.
+    """
+    from mlipspace.data.checks import _where
+
+    for layer, arr in layers.items():
+        ok = np.isfinite(arr).all(axis=1) if arr.ndim == 2 else np.isfinite(arr)
+        if ok.all():
+            continue
+        bad_rows = np.flatnonzero(~ok)
+        bad_frames = sorted({int(f) for f in np.asarray(frame_of_row)[bad_rows]})
+        k = bad_frames[0]
+        source, frame = _where(frames[k], k) if frames is not None else (None, k)
+        more = f" (and {len(bad_frames) - 1} more frame(s))" if len(bad_frames) > 1 else ""
+        raise StructureError(f"{model} returned non-finite (NaN/inf) features in layer {layer!r} "
+                             f"for {len(bad_rows)} atom(s){more}", source=source, frame=frame)
 
 
 def unsupported_frames(frames: Sequence[Atoms], elements: Iterable[int]) -> dict[int, list[int]]:
@@ -400,6 +428,7 @@ class TorchExtractor(Extractor):
             for layer, p in pieces.items()
         }
         rows = row_table(kept)
+        check_finite(self.name, feats, rows["frame"], kept)
         rows["frame"] = np.repeat(np.asarray(keep, dtype=np.int64), [len(a) for a in kept]).astype(np.int64)
         return FeatureSet(model=self.name, layers=feats, rows=rows, fingerprint=dict(self.fingerprint), skipped=skipped)
 

@@ -155,6 +155,9 @@ class RadialDescriptor(Extractor):
             raise InputError(f"{self.name} has no layer(s) {unknown}; layers: {', '.join(self.layers)}")
         if on_unsupported not in ("raise", "skip"):
             raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
+        from mlipspace.models._torch_utils import check_finite, check_frames  # imports no torch
+
+        frames = check_frames(frames)
         kept, skipped = [], []
         for k, atoms in enumerate(frames):
             bad = sorted({int(z) for z in atoms.numbers if int(z) not in self.elements})
@@ -164,9 +167,6 @@ class RadialDescriptor(Extractor):
                     raise UnsupportedElementsError(f"{self.name}: {reason}", frame=k)
                 skipped.append((k, reason))
                 continue
-            lengths = atoms.cell.lengths()
-            if any(p and length < 1e-8 for p, length in zip(atoms.pbc, lengths)):
-                raise StructureError(f"{self.name}: periodic along an axis with a zero cell vector", frame=k)
             kept.append(k)
         out = {name: [] for name in layers}
         for k in kept:
@@ -180,6 +180,7 @@ class RadialDescriptor(Extractor):
             for name, v in out.items()
         }
         rows = row_table([frames[k] for k in kept])
+        check_finite(self.name, feats, rows["frame"], [frames[k] for k in kept])
         rows["frame"] = np.asarray(kept, dtype=np.int64)[rows["frame"]] if kept else rows["frame"]
         return FeatureSet(self.name, feats, rows, dict(self.fingerprint), skipped)
 

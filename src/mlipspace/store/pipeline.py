@@ -28,7 +28,7 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.data.rows import check_aligned
-from mlipspace.errors import AlignmentError, InputError, StoreError, UnsupportedElementsError
+from mlipspace.errors import AlignmentError, InputError, StoreError, StructureError, UnsupportedElementsError
 from mlipspace.store import _io
 from mlipspace.store.core import FeatureStore, model_fingerprint_sha
 
@@ -106,8 +106,13 @@ def run_shard(store_path: str, key: str, model, model_name: str, device: str, st
     indices = np.asarray(indices, dtype=np.int64)
     skipped: list[list] = []
     if len(frames):
-        fs = extractor.extract(list(frames), layers=tuple(layers), batch_size=batch_size,
-                               on_unsupported=on_unsupported)
+        try:
+            fs = extractor.extract(list(frames), layers=tuple(layers), batch_size=batch_size,
+                                   on_unsupported=on_unsupported)
+        except StructureError as exc:  # name the dataset's frame, not the shard-local position
+            if exc.source is None and exc.frame is not None and 0 <= exc.frame < len(indices):
+                raise type(exc)(exc.reason, frame=int(indices[exc.frame])) from exc
+            raise
         local = np.asarray(fs.rows["frame"], dtype=np.int64)
         rows = {"frame": indices[local] if len(local) else local,
                 "atom": np.asarray(fs.rows["atom"], np.int32), "Z": np.asarray(fs.rows["Z"], np.int32)}
@@ -119,6 +124,9 @@ def run_shard(store_path: str, key: str, model, model_name: str, device: str, st
                 raise StoreError(f"{model_name}: layer {layer!r} of frames {start}..{stop - 1} has shape "
                                  f"{arr.shape}, expected ({len(local)}, d)")
             feats[layer] = arr.astype(np.float32, copy=False)
+        from mlipspace.models._torch_utils import check_finite
+
+        check_finite(model_name, feats, rows["frame"])  # never stage NaN features silently
     else:
         rows = {"frame": np.zeros(0, np.int64), "atom": np.zeros(0, np.int32), "Z": np.zeros(0, np.int32)}
         feats = {layer: np.zeros((0, int(extractor.dims[layer])), np.float32) for layer in layers}
@@ -353,6 +361,9 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
     frames = list(frames)
     if not frames:
         raise InputError("no frames to extract")
+    from mlipspace.data.checks import validate
+
+    validate(frames)  # bad structures fail here, naming file and frame, before any work is done
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     elif not isinstance(models, (list, tuple)):
