@@ -65,15 +65,17 @@ def _folds(n: int, n_splits: int, seed: int):
 def composition_fit(counts: np.ndarray, E: np.ndarray, train: np.ndarray) -> np.ndarray:
     """Composition-baseline prediction of every structure's total energy, fitted on ``train`` rows.
 
-    Energy per atom = c + Σ_Z x_Z μ_Z (x_Z: fraction of element Z), a least-squares fit with an
-    intercept c and a tiny ridge (1e-8) so that elements absent from ``train`` fall back to c
-    instead of an arbitrary value; times the atom count.
+    Energy per atom = c + Σ_Z x_Z μ_Z (x_Z: fraction of element Z), a ridge fit with an intercept c
+    and the penalty chosen by leave-one-out CV (``RidgeCV``): with many elements and few structures
+    an unregularised fit interpolates and extrapolates wildly (measured on the 70 MAD benchmark
+    structures, 57 elements: 13.7 eV/atom CV RMSE unregularised, 1.36 with RidgeCV, 1.70 for the
+    mean); elements absent from ``train`` fall back to c. Times the atom count.
     """
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import RidgeCV
 
     n_atoms = counts.sum(axis=1)
     frac = counts / n_atoms[:, None]
-    reg = Ridge(alpha=1e-8, fit_intercept=True).fit(frac[train], E[train] / n_atoms[train])
+    reg = RidgeCV(alphas=np.logspace(-6, 2, 17), fit_intercept=True).fit(frac[train], E[train] / n_atoms[train])
     return reg.predict(frac) * n_atoms
 
 
