@@ -348,7 +348,44 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
 
     Returns ``{"dataset": key, "fingerprint": ..., "models": {name: {"layers": [...], "extracted_shards": k,
     "skipped": n, "atoms": n_rows}}}``.
+
+    A failing write (disk full, no permission) raises :class:`StoreError` naming the store and the
+    cause; whatever was stored before stays, and a rerun with space resumes from the staged shards.
     """
+    try:
+        return _extract_to_store(frames, models, store_path, layers, shard_size, workers, scheduler, progress,
+                                 on_unsupported, device=device, batch_size=batch_size, spec=spec)
+    except OSError as exc:
+        err = _write_error(store_path, exc)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _write_error(store_path, exc: OSError) -> StoreError | None:
+    """A one-line :class:`StoreError` for a failed write into the store (disk full, read-only, no
+    permission), or ``None`` for other OS errors (e.g. a Dask connection), which keep their type."""
+    import errno
+
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and exc.errno is None:  # numpy's tofile reports a short write without an errno
+        try:
+            full = shutil.disk_usage(store_path).free < 16 * 2**20
+        except OSError:
+            pass
+    if not full and exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    cause = "no space left on device" if full else (exc.strerror or str(exc))
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return StoreError(f"{store_path}: cannot write the feature store: {cause}{where}; free space (or choose "
+                      "another store) and rerun: everything stored so far is kept and finished shards are reused")
+
+
+def _extract_to_store(frames, models, store_path, layers="last", shard_size: int | None = None,
+                      workers: int | None = None, scheduler: str | None = None, progress: bool = True,
+                      on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
+                      spec: str | None = None) -> dict:
+    """The body of :func:`extract_to_store` (which turns OS errors into a StoreError)."""
     if on_unsupported not in ("raise", "skip"):
         raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
     if isinstance(frames, (str, os.PathLike)) or (isinstance(frames, (list, tuple)) and frames
