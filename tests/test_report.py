@@ -187,3 +187,21 @@ def test_merge_adds_finetune_track_records(tmp_path):
     html = write_report(p_base, tmp_path / "out", merge=[p_track]).read_text()
     assert "finetune_track_gfre.png" in html
     assert load_results(tmp_path / "out" / "results.json")["meta"]["merged"][0]["analyses"] == ["finetune-track"]
+
+
+def test_chemiscope_file_is_byte_identical_across_writes(tmp_path):
+    import gzip
+    import time
+
+    from mlipspace.report.chemiscope_export import write_chemiscope
+
+    frames = _frames(3)
+    maps = {"a": {"pca": [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]]}}
+    a = write_chemiscope(tmp_path / "a.json.gz", frames, maps, properties={"e": [1.0, 2.0, 3.0]})
+    time.sleep(1.1)  # the gzip header would carry the time
+    b = write_chemiscope(tmp_path / "b.json.gz", frames, maps, properties={"e": [1.0, 2.0, 3.0]})
+    assert a.read_bytes() == b.read_bytes()
+    doc = json.loads(gzip.open(a).read())
+    assert len(doc["structures"]) == 3 and "a PC1" in doc["properties"] and "e" in doc["properties"]
+    with pytest.raises(InputError, match="expected \\(3, 2\\)"):
+        write_chemiscope(tmp_path / "c.json.gz", frames, {"a": {"pca": [[0.0, 1.0]]}})

@@ -7,7 +7,9 @@ first model's two PCA components, coloured by the residual energy per atom when 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,10 +64,18 @@ def write_chemiscope(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        chemiscope.write_input(
-            str(path), structures=clean, properties=props, settings=settings,
+        data = chemiscope.create_input(
+            structures=clean, properties=props, settings=settings,
             metadata={"name": name, "description": description or "mlipspace feature maps"},
         )
+    blob = json.dumps(data).encode("utf8")
+    if path.name.endswith(".gz"):
+        # like chemiscope.write_input, but with a fixed gzip header time: reruns give identical bytes
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw,
+                                                     mtime=0) as fh:
+            fh.write(blob)
+    else:
+        path.write_bytes(blob)
     return path
 
 
