@@ -17,8 +17,12 @@ from mlipspace.errors import InputError
 SEED = 0x5F3759DF
 #: Relative singular-value cutoffs tried by the 2-fold CV (scikit-matter's defaults for the FREs).
 ALPHAS = np.geomspace(1e-9, 0.9, 20)
-#: Total training variance below which a space counts as constant (StandardFlexibleScaler's atol).
+#: Total training variance below which a space counts as constant (StandardFlexibleScaler's atol),
+#: when no mean square is known.
 ZERO_VARIANCE = 1e-12
+#: With the mean square known: constant when variance <= this x mean square (std/rms <= 1e-10),
+#: so the check is scale invariant like the measures (features in small units are not "constant").
+ZERO_VARIANCE_RELATIVE = 1e-20
 
 
 def as_matrix(A, name: str) -> np.ndarray:
@@ -145,9 +149,19 @@ def check_k(k, n_train: int) -> int:
     return k
 
 
-def check_variance(total_var: float, name: str) -> None:
-    if not np.isfinite(total_var) or total_var < ZERO_VARIANCE:
+def check_variance(total_var: float, name: str, mean_square: float | None = None) -> None:
+    """InputError when the training rows of ``name`` are constant.
+
+    ``mean_square`` (total variance + squared norm of the column means) makes the test relative:
+    scaling a space by any factor neither creates nor removes the error.
+    """
+    if mean_square is None:
+        constant, limit = total_var < ZERO_VARIANCE, f"< {ZERO_VARIANCE:g}"
+    else:
+        constant = total_var <= 0.0 or total_var <= ZERO_VARIANCE_RELATIVE * mean_square
+        limit = f"<= {ZERO_VARIANCE_RELATIVE:g} x the mean square {mean_square:.3g}"
+    if not np.isfinite(total_var) or constant:
         raise InputError(
-            f"{name}: the training rows have zero variance (total variance {total_var:.3g} < {ZERO_VARIANCE:g}); "
+            f"{name}: the training rows have zero variance (total variance {total_var:.3g} {limit}); "
             "a constant feature space cannot be scaled or compared"
         )

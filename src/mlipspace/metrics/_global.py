@@ -46,7 +46,7 @@ class _Stats:
 
     def scale(self, name: str) -> float:
         total_var = float(self.m2.sum() / self.n)
-        check_variance(total_var, name)
+        check_variance(total_var, name, total_var + float(np.dot(self.mean, self.mean)))
         return float(np.sqrt(total_var))
 
 

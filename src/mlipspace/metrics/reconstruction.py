@@ -110,7 +110,7 @@ def _scale(A: np.ndarray, train: np.ndarray, name: str) -> tuple[np.ndarray, np.
     mean = C.mean(axis=0)
     C -= mean
     var = float(np.einsum("ij,ij->", C, C)) / C.shape[0]
-    check_variance(var, name)
+    check_variance(var, name, var + float(np.dot(mean, mean)))
     scale = np.sqrt(var)
     C /= scale
     return C, mean, scale
