@@ -107,3 +107,18 @@ def test_allocate_is_proportional_and_exact():
     assert take.tolist() == [1, 3, 6]
     take = splits.allocate(np.array([1, 1, 100]), 101)
     assert take.sum() == 101 and np.all(take <= [1, 1, 100])
+
+
+def test_grouped_split_keeps_every_test_element_in_training():
+    """cover_elements: no test atom has an element that no training structure contains."""
+    from mlipspace.data import builtin
+    from mlipspace.data.rows import row_table
+    from mlipspace.data.splits import grouped_split
+
+    rows = row_table(builtin("mad-mini", size=60, seed=3))
+    for seed in range(3):
+        train, test = grouped_split(rows, 300, seed=seed)
+        assert set(rows["Z"][test]) <= set(rows["Z"][train])
+        assert not set(rows["frame"][train]) & set(rows["frame"][test])
+    train, test = grouped_split(rows, 300, seed=0, cover_elements=False)
+    assert set(rows["Z"][test]) - set(rows["Z"][train])  # this data does have such elements

@@ -112,16 +112,44 @@ def atom_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int = 0
     return _result(np.flatnonzero(mask), test_idx)
 
 
-def grouped_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+class _element_cover:
+    """Tracks, per element, how many training structures still contain it (for ``cover_elements``).
+
+    ``allowed(f)``: moving structure ``f`` to the test side leaves each of its elements in at least
+    one training structure; ``take(f)`` records that move.
+    """
+
+    def __init__(self, rows: Mapping[str, np.ndarray], frame: np.ndarray, frames: np.ndarray):
+        z = np.asarray(rows["Z"], dtype=np.int64)
+        position = np.searchsorted(frames, frame)
+        pairs = np.unique(position * 256 + z)  # (structure, element) pairs, each once, sorted
+        self._elements = np.split(pairs % 256, np.searchsorted(pairs // 256, np.arange(1, frames.size)))
+        self._count = np.bincount(pairs % 256, minlength=256)
+
+    def __call__(self, f: int) -> bool:
+        return bool(np.all(self._count[self._elements[f]] >= 2))
+
+    def take(self, f: int) -> None:
+        self._count[self._elements[f]] -= 1
+
+
+def grouped_split(
+    rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int = 0, *, cover_elements: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Split by structure: whole structures go to the test side until about ``n_test`` atoms.
 
     Each subset gets an atom budget ``n_test N_s / N`` (plus what earlier subsets fell short of or
     overshot); its structures are shuffled and taken while that brings the test atom count closer
     to the budget. No atom of a test structure trains.
+    ``cover_elements`` (default, needs ``rows["Z"]``): a structure goes to the test side only if
+    every element in it stays present in some training structure, so the test measures how a map
+    learned on training environments transfers, not how it extrapolates to elements it never saw
+    (on small, element-diverse sets such as ``builtin:mad-mini`` unseen elements push GFRE above 1).
     Returns ATOM (row) indices. Needs at least 2 structures; at least one always trains.
     """
     frame, subset = _rows(rows)
     frames, first, sizes = np.unique(frame, return_index=True, return_counts=True)
+    allowed = _element_cover(rows, frame, frames) if cover_elements and "Z" in rows else None
     if frames.size < 2:
         raise InputError(f"a grouped split needs at least 2 structures, got {frames.size}")
     n = frame.size
@@ -140,10 +168,14 @@ def grouped_split(rows: Mapping[str, np.ndarray], n_test: int = 1000, seed: int 
         for f in members:
             if got >= target:
                 break
+            if allowed is not None and not allowed(f):
+                continue
             # take the structure unless overshooting the target is worse than stopping short
             if got + sizes[f] - target <= target - got:
                 chosen[f] = True
                 got += sizes[f]
+                if allowed is not None:
+                    allowed.take(f)
         carry += int(budget[s]) - got
     if not chosen.any():  # every structure is larger than twice its budget: take the smallest one
         chosen[int(np.argmin(sizes))] = True
