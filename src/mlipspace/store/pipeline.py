@@ -394,13 +394,14 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
 
         spec = spec if spec is not None else (str(frames) if not isinstance(frames, (list, tuple))
                                               else ",".join(map(str, frames)))
-        frames = read(frames)
+        frames = read(frames)  # validated by the reader
+    else:
+        from mlipspace.data.checks import validate
+
+        validate(list(frames))  # bad structures fail here, naming file and frame, before any work is done
     frames = list(frames)
     if not frames:
         raise InputError("no frames to extract")
-    from mlipspace.data.checks import validate
-
-    validate(frames)  # bad structures fail here, naming file and frame, before any work is done
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     elif not isinstance(models, (list, tuple)):
