@@ -147,7 +147,7 @@ def test_metrics_are_invariant_to_a_permutation_of_the_rows(data):
     LFRE does not depend on the order of ``train_idx`` at all."""
     X, Y, train, test, rng = data
     base = metrics.gfre(X, Y, train, test)
-    assert 0.0 <= base < 2.0
+    assert np.isfinite(base) and base >= 0.0
     p = rng.permutation(len(X))
     inv = np.argsort(p)
     assert metrics.gfre(X[p], Y[p], inv[train], inv[test]) == pytest.approx(base, rel=1e-9, abs=1e-12)
@@ -199,7 +199,7 @@ def test_duplicated_rows(data):
     X3, Y3 = np.vstack([X, X[dup]]), np.vstack([Y, Y[dup]])
     train3 = np.concatenate([train, np.arange(n, n + len(dup))])
     value = metrics.gfre(X3, Y3, train3, test)
-    assert np.isfinite(value) and 0.0 <= value < 2.0
+    assert np.isfinite(value) and value >= 0.0  # not bounded by 1: test rows may lie outside the training range
     # a repeated index is refused, not counted twice silently
     with pytest.raises(InputError, match="repeated"):
         metrics.gfre(X, Y, train, np.repeat(test, 2))
