@@ -134,7 +134,8 @@ def test_nonfinite_positions_in_file_name_file_and_frame(tmp_path, capsys):
     )
     with pytest.raises(StructureError, match=r"nan\.xyz, frame 1: non-finite"):
         read(path)
-    frames, report = read_with_report(path, on_error="skip")
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        frames, report = read_with_report(path, on_error="skip")
     assert len(frames) == 1 and report[0]["source_index"] == 1 and "non-finite" in report[0]["reason"]
     code, _, err = cli(capsys, "extract", path, "--model", RDF, "--store", tmp_path / "fs", "--no-progress")
     assert_one_line_error(code, err, "nan.xyz", "frame 1", "non-finite")
@@ -222,7 +223,8 @@ def test_truncated_file_skipped_with_report(tmp_path):
     good, bad = tmp_path / "a.xyz", tmp_path / "b.xyz"
     good.write_text(GOOD)
     bad.write_text(GOOD[:60])
-    frames, report = read_with_report([good, bad], on_error="skip")
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        frames, report = read_with_report([good, bad], on_error="skip")
     assert len(frames) == 1 and len(report) == 1 and "b.xyz" in str(report[0]["source"])
 
 
