@@ -176,6 +176,7 @@ def _workers(pid: int) -> list:
 @pytest.mark.slow
 def test_dask_worker_killed_mid_task(tmp_path):
     pytest.importorskip("distributed")
+    pytest.importorskip("psutil")
     ref = tmp_path / "ref"
     extract_to_store(SPEC, "descriptor-rdf", ref, layers="all", shard_size=2, progress=False)
     path = tmp_path / "fs"
