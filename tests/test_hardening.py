@@ -260,8 +260,6 @@ def test_checkpoint_missing_or_of_another_family(tmp_path):
         _chgnet_checkpoint_extractor(other)
 
 
-@pytest.mark.xfail(strict=True, reason="experiments/finetune.py _chgnet_checkpoint_extractor lets "
-                   "pickle.UnpicklingError escape for a file that is not a torch checkpoint at all")
 def test_checkpoint_that_is_not_a_model(tmp_path):
     pytest.importorskip("chgnet")
     from mlipspace.experiments.finetune import _chgnet_checkpoint_extractor

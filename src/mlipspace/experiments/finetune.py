@@ -18,6 +18,7 @@ import contextlib
 import glob
 import io
 import os
+import pickle
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -311,7 +312,7 @@ def _chgnet_checkpoint_extractor(path):
 
         with contextlib.redirect_stdout(io.StringIO()):
             model = CHGNet.from_file(str(path))
-    except (KeyError, RuntimeError, OSError, EOFError) as exc:
+    except (KeyError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelUnavailableError(f"{path}: not a CHGNet checkpoint ({type(exc).__name__}: {exc})") from None
     version = str(model.model_args.get("version") or "0.3.0")
     ext = adapter.CHGNetExtractor(f"chgnet:{path.name}", model, version if version in adapter.VERSIONS else "0.3.0",
