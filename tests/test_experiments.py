@@ -85,7 +85,7 @@ def test_cross_model_checks_rows(rows):
     with pytest.raises(InputError, match="at least 2 models"):
         cm.cross_model({"a": bad}, rows)
     with pytest.raises(InputError, match="unknown metric"):
-        cm.cross_model(feats, rows, metrics=("cka",), seeds=(0,))
+        cm.cross_model(feats, rows, metrics=("cca",), seeds=(0,))
 
 
 def test_variants_only_available_pairs_both_directions(rows):

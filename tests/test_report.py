@@ -205,3 +205,28 @@ def test_chemiscope_file_is_byte_identical_across_writes(tmp_path):
     assert len(doc["structures"]) == 3 and "a PC1" in doc["properties"] and "e" in doc["properties"]
     with pytest.raises(InputError, match="expected \\(3, 2\\)"):
         write_chemiscope(tmp_path / "c.json.gz", frames, {"a": {"pca": [[0.0, 1.0]]}})
+
+
+def test_similarity_matrices_and_rank_agreement_in_report(tmp_path):
+    """cross_model with cka/mknn/procrustes: records carry a null; the report draws them and ranks metrics."""
+    from mlipspace.data import builtin
+    from mlipspace.data.rows import row_table
+    from mlipspace.experiments.cross_model import cross_model
+
+    rows = row_table(builtin("mad-mini", size=30, seed=0))
+    rng = np.random.default_rng(0)
+    n = len(rows["frame"])
+    a = rng.normal(size=(n, 16))
+    feats = {"a": a, "b": a @ rng.normal(size=(16, 24)) + 0.1 * rng.normal(size=(n, 24)),
+             "c": rng.normal(size=(n, 8))}
+    recs = cross_model(feats, rows, metrics=("gfre", "cka", "mknn", "procrustes"), seeds=(0, 1))
+    by = {(r["source"], r["target"], r["metric"]): r for r in recs}
+    assert by[("a", "b", "cka")]["value"] > 0.7 > by[("a", "c", "cka")]["value"]
+    assert by[("a", "b", "cka")]["value"] == by[("b", "a", "cka")]["value"]  # symmetric
+    assert by[("a", "b", "procrustes")]["value"] < by[("a", "b", "procrustes")]["null_mean"]
+    assert abs(by[("a", "c", "mknn")]["value"] - by[("a", "c", "mknn")]["null_mean"]) < 0.1  # unrelated ~ chance
+    res = make_results(recs, {"dataset": {"name": "synthetic", "n_frames": 30, "n_atoms": n}, "models": {}}, {})
+    text = write_report(write_results(tmp_path / "results.json", res)).read_text()
+    assert "CKA" in text and "MKNN" in text and "PROCRUSTES" in text
+    assert "Rank agreement" in text and "Spearman" in text
+

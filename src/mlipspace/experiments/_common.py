@@ -36,6 +36,11 @@ RECORD_KEYS = (
 
 #: Metrics the analyses know how to compute (name -> function in :mod:`mlipspace.metrics`).
 FRE_METRICS = ("gfre", "lfre", "gfrd")
+#: Similarity measures of :data:`mlipspace.metrics.similarity.SIMILARITY_MEASURES` (no fit: computed
+#: on the test rows of each split, with a permutation null).
+SIMILARITY_METRICS = ("cka", "cka_debiased", "rbf_cka", "mknn", "procrustes")
+#: Everything a cross-model comparison accepts.
+COMPARE_METRICS = FRE_METRICS + SIMILARITY_METRICS
 
 
 def fingerprint_id(fingerprint: Mapping | None) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 from mlipspace.data.rows import check_aligned
 from mlipspace.errors import InputError
 from mlipspace.experiments._common import (
-    FRE_METRICS,
+    COMPARE_METRICS,
+    SIMILARITY_METRICS,
     atom_splits,
     record,
     select,
@@ -48,23 +49,36 @@ def pair_errors(
     LFRE uses k = min(d_source, d_target) capped by the training size and at most ``lfre_max_test``
     test rows (seeded subsample); ``n_local_points`` overrides k (``"half"``: half the training
     rows, used for structure-level features whose width exceeds the number of structures).
+    Similarity measures (``cka``, ``mknn``, ``procrustes``, ...; :data:`SIMILARITY_METRICS`) need no
+    fit: each is computed on the test rows of every split (:func:`similarity_values`), and the record
+    also carries ``null_mean``, the same measure with the target's rows shuffled (chance level at
+    these widths and this n).
     ``progress`` is called once per (split, metric).
     """
     from mlipspace.metrics import pairwise
 
     for m in metrics:
-        if m not in FRE_METRICS:
-            raise InputError(f"unknown metric {m!r}; choose from {', '.join(FRE_METRICS)}")
+        if m not in COMPARE_METRICS:
+            raise InputError(f"unknown metric {m!r}; choose from {', '.join(COMPARE_METRICS)}")
     pairs = list(dict.fromkeys(pairs))
     names = list(dict.fromkeys(n for p in pairs for n in p))
     every = [(a, b) for a in names for b in names if a != b]
     # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
     groups = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
     values: dict[tuple[str, str, str], list[float]] = {}
+    nulls: dict[tuple[str, str, str], list[float]] = {}
     info: dict[tuple[str, str, str], dict] = {}
     for seed, (train, test) in enumerate(splits):
         for metric in metrics:
             te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
+            if metric in SIMILARITY_METRICS:
+                for (a, b), (value, null) in similarity_values(features, pairs, metric, te, seed).items():
+                    values.setdefault((a, b, metric), []).append(value)
+                    nulls.setdefault((a, b, metric), []).append(null)
+                    info[(a, b, metric)] = {"n_train": 0, "n_test": len(te), "k": None}
+                if progress is not None:
+                    progress()
+                continue
             for group in groups:
                 k = max(2, len(train) // 2) if n_local_points == "half" else n_local_points
                 recs = pairwise({g: features[g] for g in group}, metric, train_idx=train, test_idx=te,
@@ -82,11 +96,40 @@ def pair_errors(
             more = dict(extra.get((source, target), {})) if extra else {}
             if info[key]["k"] is not None:
                 more["k"] = int(info[key]["k"])
+            if key in nulls:
+                more["null_mean"] = float(np.mean(nulls[key]))
             out.append(record(
                 analysis, source, target, metric, values[key], level=level, layer=layer,
                 n_train=info[key]["n_train"], n_test=info[key]["n_test"], dataset=dataset,
                 fingerprints=fingerprints, **more,
             ))
+    return out
+
+
+def similarity_values(
+    features: Mapping[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    measure: str,
+    rows: np.ndarray,
+    seed: int,
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """``(source, target) -> (value, null)`` of a similarity measure on ``rows`` of both spaces.
+
+    The measures are symmetric, so each unordered pair is computed once and serves both orders.
+    ``null`` is the measure after a seeded shuffle of the target's rows (same shuffle for every pair).
+    """
+    from mlipspace.metrics.similarity import SIMILARITY_MEASURES
+
+    func = SIMILARITY_MEASURES[measure].func
+    shuffle = np.random.default_rng(seed).permutation(len(rows))
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for a, b in pairs:
+        if (b, a) in out:
+            out[(a, b)] = out[(b, a)]
+            continue
+        X = np.asarray(features[a][rows], dtype=np.float64)
+        Y = np.asarray(features[b][rows], dtype=np.float64)
+        out[(a, b)] = (float(func(X, Y)), float(func(X, Y[shuffle])))
     return out
 
 

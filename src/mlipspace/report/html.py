@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlipspace.experiments._common import select
+from mlipspace.experiments._common import COMPARE_METRICS, SIMILARITY_METRICS, select
 from mlipspace.experiments.cross_model import matrix
 from mlipspace.report import figures
 from mlipspace.report.summary import findings
@@ -94,7 +94,7 @@ def _cross_section(page: _Page, results):
         "structure": "structure level",
     }
     for level in ("atom", "atom-ungrouped", "structure"):
-        for metric in ("gfre", "lfre", "gfrd"):
+        for metric in COMPARE_METRICS:
             sel = select(recs, analysis="cross-model", metric=metric, level=level)
             if not sel:
                 continue
@@ -113,7 +113,11 @@ def _cross_section(page: _Page, results):
             page.figure(figures.heatmap(names, M, stem, title=title if len(title) < 60 else f"{metric.upper()} — {level}",
                                         S=S, cbar_label=metric.upper()),
                         f"{title}: rows = source, columns = target")
-            if off.size and np.mean(off > 1) > 0.1:
+            nulls = [r["null_mean"] for r in sel if r.get("null_mean") is not None]
+            if nulls:
+                page.add(f'<p class="note">{metric}: similarity measure computed on the test rows; chance level '
+                         f"(target rows shuffled) averages {_fmt(float(np.mean(nulls)))}.</p>")
+            if metric not in SIMILARITY_METRICS and off.size and np.mean(off > 1) > 0.1:
                 page.add(f'<p class="note">{int(np.sum(off > 1))} of {off.size} values exceed 1: on the test '
                          "structures the reconstruction does worse than predicting the mean. With few, diverse "
                          "training structures (elements and environments the test side has but the training side "
@@ -121,6 +125,23 @@ def _cross_section(page: _Page, results):
                          "dataset lowers these numbers.</p>")
     if not any_:
         page.add('<p class="note">Not run (needs at least two models).</p>')
+    _rank_agreement(page, select(recs, analysis="cross-model", level="atom"))
+
+
+def _rank_agreement(page, recs: Sequence[Mapping]) -> None:
+    """Do the metrics order the model pairs the same way? (Spearman/Kendall between metrics.)"""
+    metrics = sorted({r["metric"] for r in recs})
+    if len(metrics) < 2:
+        return
+    from mlipspace.metrics.similarity import rank_agreement
+
+    table = rank_agreement(recs, metrics=metrics, a_key="source", b_key="target")
+    page.add("<h3>Do the metrics agree? Rank agreement over model pairs (atom level)</h3>")
+    page.add('<p class="note">Each metric oriented so that larger = more similar; +1 = the two metrics order '
+             "the model pairs identically.</p>")
+    page.table(["metric A", "metric B", "pairs", "Spearman", "Kendall"],
+               [[_e(t["metric_a"]), _e(t["metric_b"]), str(t["n_pairs"]), _fmt(t["spearman"]), _fmt(t["kendall"])]
+                for t in table], left=2)
 
 
 def _variants_section(page: _Page, results):
