@@ -38,6 +38,10 @@ BASELINE_FAMILIES = frozenset({"descriptor"})
 RESULTS_NAME = "results.json"
 
 
+#: Similarity measures the study reports beside GFRE/LFRE (cheap: no fit, test rows only).
+SIMILARITY_DEFAULT = ("cka", "mknn", "procrustes")
+
+
 @dataclass
 class StudyConfig:
     """Settings of a study run; the analysis settings go into ``results.json`` and the cache key."""
@@ -313,6 +317,11 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
         with stages.stage("cross-model (study split)", f"GFRE of {n_pairs} pairs with the study's per-atom split"):
             recs, _ = cache.get("cross-ungrouped", _cache_key(base_key, "ungrouped"), lambda: cm.cross_model(
                 last, rows, metrics=("gfre",), level="atom-ungrouped", n_test=cfg.n_test, **common))
+            records += recs
+        with stages.stage("similarity (atom)", f"{'/'.join(m.upper() for m in SIMILARITY_DEFAULT)} of "
+                                               f"{n_pairs // 2} model pairs × {len(seeds)} seeds, permutation null"):
+            recs, _ = cache.get("similarity", _cache_key(base_key, "similarity"), lambda: cm.cross_model(
+                last, rows, metrics=SIMILARITY_DEFAULT, level="atom", n_test=cfg.n_test, **common))
             records += recs
     else:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
