@@ -54,7 +54,7 @@ def test_run_writes_report_results_and_chemiscope(study):
     assert {"cross-model", "layers", "layers-cross", "cumulant-orders"} <= analyses
     levels = {r["level"] for r in res["records"] if r["analysis"] == "cross-model"}
     assert levels == {"atom", "atom-ungrouped", "structure"}
-    assert {r["metric"] for r in res["records"] if r["analysis"] == "cross-model"} == {"gfre", "lfre"}
+    assert {r["metric"] for r in res["records"] if r["analysis"] == "cross-model"} == {"gfre", "lfre", "cka", "mknn", "procrustes"}
     assert all(r["n_seeds"] == 2 for r in res["records"] if r["analysis"] == "cross-model")
     assert res["meta"]["dataset"]["name"] == "builtin:mad-mini?size=14"
     assert set(res["meta"]["models"]) == set(MODELS.split(","))
