@@ -1,7 +1,5 @@
 """DIEP adapter: the ``last`` layer is the energy readout's input, rows are right, batching is exact."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,21 +14,9 @@ from mlipspace.errors import UnsupportedElementsError  # noqa: E402
 from mlipspace.models import registry  # noqa: E402
 from mlipspace.models._torch_utils import Tap, capture  # noqa: E402
 
-pytestmark = pytest.mark.models
+from modelkit import mad_frames as _mad, frame_slices as _frame_slices, rel as _rel  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mad-bench-mad-reduced.xyz"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: small graphs gain nothing from two, and on a loaded 2-core machine
-    (parallel test runs) OpenMP oversubscription made these tests 10-50x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _synthetic():
@@ -41,24 +27,6 @@ def _synthetic():
     si = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
     si.rattle(0.05, seed=2)
     return [nacl, slab, water, si]
-
-
-def _mad(indices):
-    if not DATA.exists():
-        pytest.skip(f"shared data not found at {DATA}")
-    import ase.io
-
-    frames = ase.io.read(DATA, ":")
-    return [frames[i] for i in indices]
-
-
-def _frame_slices(frames):
-    ends = np.cumsum([len(a) for a in frames])
-    return [slice(e - len(a), e) for a, e in zip(frames, ends)]
-
-
-def _rel(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """HIENet-V3 adapter: ``last`` feeds the model's readout exactly, invariant layer, rows, batching."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,22 +16,11 @@ from ase.build import bulk, fcc111, molecule  # noqa: E402
 from mlipspace.errors import UnsupportedElementsError  # noqa: E402
 from mlipspace.models import registry  # noqa: E402
 
-pytestmark = pytest.mark.models
+from modelkit import mad_frames as _mad, frame_slices as _slices, rel as _rel  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mad-bench-mad-reduced.xyz"
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
+
 LAYERS = ("invariant.0", "interaction.0", "interaction.1", "interaction.2", "interaction.3", "last")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: tiny graphs gain nothing from two, and parallel test runs on a 2-core
-    machine oversubscribe OpenMP badly."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _synthetic():
@@ -43,24 +31,6 @@ def _synthetic():
     si = bulk("Si", "diamond", a=5.43)
     si.rattle(0.05, seed=2)
     return [nacl, slab, water, si]
-
-
-def _mad(indices):
-    if not DATA.exists():
-        pytest.skip(f"shared data not found at {DATA}")
-    import ase.io
-
-    frames = ase.io.read(DATA, ":")
-    return [frames[i] for i in indices]
-
-
-def _slices(frames):
-    ends = np.cumsum([len(a) for a in frames])
-    return [slice(e - len(a), e) for a, e in zip(frames, ends)]
-
-
-def _rel(a, b):
-    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(b)), 1e-12))
 
 
 @pytest.fixture(scope="module")
