@@ -165,6 +165,15 @@ def compare(
     _emit(recs, as_json, output, lambda: _matrix_tables(recs, Console()))
 
 
+def _stored_models(store: Path, dataset: str | None) -> list[str]:
+    """Models stored for ``dataset`` (or for the store's only dataset); [] if that is ambiguous."""
+    from mlipspace.store import FeatureStore
+
+    st = FeatureStore(store)
+    keys = st.datasets() if dataset is None else [st.resolve(dataset)]
+    return list(st.models(keys[0])) if len(keys) == 1 else []
+
+
 @app.command("variants")
 def variants_cmd(
     store: Path = _STORE,
@@ -176,11 +185,8 @@ def variants_cmd(
 ) -> None:
     """Same-architecture variants (SevenNet-0 May/Jul, l3i5, MF-0 heads, CHGNet 0.2.0/0.3.0) from a store."""
     from mlipspace.experiments.variants import VARIANT_PAIRS, available_pairs, variants
-    from mlipspace.store import FeatureStore
 
-    st = FeatureStore(store)
-    keys = st.datasets() if dataset is None else [st.resolve(dataset)]
-    stored = st.models(keys[0]) if len(keys) == 1 else []
+    stored = _stored_models(store, dataset)
     used = sorted({m for _, a, b in available_pairs(stored) for m in (a, b)})
     if not used:
         from mlipspace.errors import InputError
@@ -205,11 +211,8 @@ def finetune_cmd(
     """Bundled fine-tuning bias: CHGNet-r2SCAN vs its parent CHGNet 0.3.0, CHGNet 0.2.0 and DIEP."""
     from mlipspace.errors import InputError
     from mlipspace.experiments.finetune import BUNDLED_FINETUNE, finetune_bundled
-    from mlipspace.store import FeatureStore
 
-    st = FeatureStore(store)
-    keys = st.datasets() if dataset is None else [st.resolve(dataset)]
-    stored = set(st.models(keys[0])) if len(keys) == 1 else set()
+    stored = set(_stored_models(store, dataset))
     tuned, refs = BUNDLED_FINETUNE
     used = [tuned] + [m for m, _ in refs if m in stored]
     if tuned not in stored or len(used) < 2:
