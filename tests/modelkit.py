@@ -27,3 +27,17 @@ def frame_slices(frames):
 def rel(a, b):
     """Largest absolute difference relative to the largest |b|."""
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(b)), 1e-12))
+
+
+def synthetic_frames():
+    """Four small frames covering the periodicities: rattled NaCl (3-D), a Cu(111) slab (pbc T,T,F),
+    a water molecule (no cell, pbc False) and a rattled Si supercell."""
+    from ase.build import bulk, fcc111, molecule
+
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    nacl.rattle(0.05, seed=1)
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
+    water = molecule("H2O")
+    si = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
+    si.rattle(0.05, seed=2)
+    return [nacl, slab, water, si]

@@ -9,27 +9,17 @@ pytest.importorskip("e3nn")
 pytest.importorskip("sevenn")
 
 from ase import Atoms  # noqa: E402
-from ase.build import bulk, fcc111, molecule  # noqa: E402
+from ase.build import molecule  # noqa: E402
 
 from mlipspace.errors import InputError, StructureError, UnsupportedElementsError  # noqa: E402
 from mlipspace.models import registry  # noqa: E402
 
-from modelkit import mad_frames as _mad, frame_slices as _slices, rel as _rel  # noqa: E402
+from modelkit import synthetic_frames as _synthetic, mad_frames as _mad, frame_slices as _slices, rel as _rel  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
 NAMES = ["sevennet-0", "sevennet-0-22may2024", "sevennet-l3i5", "sevennet-mf-0-pbe", "sevennet-mf-0-r2scan"]
 BACKBONE = tuple(f"interaction.{i}" for i in range(5))
-
-
-def _synthetic():
-    nacl = bulk("NaCl", "rocksalt", a=5.64)
-    nacl.rattle(0.05, seed=1)
-    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)  # pbc = (T, T, F)
-    water = molecule("H2O")  # pbc = F, no cell
-    si = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
-    si.rattle(0.05, seed=2)
-    return [nacl, slab, water, si]
 
 
 @pytest.fixture(scope="module")
