@@ -11,6 +11,7 @@ import sys
 from mlipspace.commands import (  # noqa: F401  (imported to register their commands)
     cumulants,
     data,
+    envs,
     metrics,
     models,
     store,

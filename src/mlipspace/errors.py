@@ -44,3 +44,7 @@ class AlignmentError(MlipspaceError):
 
 class StoreError(MlipspaceError):
     """The feature store is missing, incomplete or corrupted."""
+
+
+class WorkerError(MlipspaceError):
+    """A model worker subprocess (another Python environment) failed or died; names model and cause."""

@@ -13,3 +13,6 @@ data_app = typer.Typer(help="Inspect and export datasets (paths, globs, builtin:
 store_app = typer.Typer(help="Inspect a feature store.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(store_app, name="store")
+env_app = typer.Typer(help="Per-family Python environments for checkpoint models (MACE, PET, UMA, ...).",
+                      no_args_is_help=True)
+app.add_typer(env_app, name="env")

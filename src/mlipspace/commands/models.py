@@ -109,14 +109,25 @@ def models(
     device: str = typer.Option("cpu", "--device", help="Device for --load: cpu, cuda, auto."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """List the registered models: family, layers, widths, elements and whether they are usable here."""
+    """List the models: bundled ones (layers, widths, elements, usable here?) and the checkpoint families
+    (spec syntax, whether their environment exists). Names may be checkpoint specs FAMILY:/path."""
+    from mlipspace.commands.envs import env_rows
     from mlipspace.models import registry
 
+    listing_all = not names
     names = names or registry.names()
     for name in names:
         registry.get_spec(name)  # unknown names fail before any work, with the list of known ones
-    infos = [model_info(name, load=load, device=device) for name in names]
+    infos = [dict(model_info(name, load=load, device=device),
+                  kind="checkpoint" if registry.is_checkpoint_spec(name) else "bundled") for name in names]
+    families = env_rows() if listing_all else []
     if as_json:
+        for row in families:  # the families whose models come from user checkpoint files
+            infos.append({"name": row["spec"], "family": row["family"], "description": row["description"],
+                          "kind": "checkpoint family", "available": row["exists"],
+                          "reason": None if row["exists"] else f"no environment: mlipspace env create {row['family']}",
+                          "environment": row["path"], "layers": None, "dims": None, "elements": None,
+                          "source": "static"})
         typer.echo(json.dumps(infos, indent=2, default=str))
         return
     table = Table(title="mlipspace models" + (" (loaded)" if load else ""))
@@ -133,4 +144,14 @@ def models(
             info["name"], info["family"], _layer_summary(info["layers"]),
             ", ".join(map(str, dims)) or "?", elements, status,
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if families:
+        fam = Table(title="checkpoint families (FAMILY:/path/to/checkpoint[?options], one environment each)")
+        for col in ("family", "spec", "environment"):
+            fam.add_column(col, overflow="fold")
+        for row in families:
+            where = (f"[green]{row['path']}[/] ({row['package']} {row['version']})" if row["exists"]
+                     else f"[yellow]none[/]: mlipspace env create {row['family']}")
+            fam.add_row(row["family"], row["spec"], where)
+        console.print(fam)

@@ -33,6 +33,8 @@ def extract(
     scheduler: str = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
     device: str = typer.Option("auto", "--device", help="'auto' (CUDA when visible), 'cpu', 'cuda', 'cuda:1'."),
     batch_size: int = typer.Option(8, "--batch-size", help="Frames per model call inside a shard."),
+    env: str = typer.Option(None, "--env", help="Run checkpoint models (FAMILY:/path) in this environment: a family name, an environment directory or a python executable (default: the family's own environment)."),
+    python: str = typer.Option(None, "--python", help="Python executable to run checkpoint models in (same as --env PATH)."),
     on_unsupported: str = typer.Option("raise", "--on-unsupported", help="'raise': fail naming frames with unsupported elements; 'skip': leave them out and record them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (atoms/s, ETA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -45,8 +47,17 @@ def extract(
         raise InputError("give either --workers or --scheduler, not both")
     if on_unsupported not in ("raise", "skip"):
         raise InputError(f"--on-unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
+    if env is not None and python is not None:
+        raise InputError("give either --env or --python, not both")
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    if env is not None or python is not None:
+        from mlipspace.envs import resolve_python
+        from mlipspace.models.registry import with_python
+
+        py = str(resolve_python(env if env is not None else python))
+        models = [with_python(m, py) for m in models]
     spec = data if len(data) > 1 else data[0]
-    summary = extract_to_store(spec, model, store, layers=layers, shard_size=shard_size, workers=workers,
+    summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
                                on_unsupported=on_unsupported, device=device, batch_size=batch_size)
     if as_json:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
 from mlipspace.data.rows import row_table
-from mlipspace.errors import InputError, StructureError, UnsupportedElementsError
+from mlipspace.errors import InputError, UnsupportedElementsError
 from mlipspace.models.base import Extractor, FeatureSet
 
 VERSION = "1"
@@ -155,7 +156,10 @@ class RadialDescriptor(Extractor):
             raise InputError(f"{self.name} has no layer(s) {unknown}; layers: {', '.join(self.layers)}")
         if on_unsupported not in ("raise", "skip"):
             raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
-        from mlipspace.models._torch_utils import check_finite, check_frames  # imports no torch
+        from mlipspace.models._torch_utils import (  # imports no torch
+            check_finite,
+            check_frames,
+        )
 
         frames = check_frames(frames)
         kept, skipped = [], []
@@ -185,6 +189,33 @@ class RadialDescriptor(Extractor):
         return FeatureSet(self.name, feats, rows, dict(self.fingerprint), skipped)
 
 
+_PARAMS = ("cutoff", "n_bins", "seed", "scale")
+
+
 def load(spec, device: str = "cpu") -> RadialDescriptor:
-    """Registry entry point: build the descriptor with the options of ``spec``."""
-    return RadialDescriptor(spec.name, device=device, **dict(spec.options))
+    """Registry entry point: build the descriptor with the options of ``spec``.
+
+    With a ``checkpoint`` option (a spec ``FAMILY:/path/params.json`` of a recipe whose
+    ``"module"`` is ``descriptor``) the hyper-parameters are read from that JSON file, and
+    string options of the spec's query override them.
+    """
+    options = dict(spec.options)
+    path = options.pop("checkpoint", None)
+    if path is not None:
+        from mlipspace.errors import ModelUnavailableError
+
+        try:
+            params = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelUnavailableError(f"{path}: not a descriptor parameter file ({exc})") from None
+        if not isinstance(params, dict):
+            raise ModelUnavailableError(f"{path}: a descriptor parameter file holds a JSON object")
+        unknown = sorted((set(params) | set(options)) - set(_PARAMS))
+        if unknown:
+            raise ModelUnavailableError(f"{path}: unknown descriptor parameter(s) {unknown}; valid: {list(_PARAMS)}")
+        params.update(options)
+        try:
+            options = {k: (int(v) if k in ("n_bins", "seed") else float(v)) for k, v in params.items()}
+        except ValueError as exc:
+            raise ModelUnavailableError(f"{path}: bad descriptor parameter value ({exc})") from None
+    return RadialDescriptor(spec.name, device=device, **options)

@@ -1,0 +1,75 @@
+"""CLI commands ``mlipspace env create|list``: the per-family environments of checkpoint models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlipspace.commands._app import env_app
+
+
+def env_rows() -> list[dict]:
+    """One dict per family: recipe facts, environment path and whether it is complete."""
+    from mlipspace import envs
+
+    rows = []
+    for fam in envs.families():
+        rec = envs.recipe(fam)
+        marker = envs.info(fam)
+        rows.append({
+            "family": fam,
+            "spec": rec["spec"],
+            "package": rec["distribution"],
+            "pins": [a for step in rec["steps"] for a in step if not a.startswith("-")],
+            "description": rec["description"],
+            "path": str(envs.env_dir(fam)),
+            "exists": marker is not None,
+            "version": marker.get("version") if marker else None,
+            "created": marker.get("created") if marker else None,
+        })
+    return rows
+
+
+@env_app.command("create")
+def create(
+    families: list[str] = typer.Argument(..., help="Families to make environments for (see 'mlipspace env list'), or 'all'."),
+    path: Path = typer.Option(None, "--path", help="Environment directory (only with one family; default $MLIPSPACE_ENVS/FAMILY)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild an existing environment."),
+) -> None:
+    """Make a dedicated virtualenv with the pinned, known-good packages of each family."""
+    from mlipspace import envs
+    from mlipspace.errors import InputError
+
+    if families == ["all"]:
+        families = envs.families()
+    if path is not None and len(families) != 1:
+        raise InputError("--path works with exactly one family")
+    for fam in families:
+        envs.recipe(fam)  # unknown families fail before any work
+    console = Console(stderr=True)
+    for fam in families:
+        with console.status(f"{fam}: creating environment") as status:
+            def say(msg, status=status):
+                status.update(msg)
+                console.print(f"  {msg}", highlight=False)
+
+            envs.create(fam, path, force=force, on_step=say)
+
+
+@env_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+    """The checkpoint families: spec syntax, pinned packages, and whether their environment exists."""
+    rows = env_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("family", "spec", "pinned", "environment")
+    for r in rows:
+        where = f"[green]{r['path']}[/] ({r['package']} {r['version']})" if r["exists"] else \
+            f"[yellow]none[/] — mlipspace env create {r['family']}"
+        table.add_row(r["family"], r["spec"], " ".join(r["pins"]), where)
+    Console().print(table)

@@ -1,0 +1,244 @@
+"""One virtual environment per checkpoint family, made from a pinned recipe.
+
+The packages of MACE, PET, UMA, DPA-3, MatterSim and ORB cannot share one Python environment
+(mace-torch pins e3nn 0.4.4, deepmd-kit's ops are built for another torch, fairchem pulls ~2 GB),
+so each family gets a virtualenv of its own, made by :func:`create` from the JSON recipe
+``mlipspace/envs/recipes/<family>.json``. Extraction for that family then runs in a worker
+subprocess of the environment (:mod:`mlipspace.models.remote`) and the main process never imports
+the family's package.
+
+A recipe is ``{"family", "import", "distribution", "description", "spec", "steps", "uninstall"?,
+"env"?, "notes"?}``; each item of ``steps`` is the argument list of one ``pip install`` call, run
+in order (torch first: the CPU build lies on local disk, a bare ``pip install`` of a family package
+would pull a multi-GB CUDA build). mlipspace itself is *not* installed into the environment: the
+worker gets the running mlipspace's source on ``PYTHONPATH``, so both sides always run the same
+code; an environment only needs numpy, ase and the family's package.
+
+Environments live in ``$MLIPSPACE_ENVS/<family>`` (default ``~/.cache/mlipspace/envs``). An
+environment is complete only once its marker file ``mlipspace-env.json`` is written, last; an
+interrupted :func:`create` leaves no marker and the next call starts that environment afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from mlipspace.errors import MlipspaceError
+
+MARKER = "mlipspace-env.json"
+ENVS_VAR = "MLIPSPACE_ENVS"
+RECIPES_VAR = "MLIPSPACE_RECIPES"
+#: what the worker imports besides the family package (already-installed versions are kept)
+WORKER_NEEDS = ("numpy", "scipy", "ase>=3.23")
+_REQUIRED_KEYS = ("family", "import", "distribution", "description", "spec", "steps")
+
+
+class EnvError(MlipspaceError):
+    """An environment cannot be created or used (names the family, the step and pip's last lines)."""
+
+
+def _recipe_dirs() -> list:
+    dirs = [resources.files("mlipspace.envs") / "recipes"]
+    extra = os.environ.get(RECIPES_VAR)
+    if extra:
+        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
+    return dirs
+
+
+def families() -> list[str]:
+    """Names of the families that have a recipe (bundled, plus ``$MLIPSPACE_RECIPES``), sorted."""
+    names = set()
+    for root in _recipe_dirs():
+        if root.is_dir():
+            names.update(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json"))
+    return sorted(names)
+
+
+def recipe(family: str) -> dict:
+    """The validated recipe of ``family`` (unknown family -> error listing the known ones).
+
+    Bundled recipes live in ``mlipspace/envs/recipes``; folders listed in ``$MLIPSPACE_RECIPES``
+    (``os.pathsep``-separated) add or override recipes, e.g. for a fork of a family's package. A
+    recipe may name the adapter module with ``"module"`` (default: the family name).
+    """
+    path = next((d / f"{family}.json" for d in reversed(_recipe_dirs()) if (d / f"{family}.json").is_file()),
+                _recipe_dirs()[0] / f"{family}.json")
+    if not path.is_file():
+        raise EnvError(f"no environment recipe for family {family!r}; known: {', '.join(families())}")
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EnvError(f"recipe {path}: invalid JSON ({exc})") from None
+    missing = [k for k in _REQUIRED_KEYS if k not in rec]
+    if missing:
+        raise EnvError(f"recipe {path}: missing key(s) {', '.join(missing)}")
+    if rec["family"] != family:
+        raise EnvError(f"recipe {path}: family is {rec['family']!r}, expected {family!r}")
+    steps = rec["steps"]
+    if not (isinstance(steps, list) and steps and all(isinstance(s, list) and s for s in steps)):
+        raise EnvError(f"recipe {path}: 'steps' must be a non-empty list of pip argument lists")
+    if not any(a.startswith("torch==") for a in steps[0]):
+        raise EnvError(f"recipe {path}: the first step must pin torch (the CPU build on local disk)")
+    return rec
+
+
+def envs_root() -> Path:
+    """Where environments live: ``$MLIPSPACE_ENVS``, else ``$XDG_CACHE_HOME/mlipspace/envs``."""
+    if os.environ.get(ENVS_VAR):
+        return Path(os.environ[ENVS_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "mlipspace" / "envs"
+
+
+def env_dir(family: str, path: str | os.PathLike | None = None) -> Path:
+    """The directory of ``family``'s environment (``path`` overrides the default location)."""
+    return Path(path).expanduser().absolute() if path is not None else envs_root() / family
+
+
+def _python_of(directory: Path) -> Path:
+    return directory / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def info(family: str, path: str | os.PathLike | None = None) -> dict | None:
+    """The marker of a complete environment (family, python, versions, created), else ``None``."""
+    d = env_dir(family, path)
+    marker = d / MARKER
+    if not marker.is_file() or not _python_of(d).exists():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def python_for(family: str, path: str | os.PathLike | None = None) -> Path | None:
+    """The interpreter of ``family``'s complete environment, or ``None`` when there is none."""
+    return _python_of(env_dir(family, path)) if info(family, path) is not None else None
+
+
+def resolve_python(env: str | os.PathLike, family: str | None = None) -> Path:
+    """An interpreter from what a user typed after ``--env``/``--python``.
+
+    ``env`` may be a python executable, an environment directory or a family name (its default
+    environment). Raises :class:`EnvError` when nothing usable is there.
+    """
+    p = Path(env).expanduser()
+    if p.is_file():
+        return p.absolute()
+    if p.is_dir():
+        py = _python_of(p)
+        if py.exists():
+            return py.absolute()
+        raise EnvError(f"{p} is a directory but has no {py.relative_to(p)}; not a virtual environment")
+    name = str(env)
+    if name in families():
+        py = python_for(name)
+        if py is None:
+            raise EnvError(f"no environment for family {name!r} at {env_dir(name)}; "
+                           f"create it with: mlipspace env create {name}")
+        return py
+    raise EnvError(f"--env {env!r} is neither a python executable, an environment directory nor a "
+                   f"family ({', '.join(families())})")
+
+
+def _run(cmd: list[str], what: str, log, env=None) -> None:
+    """Run ``cmd``; on failure raise naming ``what`` with the last lines of its output."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False)
+    if log is not None:
+        log.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n")
+        log.flush()
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
+        tail = "\n".join(lines[-15:])
+        raise EnvError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def create(family: str, path: str | os.PathLike | None = None, *, force: bool = False,
+           base_python: str | None = None, on_step: Callable[[str], None] | None = None) -> Path:
+    """Make ``family``'s environment from its recipe; returns the environment directory.
+
+    Steps: ``python -m venv``, one ``pip install`` per recipe step, the
+    packages the worker needs (:data:`WORKER_NEEDS`, kept at their installed versions), ``pip uninstall`` of the
+    recipe's ``uninstall`` list, an import check of numpy, scipy, ase and the family's package, then the
+    marker (written last: an interrupted run leaves an incomplete environment that the next call
+    removes and redoes). A complete environment is kept unless ``force``. The full pip output is
+    logged to ``<env>/mlipspace-env.log``.
+    """
+    rec = recipe(family)
+    d = env_dir(family, path)
+    say = on_step or (lambda msg: None)
+    if info(family, path) is not None and not force:
+        say(f"{family}: environment exists at {d} (use --force to rebuild)")
+        return d
+    if d.exists():
+        if any(d.iterdir()) and not (d / "pyvenv.cfg").exists():
+            raise EnvError(f"{d} exists and is not a virtual environment; refusing to delete it")
+        shutil.rmtree(d)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base = base_python or getattr(sys, "_base_executable", None) or sys.executable
+    say(f"{family}: python -m venv {d}")
+    _run([base, "-m", "venv", str(d)], f"{family}: creating the virtual environment", None)
+    py = str(_python_of(d))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    with open(d / "mlipspace-env.log", "w") as log:
+        for i, step in enumerate(rec["steps"], 1):
+            say(f"{family}: pip install {' '.join(step)}")
+            _run([py, "-m", "pip", "install", *step], f"{family}: recipe step {i}", log, env)
+        say(f"{family}: pip install {' '.join(WORKER_NEEDS)} (what the worker itself imports)")
+        _run([py, "-m", "pip", "install", *WORKER_NEEDS], f"{family}: worker packages", log, env)
+        if rec.get("uninstall"):
+            say(f"{family}: pip uninstall {' '.join(rec['uninstall'])}")
+            _run([py, "-m", "pip", "uninstall", "-y", *rec["uninstall"]], f"{family}: uninstall step", log, env)
+        say(f"{family}: checking imports")
+        check_env = {**env, **{k: str(v) for k, v in rec.get("env", {}).items()}}
+        _run([py, "-c", f"import numpy, scipy, ase, {rec['import']}"], f"{family}: import check", log, check_env)
+        freeze = subprocess.run([py, "-m", "pip", "freeze"], stdout=subprocess.PIPE, text=True, env=env, check=False).stdout
+    versions = dict(line.split("==", 1) for line in freeze.splitlines() if "==" in line)
+    marker = {
+        "family": family,
+        "python": py,
+        "distribution": rec["distribution"],
+        "version": versions.get(rec["distribution"]) or versions.get(rec["distribution"].replace("-", "_")),
+        "torch": versions.get("torch"),
+        "packages": versions,
+        "recipe": rec,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    tmp = d / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(marker, indent=1))
+    os.replace(tmp, d / MARKER)
+    say(f"{family}: ready in {marker['seconds']:.0f} s ({rec['distribution']} {marker['version']})")
+    return d
+
+
+def worker_env(family: str | None) -> dict[str, str]:
+    """Extra environment variables the family's recipe asks for in the worker (may be empty)."""
+    if family is None or family not in families():
+        return {}
+    return {k: str(v) for k, v in recipe(family).get("env", {}).items()}
+
+
+__all__ = [
+    "MARKER",
+    "EnvError",
+    "create",
+    "env_dir",
+    "envs_root",
+    "families",
+    "info",
+    "python_for",
+    "recipe",
+    "resolve_python",
+    "worker_env",
+]
