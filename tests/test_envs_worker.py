@@ -206,13 +206,15 @@ def test_create_runs_the_recipe_and_writes_the_marker_last(rdfx, tmp_path, monke
     marker = envs.info("rdfx")
     assert marker["family"] == "rdfx" and marker["recipe"]["steps"] == [["torch==2.13.0"]]
     calls.clear()
-    assert envs.create("rdfx") == d and calls == []  # complete: kept
+    assert envs.create("rdfx") == d and calls == []  # complete, same recipe: kept
+    assert not envs.outdated("rdfx")
     # a failing step leaves no marker; the next create starts afresh
     rec = json.loads((tmp_path / "recipes" / "rdfx.json").read_text())
     rec["steps"].append(["fail-here"])
     (tmp_path / "recipes" / "rdfx.json").write_text(json.dumps(rec))
+    assert envs.outdated("rdfx")
     with pytest.raises(envs.EnvError, match="failed"):
-        envs.create("rdfx", force=True)
+        envs.create("rdfx")  # the recipe changed: rebuilt without --force
     assert envs.info("rdfx") is None and envs.python_for("rdfx") is None
 
 
@@ -240,3 +242,19 @@ def test_env_list_json(rdfx, capsys):
         main(["env", "list", "--json"])
     rows = {r["family"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["rdfx"]["exists"] is False and rows["rdfx"]["spec"] == "rdfx:/path/params.json"
+
+
+def test_run_with_a_checkpoint_spec_through_the_worker(rdfx, tmp_path):
+    """``mlipspace run`` takes checkpoint specs: extraction in the worker, results under the display name."""
+    from typer.testing import CliRunner
+
+    from mlipspace.cli import app
+
+    out = tmp_path / "study"
+    models = f"descriptor-rdf,{with_python(rdfx, sys.executable)}"
+    result = CliRunner().invoke(app, ["run", "--models", models, "--size", "14", "--seeds", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["meta"]["models"]) == {"descriptor-rdf", "rdfx-params"}
+    pairs = {(r["source"], r["target"]) for r in res["records"] if r["analysis"] == "cross-model"}
+    assert ("descriptor-rdf", "rdfx-params") in pairs

@@ -28,6 +28,7 @@ def env_rows() -> list[dict]:
             "description": rec["description"],
             "path": str(envs.env_dir(fam)),
             "exists": marker is not None,
+            "outdated": envs.outdated(fam),
             "version": marker.get("version") if marker else None,
             "created": marker.get("created") if marker else None,
         })
@@ -71,5 +72,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print machine-read
     for r in rows:
         where = f"[green]{r['path']}[/] ({r['package']} {r['version']})" if r["exists"] else \
             f"[yellow]none[/] — mlipspace env create {r['family']}"
+        if r["outdated"]:
+            where += f" [yellow](recipe changed: mlipspace env create {r['family']} rebuilds it)[/]"
         table.add_row(r["family"], r["spec"], " ".join(r["pins"]), where)
     Console().print(table)

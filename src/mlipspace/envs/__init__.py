@@ -119,6 +119,12 @@ def info(family: str, path: str | os.PathLike | None = None) -> dict | None:
         return None
 
 
+def outdated(family: str, path: str | os.PathLike | None = None) -> bool:
+    """``True`` if ``family``'s environment exists but was made from another version of its recipe."""
+    marker = info(family, path)
+    return marker is not None and marker.get("recipe") != recipe(family)
+
+
 def python_for(family: str, path: str | os.PathLike | None = None) -> Path | None:
     """The interpreter of ``family``'s complete environment, or ``None`` when there is none."""
     return _python_of(env_dir(family, path)) if info(family, path) is not None else None
@@ -169,15 +175,19 @@ def create(family: str, path: str | os.PathLike | None = None, *, force: bool = 
     packages the worker needs (:data:`WORKER_NEEDS`, kept at their installed versions), ``pip uninstall`` of the
     recipe's ``uninstall`` list, an import check of numpy, scipy, ase and the family's package, then the
     marker (written last: an interrupted run leaves an incomplete environment that the next call
-    removes and redoes). A complete environment is kept unless ``force``. The full pip output is
+    removes and redoes). A complete environment made from the same recipe is kept unless ``force``;
+    one made from an older recipe is rebuilt. The full pip output is
     logged to ``<env>/mlipspace-env.log``.
     """
     rec = recipe(family)
     d = env_dir(family, path)
     say = on_step or (lambda msg: None)
-    if info(family, path) is not None and not force:
-        say(f"{family}: environment exists at {d} (use --force to rebuild)")
-        return d
+    current = info(family, path)
+    if current is not None and not force:
+        if current.get("recipe") == rec:
+            say(f"{family}: environment exists at {d} (use --force to rebuild)")
+            return d
+        say(f"{family}: the recipe changed since {d} was made; rebuilding")
     if d.exists():
         if any(d.iterdir()) and not (d / "pyvenv.cfg").exists():
             raise EnvError(f"{d} exists and is not a virtual environment; refusing to delete it")

@@ -193,13 +193,15 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
     from mlipspace.store import FeatureStore, extract_to_store
 
     out = Path(cfg.out)
-    models = list(cfg.models) if cfg.models else default_models(cfg.notes)
-    if not models:
+    specs = list(cfg.models) if cfg.models else default_models(cfg.notes)
+    if not specs:
         raise InputError("no model available here (install the bundled models: see scripts/install.sh)")
-    for m in models:
-        get_spec(m)  # unknown names raise with the list of known ones
+    # the names features are stored and reported under: a registry name, or a checkpoint spec's
+    # display name (FAMILY:/path/file -> family-file); unknown names raise with the known ones
+    models = [get_spec(m).name for m in specs]
     if len(set(models)) != len(models):
-        raise InputError(f"a model is named twice in {models}")
+        raise InputError(f"a model is named twice in {specs}")
+    source = dict(zip(models, specs))
     spec = data_spec(cfg.data, cfg.size)
     store_path = Path(cfg.store) if cfg.store else out / "features.zarr"
     run_spec = f"{spec} | consistent with {','.join(sorted(models))}"
@@ -228,7 +230,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
             with stages.bar("load models", len(models)) as adv:
                 extractors = {}
                 for m in models:
-                    extractors[m] = get_model(m, cfg.device)
+                    extractors[m] = get_model(source[m], cfg.device)
                     adv()
             frames, dropped = consistent(frames, {m: e.elements for m, e in extractors.items()})
             if console is not None:
@@ -243,7 +245,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
         memo.write_text(json.dumps({"key": key, "spec": run_spec}) + "\n")
         todo = [m for m in models if not store.is_complete(key, m, ["last"]) or not _all_layers(store, key, m)]
         if todo:
-            extract_to_store(frames, todo, store_path, layers="all", progress=console is not None,
+            extract_to_store(frames, [source[m] for m in todo], store_path, layers="all", progress=console is not None,
                              device=cfg.device, spec=run_spec)
         elif console is not None:
             console.print("  all features already stored")

@@ -73,6 +73,11 @@ def _stop(proc: subprocess.Popen, stdin) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        try:
+            stream.close()
+        except (OSError, ValueError):
+            pass
 
 
 class RemoteExtractor(Extractor):
