@@ -57,7 +57,12 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint, with_vacuum
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    make_fingerprint,
+    with_vacuum,
+)
 
 DISTRIBUTION = "orb-models"
 DEFAULT_ARCH = "orb-v3-conservative-inf-omat"
@@ -93,7 +98,7 @@ _KIND_TEXT = {"conservative": "orb-v3 conservative", "direct": "orb-v3 direct", 
 
 def describe(spec) -> None:
     """Layers and widths depend on the checkpoint's weights: only loading tells (``None``)."""
-    return None
+    return
 
 
 def _archs_text(kind: str | None = None) -> str:
@@ -118,7 +123,7 @@ def read_state_dict(path: str | Path) -> dict:
         raise ModelUnavailableError(f"ORB checkpoint {str(path)!r} does not exist (or is not a file)")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelUnavailableError(
             f"ORB checkpoint {str(path)!r} is not a weights-only torch state dict, as ORB checkpoints are "
@@ -202,6 +207,7 @@ def load_model(checkpoint: str | Path, arch: str = DEFAULT_ARCH, device: str = "
             f"an {_KIND_TEXT[kind]} architecture; arch values for this file: {_archs_text(found)}"
         )
     kwargs = architecture_kwargs(sd, kind)
+    file_keys = set(sd)
     del sd
     from orb_models.forcefield import pretrained
     from orb_models.forcefield.atomic_system import SystemConfig
@@ -228,7 +234,7 @@ def load_model(checkpoint: str | Path, arch: str = DEFAULT_ARCH, device: str = "
             f"{kwargs}): {first}"
         ) from exc
     # load_model tolerates missing head weights; an energy head left at random init is an error here
-    missing = sorted(expected - set(read_state_dict(checkpoint)))
+    missing = sorted(expected - file_keys)
     if missing:
         raise ModelUnavailableError(f"ORB checkpoint {str(checkpoint)!r} lacks energy-head weights: {missing[:4]}")
     return model.eval()
