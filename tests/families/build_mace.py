@@ -30,8 +30,8 @@ import torch
 # by torch >= 2.6's weights-only default unless allowed
 torch.serialization.add_safe_globals([slice])
 
-from e3nn import o3  # noqa: E402
-from mace import modules  # noqa: E402
+from e3nn import o3
+from mace import modules
 
 ELEMENTS = [1, 6, 8, 11, 14, 17, 29]
 
@@ -41,25 +41,15 @@ def _common(num_interactions, hidden, max_ell, correlation, heads=None, pair_rep
     n_heads = 1 if heads is None else len(heads)
     rng = np.random.default_rng(0)
     e0 = -rng.uniform(0.5, 5.0, size=(n_heads, len(ELEMENTS)))
-    kw = dict(
-        r_max=4.5,
-        num_bessel=6,
-        num_polynomial_cutoff=5,
-        max_ell=max_ell,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=num_interactions,
-        num_elements=len(ELEMENTS),
-        hidden_irreps=o3.Irreps(hidden),
-        MLP_irreps=o3.Irreps("8x0e"),
-        atomic_energies=e0[0] if heads is None else e0,
-        avg_num_neighbors=8.0,
-        atomic_numbers=ELEMENTS,
-        correlation=correlation,
-        gate=torch.nn.functional.silu,
-        radial_MLP=[16, 16],
-        pair_repulsion=pair_repulsion,
-    )
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    kw = {
+        "r_max": 4.5, "num_bessel": 6, "num_polynomial_cutoff": 5, "max_ell": max_ell,
+        "interaction_cls": block, "interaction_cls_first": block, "num_interactions": num_interactions,
+        "num_elements": len(ELEMENTS), "hidden_irreps": o3.Irreps(hidden), "MLP_irreps": o3.Irreps("8x0e"),
+        "atomic_energies": e0[0] if heads is None else e0, "avg_num_neighbors": 8.0,
+        "atomic_numbers": ELEMENTS, "correlation": correlation, "gate": torch.nn.functional.silu,
+        "radial_MLP": [16, 16], "pair_repulsion": pair_repulsion,
+    }
     if heads is not None:
         kw["heads"] = heads
     return kw

@@ -54,9 +54,8 @@ DISTRIBUTION = "mace-torch"
 DTYPES = ("float32", "float64")
 
 
-def describe(spec) -> None:
+def describe(spec) -> dict | None:
     """Layers, widths and elements depend on the checkpoint: only loading tells (``None``)."""
-    return None
 
 
 def _torch():
@@ -76,11 +75,9 @@ def _quiet_import_mace():
     # mace prints a cuequivariance notice on stdout at import: keep stdout for the caller
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
-        import mace.modules  # noqa: F401
-        from mace import data  # noqa: F401
-        from mace.tools import torch_geometric  # noqa: F401
-    import mace
-
+        import mace.data
+        import mace.modules
+        import mace.tools.torch_geometric
     return mace
 
 
@@ -110,7 +107,7 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
             f"MACE checkpoint {str(path)!r} cannot be unpickled here: it needs module {exc.name!r} "
             "(a checkpoint of another package? a MACE .model needs only mace-torch)"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:  # torch raises many types for a bad file
         raise ModelUnavailableError(
             f"MACE checkpoint {str(path)!r} is not a readable torch file: {type(exc).__name__}: {exc}"
         ) from exc
@@ -141,6 +138,13 @@ def _scalar_columns(irreps) -> list[int]:
         if ir.l == 0 and ir.p == 1 and mul > 0:
             cols.extend(range(sl.start, sl.stop))
     return cols
+
+
+def _columns(x, cols: list[int]):
+    """``x[:, cols]`` (a copy), the index on ``x``'s device."""
+    import torch
+
+    return x[:, torch.as_tensor(cols, device=x.device)]
 
 
 def _irreps_in(readout):
@@ -239,12 +243,10 @@ class MACEExtractor(TorchExtractor):
     # forward pass and taps
 
     def _taps(self) -> dict[str, Tap]:
-        import torch
+        from functools import partial
 
-        taps = {
-            f"interaction.{i}": Tap(f"products.{i}", select=lambda x, c=torch.tensor(cols): x[:, c.to(x.device)])
-            for i, cols in enumerate(self._product_cols)
-        }
+        taps = {f"interaction.{i}": Tap(f"products.{i}", select=partial(_columns, cols=cols))
+                for i, cols in enumerate(self._product_cols)}
         # "last" is pieced together from the readouts' inputs captured during the same forward pass
         # (see _forward); the root module's forward hook fires once those are all recorded
         taps["last"] = Tap("", select=lambda _out: self._last_of_forward())
@@ -263,8 +265,7 @@ class MACEExtractor(TorchExtractor):
         store = self._ro_store
         parts = []
         for i, (_kind, cols) in enumerate(self._readouts):
-            x = store[f"readout.{i}"][-1]
-            parts.append(x[:, torch.tensor(cols, device=x.device)])
+            parts.append(_columns(store[f"readout.{i}"][-1], cols))
         return torch.cat(parts, dim=1)
 
     def _batch(self, frames: list[Atoms]):
@@ -349,7 +350,8 @@ class MACEExtractor(TorchExtractor):
                 total = self.scale_shift(total, heads)
             index = {z: k for k, z in enumerate(int(v) for v in self.model.atomic_numbers.tolist())}
             one_hot = torch.zeros(n, len(index), dtype=x.dtype, device=x.device)
-            one_hot[torch.arange(n), torch.as_tensor([index[int(z)] for z in numbers])] = 1.0
+            rows = torch.arange(n, device=x.device)
+            one_hot[rows, torch.as_tensor([index[int(z)] for z in numbers], device=x.device)] = 1.0
             e0 = self.model.atomic_energies_fn(one_hot)[:, h]
             return (e0 + total).double().cpu().numpy()
 
