@@ -222,7 +222,8 @@ ZBL_CHECK = textwrap.dedent("""
     import sys
     import numpy as np
     from ase import Atoms
-    from ase.build import bulk, fcc111
+    from ase.build import bulk, fcc111, molecule
+    from mlipspace.errors import StructureError
     from mlipspace.models.orb import ORBExtractor
 
     frames = [Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 1.3]]), bulk("Cu", "fcc", a=3.0) * (2, 1, 1),
@@ -239,16 +240,38 @@ ZBL_CHECK = textwrap.dedent("""
             atoms.calc = calc
             energy = atoms.get_potential_energy()
             assert abs(readout + pairs[k] - energy) < 1e-5 * max(1.0, abs(energy)), (arch, k, readout, pairs[k], energy)
+
+    # omol models (charge/spin conditioner): every frame needs atoms.info charge and spin
+    m = ORBExtractor("omol", sys.argv[3], "orb-v3-conservative-omol", "cpu")
+    assert m.needs_charge_spin and m.layers == ("interaction.0", "last")
+    water, methane = molecule("H2O"), molecule("CH4")
+    for atoms, spin in ((water, 1), (methane, 3)):
+        atoms.info.update(charge=0, spin=spin)
+    fs = m.extract([water, methane])
+    water.calc = m.calculator()
+    e = m.readout(fs.layers["last"][:3], fs.rows["Z"][:3]).sum() + m.pair_energy([water])[0]
+    assert abs(e - water.get_potential_energy()) < 1e-5 * max(1.0, abs(e)), e
+    other = methane.copy()
+    other.info["spin"] = 1
+    assert np.abs(m.extract([other]).layers["last"] - fs.layers["last"][3:]).max() > 1e-6  # spin matters
+    del methane.info["spin"]
+    try:
+        m.extract([water, methane], batch_size=2)
+    except StructureError as exc:
+        assert exc.frame == 1 and "atoms.info['charge'] and atoms.info['spin']" in str(exc), exc
+    else:
+        raise AssertionError("a frame without spin was accepted by an omol model")
     print("ok")
 """)
 
 
-def test_energy_is_readout_plus_zbl_pair_repulsion(built):
-    """With close contacts (Cu dimer, compressed Cu bulk and slab): E = sum(readout(last)) + ZBL pair energy (in the env)."""
+def test_zbl_pair_repulsion_and_omol_models_in_the_env(built):
+    """In the ORB env: with close contacts (Cu dimer, compressed Cu bulk and slab) E = sum(readout(last)) + ZBL
+    pair energy, for conservative and direct models; an omol model needs charge and spin on every frame."""
     py = env_python("orb")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = str(root / "src")
-    proc = subprocess.run([str(py), "-c", ZBL_CHECK, built["checkpoint"], built["direct"]], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    proc = subprocess.run([str(py), "-c", ZBL_CHECK, built["checkpoint"], built["direct"], built["omol"]],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -9,7 +9,9 @@ format from the same builders at small sizes, and prints one JSON line last:
   1 x 24, 3 message-passing steps), loaded as ``arch=orb-v3-conservative-inf-omat``;
 - ``spec_direct``: an orb-v3 *direct* model (latent 24, 2 steps, head depth 2, with a stress
   head), loaded as ``arch=orb-v3-direct-20-omat``;
-- ``checkpoint``/``direct``: the two files; ``foreign``: a state dict of another model (not ORB);
+- ``checkpoint``/``direct``: the two files; ``omol``: a one-step conservative model with the
+  charge/spin conditioner of the omol models (no stress); ``foreign``: a state dict of another
+  model (not ORB);
 - ``n_layers``/``width``: of ``spec``; ``n_layers_direct``/``width_direct``: of ``spec_direct``.
 
 The energy heads' normaliser (mean, std) and reference energies are set to values that differ from
@@ -59,6 +61,15 @@ def main(outdir: Path) -> dict:
     direct_path = outdir / "orb-v3-tiny-direct.ckpt"
     torch.save(direct.state_dict(), direct_path)
 
+    torch.manual_seed(0)
+    omol = pretrained.orb_v3_conservative_architecture(
+        latent_dim=16, base_mlp_hidden_dim=16, base_mlp_depth=1, head_mlp_hidden_dim=16, head_mlp_depth=1,
+        num_message_passing_steps=1, has_charge_spin_cond=True, has_stress=False, device="cpu",
+        system_config=SystemConfig(radius=6.0, max_num_neighbors=120),
+    )
+    omol_path = outdir / "orb-v3-tiny-omol.ckpt"
+    torch.save(omol.state_dict(), omol_path)
+
     foreign = outdir / "not-orb.ckpt"
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)).state_dict(), foreign)
 
@@ -67,6 +78,7 @@ def main(outdir: Path) -> dict:
         "spec_direct": f"orb:{direct_path}?arch=orb-v3-direct-20-omat",
         "checkpoint": str(ckpt),
         "direct": str(direct_path),
+        "omol": str(omol_path),
         "foreign": str(foreign),
         "n_layers": 3,
         "width": 32,

@@ -275,11 +275,23 @@ class ORBExtractor(TorchExtractor):
         taps["last"] = Tap("heads.energy", pre=True)  # inputs = (node_features, batch)
         return taps
 
-    def _prepared(self, atoms: Atoms, index: int) -> Atoms:
-        """``atoms`` as ORB accepts it: slabs/wires padded with vacuum; charge/spin checked."""
-        if self.needs_charge_spin and not ("charge" in atoms.info and "spin" in atoms.info):
-            raise StructureError(f"{self.name} has a charge/spin conditioner: set atoms.info['charge'] and "
-                                 "atoms.info['spin']", frame=index)
+    def extract(self, frames, layers=("last",), batch_size=8, on_unsupported="raise"):
+        """As :meth:`TorchExtractor.extract`; models with a charge/spin conditioner first check
+        that every frame has ``atoms.info["charge"]`` and ``["spin"]`` (error naming the frame)."""
+        if self.needs_charge_spin:
+            from mlipspace.data.checks import _where
+            from mlipspace.models._torch_utils import check_frames
+
+            frames = check_frames(frames)
+            for i, atoms in enumerate(frames):
+                if not ("charge" in atoms.info and "spin" in atoms.info):
+                    source, frame = _where(atoms, i)
+                    raise StructureError(f"{self.name} has a charge/spin conditioner (an omol model): set "
+                                         "atoms.info['charge'] and atoms.info['spin']", source=source, frame=frame)
+        return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
+
+    def _prepared(self, atoms: Atoms) -> Atoms:
+        """``atoms`` as ORB accepts it: slabs and wires padded with vacuum along non-periodic axes."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
         return with_vacuum(atoms, self.cutoff) if pbc.any() and not pbc.all() else atoms
 
@@ -287,8 +299,8 @@ class ORBExtractor(TorchExtractor):
         from orb_models.forcefield.atomic_system import ase_atoms_to_atom_graphs
         from orb_models.forcefield.base import batch_graphs
 
-        graphs = [ase_atoms_to_atom_graphs(self._prepared(a, i), system_config=self.system_config, device=self.device)
-                  for i, a in enumerate(frames)]
+        graphs = [ase_atoms_to_atom_graphs(self._prepared(a), system_config=self.system_config, device=self.device)
+                  for a in frames]
         batch = graphs[0] if len(graphs) == 1 else batch_graphs(graphs)
         return batch.to(self.device)
 
