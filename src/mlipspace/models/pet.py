@@ -305,6 +305,7 @@ class PETExtractor(TorchExtractor):
 
     def _evaluate(self, frames: list[Atoms]) -> dict:
         """``{output key: (n_atoms, d) tensor}`` of the feature outputs for ``frames`` (rows in input order)."""
+        import torch
         from metatomic.torch import ModelEvaluationOptions, ModelOutput
 
         systems = self._systems(frames)
@@ -313,7 +314,9 @@ class PETExtractor(TorchExtractor):
             length_unit=self.length_unit,
             outputs={k: ModelOutput(sample_kind="atom") for k in keys},
         )
-        with warnings.catch_warnings():
+        # TorchScript's simple executor: the profiling one spends seconds of CPU optimising the graph
+        # on the first calls and was 2-3x slower per call on small CPU batches afterwards
+        with warnings.catch_warnings(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")  # "'features' is deprecated" for old files
             result = self.atomistic(systems, options, check_consistency=False)
         n_atoms = sum(len(a) for a in frames)
@@ -332,8 +335,6 @@ class PETExtractor(TorchExtractor):
                 raise RuntimeError(f"{self.name}: output {key!r} does not hold one row per atom in input order")
             out[key] = block.values
         for layer, cols in getattr(self, "_blocks", {}).items():
-            import torch
-
             out[layer] = out[self.feature_key][:, torch.as_tensor(cols, device=out[self.feature_key].device)]
         if getattr(self, "_blocks", None) is not None:
             out["backbone"] = out[self.feature_key]
@@ -436,6 +437,7 @@ class PETExtractor(TorchExtractor):
 
     def _coordination_of(self, systems) -> np.ndarray:
         """Per-atom ``C_a = sum_j f_c(r_aj)`` with the model's own (compiled) preprocessing."""
+        import torch
         from metatrain.pet.modules.structures import concatenate_structures
 
         module = self.atomistic.module
@@ -445,7 +447,8 @@ class PETExtractor(TorchExtractor):
                                       "cutoff-weighted neighbour counts of the edge biases are unavailable")
         options = self.atomistic.requested_neighbor_lists()[0]
         inputs = concatenate_structures(systems, options)
-        data = backend.preprocess(*inputs[:7], float(getattr(module, "cutoff_width_adaptive", 1.0)))
+        with torch.jit.optimized_execution(False):
+            data = backend.preprocess(*inputs[:7], float(getattr(module, "cutoff_width_adaptive", 1.0)))
         weights = data["cutoff_factors"] * data["padding_mask"].to(data["cutoff_factors"].dtype)
         return weights.sum(dim=1).double().cpu().numpy()
 
@@ -515,7 +518,9 @@ class PETExtractor(TorchExtractor):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return MetatomicCalculator(load_atomistic(self.checkpoint, self.device), device=self.device)
+            # energy only: ``get_potential_energy`` needs no forces (and no backward pass)
+            return MetatomicCalculator(load_atomistic(self.checkpoint, self.device), device=self.device,
+                                       do_gradients_with_energy=False)
 
 
 def load(spec, device: str) -> PETExtractor:
