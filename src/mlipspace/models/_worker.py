@@ -7,8 +7,9 @@ with the main process's mlipspace source on ``PYTHONPATH``. It answers messages 
 - ``load {spec, device}`` -> the model's name, family, layers, dims, elements, fingerprint, device;
 - ``extract {layers, batch_size, on_unsupported}`` + frames -> one array per layer and the rows'
   ``frame``/``Z`` (frame = index into the frames sent);
-- ``energies`` + frames -> per frame ``sum(readout(last)) + energy_offset`` and the energy of the
-  package's own ASE calculator (the check that ``last`` is the readout's input);
+- ``energies`` + frames -> per frame ``sum(readout(last)) + energy_offset`` (+ ``pair_energy`` of
+  the frame where the adapter has one: a ZBL repulsion computed from distances alone) and the
+  energy of the package's own ASE calculator (the check that ``last`` is the readout's input);
 - ``shutdown``.
 
 Any exception is sent back as ``{"ok": false, "error": {type, message, reason, source, frame,
@@ -70,7 +71,10 @@ def _energies(m, frames) -> dict:
     readout, own = [], []
     for atoms in frames:
         fs = m.extract([atoms], layers=("last",), batch_size=1)
-        readout.append(float(np.sum(m.readout(fs.layers["last"], fs.rows["Z"])) + float(m.energy_offset)))
+        e = float(np.sum(m.readout(fs.layers["last"], fs.rows["Z"])) + float(m.energy_offset))
+        if hasattr(m, "pair_energy"):  # geometry-only terms (ZBL) that never pass through the readout
+            e += float(m.pair_energy([atoms])[0])
+        readout.append(e)
         a = atoms.copy()
         a.calc = calc
         own.append(float(a.get_potential_energy()))

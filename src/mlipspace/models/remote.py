@@ -183,7 +183,7 @@ class RemoteExtractor(Extractor):
                           skipped=[(int(i), str(r)) for i, r in reply["skipped"]])
 
     def energies(self, frames: Sequence[Atoms]) -> dict[str, np.ndarray]:
-        """Per frame: ``sum(readout(last)) + energy_offset`` and the package calculator's energy."""
+        """Per frame: ``sum(readout(last)) + energy_offset (+ pair_energy)`` and the package calculator's energy."""
         info, arrays = pack_frames(check_frames(frames))
         _, out = self._call({"op": "energies", "frames": info}, arrays)
         return {"readout": out["readout"], "calculator": out["calculator"]}
