@@ -176,6 +176,7 @@ class DPAExtractor(TorchExtractor):
     """Per-atom features of a DPA-3 energy model (one head) from a deepmd-kit ``.pt`` checkpoint."""
 
     family = FAMILY
+    _calculator = None
 
     def __init__(self, name: str, checkpoint: str, device: str = "cpu", head: str | None = None):
         self.name = name
@@ -333,10 +334,15 @@ class DPAExtractor(TorchExtractor):
         return e.cpu().numpy()
 
     def calculator(self):
-        """deepmd-kit's own ASE calculator (``deepmd.calculator.DP``) on the same file and head."""
-        from deepmd.calculator import DP
+        """deepmd-kit's own ASE calculator (``deepmd.calculator.DP``) on the same file and head.
 
-        return DP(model=self.checkpoint, head=self.head)
+        Made once per extractor (deepmd TorchScript-compiles the model for it, seconds on a CPU).
+        """
+        if self._calculator is None:
+            from deepmd.calculator import DP
+
+            self._calculator = DP(model=self.checkpoint, head=self.head)
+        return self._calculator
 
 
 def _attach_probe(layer) -> None:
