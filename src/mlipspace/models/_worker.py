@@ -129,6 +129,11 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     serve(proto_in, proto_out)
+    # skip the interpreter's teardown (seconds with torch and a model package loaded): nothing is
+    # left to write, and the caller may be waiting for this process to end
+    proto_out.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
