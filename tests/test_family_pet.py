@@ -66,7 +66,8 @@ def test_layers_shapes_and_metadata(small, built, frames):
 
 
 def test_readout_of_last_reproduces_the_calculator(small, frames):
-    """sum(readout(last)) == MetatomicCalculator's energy (scale * last layers + composition)."""
+    """sum(readout(last)) + pair_energy == MetatomicCalculator's energy (scale * last layers +
+    composition, plus the edge biases counted once per weighted neighbour)."""
     e = small.energies(frames)
     np.testing.assert_allclose(e["readout"], e["calculator"], rtol=2e-6, atol=2e-4)
     # the last layers carry a real share of the energy, not just the composition baseline
@@ -137,6 +138,15 @@ def test_feedforward_model_has_only_its_last_gnn_layer(built, frames):
     np.testing.assert_allclose(e["readout"], e["calculator"], rtol=2e-6, atol=2e-4)
 
 
+def test_zbl_model_energy_is_readout_plus_pair_terms(built):
+    """A model with metatrain's ZBL repulsion: the ZBL energy joins the geometry-only pair_energy."""
+    dimer = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 1.3]])  # deep in ZBL's repulsive wall
+    si = bulk("Si", "diamond", a=5.43)
+    with remote(built["spec_zbl"]) as zbl:
+        e = zbl.energies([dimer, si])
+    np.testing.assert_allclose(e["readout"], e["calculator"], rtol=2e-6, atol=2e-4)
+
+
 def test_unsupported_element_names_the_frame(small):
     gold = Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]])
     with pytest.raises(UnsupportedElementsError, match=r"Au.*frame\(s\) 1"):
@@ -164,10 +174,8 @@ def test_missing_file_names_it(tmp_path):
 EDGE_BIAS_CHECK = textwrap.dedent("""
     import sys
     import numpy as np
-    import torch
     from ase.build import bulk, molecule
     from metatomic.torch import ModelOutput
-    from mlipspace.errors import InputError
     from mlipspace.models.pet import PETExtractor
 
     m = PETExtractor("pet-small", sys.argv[1], "cpu")
@@ -179,27 +187,23 @@ EDGE_BIAS_CHECK = textwrap.dedent("""
     fs = m.extract(frames)
     coord = m.coordination(frames)
     assert coord.shape == (len(fs.rows["Z"]),) and coord.max() > 1.0
-    # per atom: the model's own per-atom energies (metatomic output 'energy', sample_kind atom)
+    # per atom: readout + s*u*C_a is the model's own per-atom energy (output 'energy', sample_kind atom)
     calc = m.calculator()
     own = calc.run_model(frames, {"energy": ModelOutput(sample_kind="atom")})["energy"].block().values
-    per_atom = m.readout(fs.layers["last"], fs.rows["Z"], coordination=coord)
+    s = np.array([scale[int(z)] for z in fs.rows["Z"]])
+    per_atom = m.readout(fs.layers["last"], fs.rows["Z"]) + s * b_edge * coord
     np.testing.assert_allclose(per_atom, own.double().numpy().reshape(-1), rtol=1e-5, atol=1e-4)
-    # without the C_a term the readout is off: the edge biases really count once per neighbour
-    wrong = m.readout(fs.layers["last"], fs.rows["Z"], coordination=np.zeros_like(coord))
-    assert np.abs(wrong - per_atom).max() > 1e-3
-    # a 'last' that this extractor did not return cannot be read out without its C_a
-    try:
-        m.readout(fs.layers["last"] + 1.0, fs.rows["Z"])
-    except InputError as exc:
-        assert "coordination" in str(exc)
-    else:
-        raise AssertionError("readout accepted a foreign last without coordination")
+    # the edge-bias term is real (not ~0) and pair_energy is its per-frame sum
+    ends = np.cumsum([len(a) for a in frames])
+    term = np.add.reduceat(s * b_edge * coord, [0, ends[0]])
+    assert np.abs(term).min() > 1e-2, term
+    np.testing.assert_allclose(m.pair_energy(frames), term, rtol=1e-6)
     print("ok")
 """)
 
 
 def test_per_atom_readout_with_edge_biases(built):
-    """In the env: readout(last, C) equals the model's per-atom energies atom by atom; C matters."""
+    """In the env: readout(last) + s*u*C_a equals the model's per-atom energies atom by atom."""
     py = env_python("pet")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -11,6 +11,8 @@ the composition baseline and the energy scale non-trivial values (as training wo
   ``torch.save``, what ``mtt train`` writes) -> ``spec_ckpt``;
 - ``ff.pt``: an exported model with the default ``featurizer_type="feedforward"`` (3 GNN
   layers, only the last one reaches the heads) -> ``spec_ff``;
+- ``zbl.pt``: the residual model with metatrain's ZBL pair repulsion added to the energy (an
+  additive model that does not pass through the last layers) -> ``spec_zbl``;
 - ``composition.pt``: an exported metatomic model of another architecture (metatrain's
   composition model), which the PET adapter must refuse -> ``other``;
 - ``garbage.pt``: a file that is no model at all -> ``garbage``.
@@ -92,6 +94,9 @@ def main(outdir: str) -> None:
     ff = build({"featurizer_type": "feedforward", "num_gnn_layers": 3}, seed=1)
     ff.export().save(str(out / "ff.pt"))
 
+    zbl = build({"featurizer_type": "residual", "num_gnn_layers": 2, "zbl": True}, seed=2)
+    zbl.export().save(str(out / "zbl.pt"))
+
     from metatrain.composition import CompositionModel
 
     composition = CompositionModel({}, _dataset_info())
@@ -102,6 +107,7 @@ def main(outdir: str) -> None:
         "spec": f"pet:{out / 'small.pt'}",
         "spec_ckpt": f"pet:{out / 'small.ckpt'}",
         "spec_ff": f"pet:{out / 'ff.pt'}",
+        "spec_zbl": f"pet:{out / 'zbl.pt'}",
         "other": f"pet:{out / 'composition.pt'}",
         "garbage": f"pet:{out / 'garbage.pt'}",
         "elements": ELEMENTS,

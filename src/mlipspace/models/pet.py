@@ -35,9 +35,11 @@ Energy (``target`` ``energy``, composition baseline ``c_Z``, scale ``s``)::
 
 with ``C_a = sum_j f_c(r_aj)`` the cutoff-weighted neighbour count of atom ``a``: PET applies the
 edge last layer (weight ``v_i``, bias ``u_i``) to every edge *before* the weighted sum, so each
-edge bias is counted once per (weighted) neighbour. ``C_a`` is a function of the geometry, not of
-``last``; :meth:`PETExtractor.readout` takes it from the same forward pass (see there). Additive
-models other than the composition baseline (ZBL) are not covered by ``readout``.
+edge bias is counted once per (weighted) neighbour. That term is a pair sum of the cutoff function,
+a function of the geometry, not of ``last``: :meth:`PETExtractor.readout` gives the per-atom
+``s * (w . last + b) + c_Z`` and :meth:`PETExtractor.pair_energy` the per-frame geometry-only rest
+(edge biases, and ZBL when the model has it, evaluated by the model's own module), so that
+``sum(readout(last)) + pair_energy == E``.
 
 Options: ``target`` (default ``energy``): which energy-like output's last-layer features are
 ``last``, one of the model's outputs that has ``mtt::aux::..._last_layer_features``.
@@ -48,11 +50,9 @@ slabs: ``pbc=(T, T, F)``); neighbour lists from vesin with the model's own optio
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +174,7 @@ class PETExtractor(TorchExtractor):
         if self.dtype is None:
             raise ModelUnavailableError(f"PET checkpoint {self.checkpoint!r} has dtype {caps.dtype!r}")
         self.elements = frozenset(int(z) for z in caps.atomic_types)
+        self._atomic_types = [int(z) for z in caps.atomic_types]
 
         targets = [k for k in self.outputs if last_layer_features_name(k) in self.outputs]
         if target not in targets:
@@ -194,8 +195,6 @@ class PETExtractor(TorchExtractor):
         self._requested_inputs = dict(atomistic.requested_inputs(use_new_names=True))
         self.model = _runner_class()(self, atomistic)
         self._find_architecture()
-        self._coordination_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._coordination_pieces: list | None = None
         self._ro = None
 
         # widths from one forward on a dimer: the exported file tells its own shapes
@@ -339,8 +338,6 @@ class PETExtractor(TorchExtractor):
         if getattr(self, "_blocks", None) is not None:
             out["backbone"] = out[self.feature_key]
             out["last"] = out[self.last_key]
-        if self._coordination_pieces is not None:
-            self._coordination_pieces.append(self._coordination_of(systems))
         return out
 
     def _taps(self) -> dict[str, Tap]:
@@ -348,25 +345,6 @@ class PETExtractor(TorchExtractor):
 
     def _forward(self, frames: list[Atoms]) -> None:
         self.model(frames)
-
-    def extract(self, frames, layers=("last",), batch_size=8, on_unsupported="raise"):
-        """As :meth:`TorchExtractor.extract`; with ``last``, also keeps each atom's cutoff-weighted
-        neighbour count of the same forward pass, for :meth:`readout` (matched by ``last``'s content)."""
-        from mlipspace.models._torch_utils import parse_layers
-
-        wanted = parse_layers(layers, self.layers)
-        keep = "last" in wanted and self._edge_bias_matters()
-        self._coordination_pieces = [] if keep else None
-        try:
-            fs = super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
-            if keep:
-                coord = (np.concatenate(self._coordination_pieces) if self._coordination_pieces
-                         else np.zeros(0))
-                if coord.shape[0] == fs.layers["last"].shape[0]:
-                    self._remember(fs.layers["last"], coord)
-        finally:
-            self._coordination_pieces = None
-        return fs
 
     # ---------------------------------------------------------------------------------------------
     # energy from "last"
@@ -397,12 +375,6 @@ class PETExtractor(TorchExtractor):
                     b_node += lin_b
                 else:
                     b_edge += lin_b
-        names = [n for n, _ in module.named_modules()]
-        extra = [n for n in names if re.fullmatch(r"additive_models\.\d+", n) and n != "additive_models.0"]
-        if extra:
-            raise NotImplementedError(
-                f"{self.name}: the model adds {len(extra)} more additive model(s) (e.g. ZBL) to the energy, "
-                "terms that do not pass through the last layer; readout covers the composition baseline only")
         scale_key = f"scaler.{t}_scaler_buffer"
         comp_key = f"additive_models.0.{t}_composition_buffer"
         if scale_key not in buffers or comp_key not in buffers:
@@ -416,8 +388,8 @@ class PETExtractor(TorchExtractor):
         types = sorted(self.elements)
         if s_values.size == 1 and int(s_samples[0]) == -1:
             scale = {z: float(s_values[0]) for z in types}
-        elif s_values.size == len(types):  # per-type scales, indexed by position in atomic_types
-            scale = {z: float(s_values[int(i)]) for z, i in zip(types, s_samples)}
+        elif s_values.size == len(types):  # per-type scales; samples index the model's atomic_types
+            scale = {self._atomic_types[int(i)]: float(v) for i, v in zip(s_samples, s_values)}
         else:
             raise NotImplementedError(f"{self.name}: scaler block of shape {tuple(sb.values.shape)} not understood")
         c_samples = cb.samples.values.cpu().numpy().reshape(-1)
@@ -428,12 +400,6 @@ class PETExtractor(TorchExtractor):
         composition.update({int(z): float(v) for z, v in zip(c_samples, c_values)})
         self._ro = (w, b_node, b_edge, scale, composition)
         return self._ro
-
-    def _edge_bias_matters(self) -> bool:
-        try:
-            return self._readout_parameters()[2] != 0.0
-        except NotImplementedError:
-            return False
 
     def _coordination_of(self, systems) -> np.ndarray:
         """Per-atom ``C_a = sum_j f_c(r_aj)`` with the model's own (compiled) preprocessing."""
@@ -462,26 +428,21 @@ class PETExtractor(TorchExtractor):
         with torch.inference_mode():
             return self._coordination_of(self._systems(frames)) if frames else np.zeros(0)
 
-    @staticmethod
-    def _digest(last: np.ndarray) -> str:
-        arr = np.ascontiguousarray(np.asarray(last, dtype=np.float32))
-        return hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()
+    def _additive_models(self) -> list:
+        """The model's additive models after the composition baseline (ZBL), as callable modules."""
+        holder = getattr(self.atomistic.module, "additive_models", None)
+        if holder is None:
+            return []
+        names = sorted({n.split(".")[0] for n, _ in holder.named_children()} - {"0"}, key=int)
+        return [getattr(holder, n) for n in names]
 
-    def _remember(self, last: np.ndarray, coordination: np.ndarray) -> None:
-        self._coordination_cache[self._digest(last)] = coordination
-        while len(self._coordination_cache) > 32:
-            self._coordination_cache.popitem(last=False)
-
-    def readout(self, last: np.ndarray, numbers, coordination=None) -> np.ndarray:
+    def readout(self, last: np.ndarray, numbers) -> np.ndarray:
         """Per-atom energies (model units, eV for PET-MAD) from ``last`` through the model's last layers.
 
-        ``s * (w . last_a + b + u * C_a) + c_Z(a)``: ``w`` the node/edge last-layer weights laid
-        out as ``last``'s columns, ``b`` the node biases, ``u`` the summed edge biases, ``C_a`` the
-        cutoff-weighted neighbour count, ``s`` the energy scale, ``c_Z`` the composition baseline.
-        ``coordination`` gives ``C_a``; when omitted it is taken from the :meth:`extract` call that
-        returned this very ``last`` array (matched by content), and an unknown ``last`` raises --
-        unless the model's edge biases are all zero, where ``C_a`` does not enter. Summed over a
-        structure it is the model's (and ``MetatomicCalculator``'s) energy.
+        ``s * (w . last_a + b) + c_Z(a)``: ``w`` the node and edge last-layer weights laid out as
+        ``last``'s columns, ``b`` the node biases, ``s`` the energy scale, ``c_Z`` the composition
+        baseline. The model's energy is ``sum(readout(last)) + pair_energy(frame)``: the edge
+        biases (counted once per weighted neighbour) and a ZBL term depend on the geometry only.
         """
         numbers = np.asarray(numbers, dtype=int).reshape(-1)
         last = np.asarray(last)
@@ -491,24 +452,41 @@ class PETExtractor(TorchExtractor):
         unknown = sorted(set(numbers.tolist()) - set(self.elements))
         if unknown:
             raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")
-        w, b_node, b_edge, scale, composition = self._readout_parameters()
-        if coordination is None:
-            if b_edge == 0.0:
-                coordination = np.zeros(len(numbers))
-            else:
-                coordination = self._coordination_cache.get(self._digest(last))
-                if coordination is None:
-                    raise InputError(
-                        f"{self.name}: PET's edge biases add u*C_a per atom (C_a = cutoff-weighted neighbour "
-                        "count), which 'last' does not carry; pass coordination=extractor.coordination(frames) "
-                        "or use the 'last' array returned by this extractor's extract()")
-        coordination = np.asarray(coordination, dtype=float).reshape(-1)
-        if coordination.shape != (len(numbers),):
-            raise InputError(f"coordination has {coordination.size} values for {len(numbers)} atoms")
-        raw = last.astype(np.float64) @ w + b_node + b_edge * coordination
+        w, b_node, _b_edge, scale, composition = self._readout_parameters()
         s = np.array([scale[int(z)] for z in numbers])
         c = np.array([composition[int(z)] for z in numbers])
-        return s * raw + c
+        return s * (last.astype(np.float64) @ w + b_node) + c
+
+    def pair_energy(self, frames) -> np.ndarray:
+        """Per-frame energy of the geometry-only terms that do not pass through ``last``.
+
+        ``sum_a s_a * u * C_a`` -- the edge last layers' biases ``u`` (summed over readout layers),
+        applied to every edge before PET's cutoff-weighted neighbour sum, hence counted
+        ``C_a = sum_j f_c(r_aj)`` times (a pair sum of the cutoff function) -- plus the energy of
+        the additive models after the composition baseline (ZBL), evaluated by the model's own
+        modules. ``sum(readout(last)) + pair_energy == E`` for every frame.
+        """
+        import torch
+        from metatomic.torch import ModelOutput
+
+        from mlipspace.models._torch_utils import check_frames
+
+        frames = check_frames(frames)
+        _w, _b_node, b_edge, scale, _composition = self._readout_parameters()
+        extra = self._additive_models()
+        out = np.zeros(len(frames))
+        with torch.inference_mode():
+            for k, atoms in enumerate(frames):
+                systems = self._systems([atoms])
+                if b_edge != 0.0:
+                    s = np.array([scale[int(z)] for z in atoms.numbers])
+                    out[k] += float(np.sum(s * b_edge * self._coordination_of(systems)))
+                for additive in extra:
+                    with torch.jit.optimized_execution(False):
+                        res = additive(systems, {self.target: ModelOutput(sample_kind="system")}, None)
+                    if self.target in res:
+                        out[k] += float(res[self.target].block().values.double().sum())
+        return out
 
     def calculator(self):
         """``metatomic_ase.MetatomicCalculator`` on a fresh load of the same file (energy target only)."""
