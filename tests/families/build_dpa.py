@@ -29,10 +29,10 @@ from mlipspace.models.dpa import import_deepmd_pt
 
 import_deepmd_pt()  # deepmd-kit 3.2.0's op library is built for torch 2.11: skip it on 2.13
 
-import torch  # noqa: E402
-from deepmd.pt.model.model import get_model  # noqa: E402
-from deepmd.pt.train.wrapper import ModelWrapper  # noqa: E402
-from deepmd.utils.argcheck import model_args  # noqa: E402
+import torch
+from deepmd.pt.model.model import get_model
+from deepmd.pt.train.wrapper import ModelWrapper
+from deepmd.utils.argcheck import model_args
 
 #: deliberately not in alphabetical or atomic-number order, so a sorted-symbols type assignment
 #: (the study's bug) feeds the model other types than the type_map does
@@ -79,7 +79,6 @@ def _randomise_biases(model, seed: int) -> None:
 
 def reference_frames():
     """Frames for the deepmd-side reference: water (no cell), a rattled Cu+O cell, CO in a periodic box."""
-    from ase import Atoms
     from ase.build import bulk, molecule
 
     water = molecule("H2O")

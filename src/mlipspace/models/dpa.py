@@ -50,7 +50,12 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint, with_vacuum
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    make_fingerprint,
+    with_vacuum,
+)
 
 FAMILY = "dpa"
 DISTRIBUTION = "deepmd-kit"
@@ -110,8 +115,7 @@ def import_deepmd_pt() -> bool:
 
 
 def describe(spec) -> None:
-    """Layers, widths and elements live in the checkpoint: only loading tells (``None``)."""
-    return None
+    """Layers, widths and elements live in the checkpoint: only loading tells (returns ``None``)."""
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -289,7 +293,7 @@ class DPAExtractor(TorchExtractor):
         if pbc.any() and not pbc.all():
             atoms = with_vacuum(atoms, self.rcut)
             pbc = np.ones(3, dtype=bool)
-        kw = dict(device=self.device)
+        kw = {"device": self.device}
         coord = torch.as_tensor(atoms.positions.reshape(1, -1, 3), dtype=GLOBAL_PT_FLOAT_PRECISION, **kw)
         atype = torch.as_tensor(self.atom_types(atoms.numbers).reshape(1, -1), dtype=torch.long, **kw)
         box = (torch.as_tensor(atoms.cell.array.reshape(1, 9), dtype=GLOBAL_PT_FLOAT_PRECISION, **kw)
