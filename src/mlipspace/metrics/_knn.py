@@ -24,14 +24,81 @@ _SLACK = 1e-10
 
 
 def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.ndarray | None = None,
-                *, train_sq: np.ndarray | None = None, chunk: int = 8192) -> np.ndarray:
+                *, train_sq: np.ndarray | None = None, chunk: int = 8192, train_f32: np.ndarray | None = None,
+                extra: int = 32) -> np.ndarray:
     """Indices (n_test, k) into ``X_train`` of the k nearest rows of each test row, nearest first,
-    exact ties broken by ascending ``tie_key`` (default: position in ``X_train``)."""
+    exact ties broken by ascending ``tie_key`` (default: position in ``X_train``).
+
+    With ``train_f32`` (``X_train`` as float32) one pass in float32 keeps the ``k + extra``
+    smallest distances per row; every training row within the k-th distance plus a rigorous bound
+    on the float32 rounding is a candidate, re-ranked exactly in float64 (same result as the
+    float64 passes). Rows whose candidate set may be incomplete (more than ``extra`` rows within
+    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes."""
     n_train = X_train.shape[0]
     if tie_key is None:
         tie_key = np.arange(n_train)
     if train_sq is None:
         train_sq = np.einsum("ij,ij->i", X_train, X_train)
+    m = min(k + extra, n_train)
+    if train_f32 is None or m >= n_train:
+        return _knn_two_pass(X_train, X_test, k, tie_key, train_sq, chunk)
+    test_sq = np.einsum("ij,ij->i", X_test, X_test)
+    nt, d = X_test.shape
+    T32 = X_test.astype(np.float32)
+    s32, t32 = train_sq.astype(np.float32), test_sq.astype(np.float32)
+    bv = bi = None
+    for a in range(0, n_train, chunk):
+        D = T32 @ train_f32[a : a + chunk].T
+        D *= -2.0
+        D += t32[:, None]
+        D += s32[None, a : a + chunk]
+        if D.shape[1] > m:
+            idx = np.argpartition(D, m - 1, axis=1)[:, :m]
+            vals = np.take_along_axis(D, idx, 1)
+        else:
+            idx = np.broadcast_to(np.arange(D.shape[1]), D.shape)
+            vals = D
+        idx = idx + a
+        if bv is None:
+            bv, bi = vals, idx
+        else:
+            bv, bi = np.concatenate([bv, vals], 1), np.concatenate([bi, idx], 1)
+            if bv.shape[1] > m:
+                sel = np.argpartition(bv, m - 1, axis=1)[:, :m]
+                bv, bi = np.take_along_axis(bv, sel, 1), np.take_along_axis(bi, sel, 1)
+    bv = bv.astype(np.float64)
+    kth = np.partition(bv, k - 1, axis=1)[:, k - 1]
+    # |D32 - D| <= (2 d + 16) u (|t|^2 + |x|^2): rounding of the inputs and of the expanded formula
+    tol = (2 * d + 16) * float(np.finfo(np.float32).eps) * (test_sq + train_sq.max()) + 1e-300
+    thr = kth + tol
+    complete = bv.max(axis=1) > thr  # everything dropped is >= the largest value kept
+    out = np.empty((nt, k), dtype=np.int64)
+    bad = np.flatnonzero(~complete)
+    if bad.size:
+        out[bad] = _knn_two_pass(X_train, X_test[bad], k, tie_key, train_sq, chunk)
+    good = np.flatnonzero(complete)
+    if good.size:
+        rows, pos = np.nonzero(bv[good] <= thr[good, None])
+        cols = bi[good][rows, pos]
+        out[good] = _rank(X_train, X_test[good], rows, cols, tie_key, k, good.size)
+    return out
+
+
+def _rank(X_train, X_test, rows, cols, tie_key, k, nt):
+    """The k first candidates of each test row by (exact distance, tie key)."""
+    diff = X_train[cols] - X_test[rows]
+    exact = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((tie_key[cols], exact, rows))
+    rows, cols = rows[order], cols[order]
+    counts = np.bincount(rows, minlength=nt)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = starts[:, None] + np.arange(k)[None, :]
+    return cols[take]
+
+
+def _knn_two_pass(X_train, X_test, k, tie_key, train_sq, chunk):
+    """The two float64 passes described in the module docstring."""
+    n_train = X_train.shape[0]
     test_sq = np.einsum("ij,ij->i", X_test, X_test)
     nt = X_test.shape[0]
 
@@ -56,14 +123,7 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
         cols.append(c + a)
     rows = np.concatenate(rows)
     cols = np.concatenate(cols)
-    diff = X_train[cols] - X_test[rows]
-    exact = np.einsum("ij,ij->i", diff, diff)
-    order = np.lexsort((tie_key[cols], exact, rows))
-    rows, cols = rows[order], cols[order]
-    counts = np.bincount(rows, minlength=nt)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    take = starts[:, None] + np.arange(k)[None, :]
-    return cols[take]
+    return _rank(X_train, X_test, rows, cols, tie_key, k, nt)
 
 
 def _sqdist(A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from mlipspace.metrics._checks import (
     resolve_split,
 )
 from mlipspace.metrics._global import global_measure
+from mlipspace.metrics._gram import GramSource
 from mlipspace.metrics._knn import knn_indices
 from mlipspace.metrics._local import LocalSource, namespace
 
@@ -152,6 +153,11 @@ def _n_workers(n_jobs: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: CPU engine of the LFRE: "gram" (Gram eigendecompositions, rows certified and the rest refitted by
+#: SVD in exact mode; see :mod:`._gram`) or "svd" (three SVDs per row, :class:`._local.LocalSource`).
+CPU_ENGINE = "gram"
+
+
 class LocalProblem:
     """A source space prepared for LFRE: scaled training/test rows of X, neighbours, batches.
 
@@ -176,6 +182,8 @@ class LocalProblem:
         nt = Xte.shape[0]
         self.batches = [(a, min(a + self.batch_size, nt)) for a in range(0, nt, self.batch_size)]
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
+        # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
+        self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" else None
 
     def run(self, targets: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Pointwise LFRE for each target given as (scaled Y train, scaled Y test)."""
@@ -191,14 +199,20 @@ class LocalProblem:
                     return nullcontext()
 
             ns = namespace("numpy")
+            fallbacks = []
 
             def work(bounds):
                 a, b = bounds
-                nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq)
+                nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
+                                  train_f32=self._train_f32)
                 nbr = nbr[:, self.fold_order]
-                src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
+                if CPU_ENGINE == "svd":
+                    src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
+                else:
+                    src = GramSource(self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
+                    fallbacks.append(getattr(src, "n_fallback", 0))
 
             with threadpool_limits(limits=1):
                 if self.n_jobs == 1 or len(self.batches) == 1:
@@ -207,6 +221,7 @@ class LocalProblem:
                 else:
                     with ThreadPoolExecutor(self.n_jobs) as pool:
                         list(pool.map(work, self.batches))
+            self.n_fallback = sum(fallbacks)
             return outs
         return self._run_torch(targets, outs)
 

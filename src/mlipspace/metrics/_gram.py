@@ -1,0 +1,285 @@
+r"""Local ridge fits of the LFRE from Gram-matrix eigendecompositions, certified row by row (CPU).
+
+The SVD path (:class:`mlipspace.metrics._local.LocalSource`) needs three LAPACK SVDs per test row.
+The same quantities follow from symmetric eigendecompositions of Gram matrices, about half the
+work: for a fold :math:`F` (:math:`n_f \times d`) with :math:`n_f \le d`,
+:math:`FF^T = U\Lambda U^T` gives :math:`s = \sqrt\lambda`, :math:`U`, and the cross-fold
+design :math:`X_o V S^{-1} = (X_o F^T) U \Lambda^{-1}`; with :math:`n_f > d`,
+:math:`F^TF = V\Lambda V^T` and :math:`U^T Y = \Lambda^{-1/2} V^T F^T Y`. One product
+:math:`X_l X_l^T` (neighbourhood in fold order) holds both fold Grams and the cross block.
+The refit predicts :math:`\bar y + c^T Y_l` with
+:math:`c = \sum_{\lambda_i > t^2} u_i (u_i^T X_l \tilde x)/\lambda_i` (kernel form) or
+:math:`c = X_l \sum_{\lambda_i > t^2} v_i (v_i^T \tilde x)/\lambda_i`.
+
+All 20 alphas are scored from one decomposition per fold: with :math:`A` the cross-fold design,
+:math:`B = U^T Y_f`, :math:`P = A^T Y_o` and :math:`G = A^T A`, the squared residual of column
+:math:`c` after the first :math:`L` components is
+
+.. math::
+    e_c(L) = \|y_c\|^2 + \sum_{l<L} B_{lc}\,(G_{ll}B_{lc} + 2\textstyle\sum_{l'<l} G_{ll'}B_{l'c} - 2P_{lc}),
+
+so the levels of all alphas are prefix sums of one (r, d_Y) table (taken as one product with 0/1
+prefix masks), and B, :math:`(\mathrm{diag}\,G + 2\,\mathrm{tril}\,G)B` and :math:`-2P` of both
+folds come out of two stacked products with the target.
+
+A Gram matrix cannot resolve singular values below about :math:`\sqrt{\epsilon}\,s_{max}`, so in
+exact mode every row is *certified*: with an eigenvalue error bound
+:math:`\epsilon_K = c\,\epsilon\,\lambda_{max}`, :math:`c = 2(k + d)` (about 30x the error
+observed against LAPACK's SVD at k = d = 128), a row is accepted only when (1) every fold
+eigenvalue is clearly above the rcond cutoff and none is within :math:`\epsilon_K` of any alpha's
+cutoff (the truncation levels are those of an exact SVD), (2) the chosen alpha wins the CV by more
+than the error bars of the losses (which grow like :math:`\lambda_{max}/\lambda_L` and
+:math:`\lambda_{max}/\mathrm{gap}_L`), and (3) a first-order perturbation bound of the refit
+prediction (weights :math:`\epsilon_K/\lambda_i`, mixing of kept and discarded eigenvectors
+:math:`\epsilon_K/|\lambda_i-\lambda_j|`) is below ``REFIT_ATOL``. Rows that fail any test
+(rank-deficient or badly conditioned neighbourhoods, small chosen alphas, near ties in the CV) are
+recomputed with the SVD path, so exact mode keeps scikit-matter's values to rounding.
+``certify=False`` (``mode="fast"``) skips the tests and the fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlipspace.metrics._local import FAST_FLOOR, LocalSource, _exact_mean, namespace
+
+_EPS = np.spacing(1.0)
+#: Largest estimated error (norm of the prediction error, scaled units) of a certified refit.
+REFIT_ATOL = 1e-9
+
+
+def _eig_desc(K):
+    """Eigenpairs of a stack of symmetric matrices, largest first."""
+    lam, V = np.linalg.eigh(K)
+    return lam[..., ::-1], V[..., ::-1]
+
+
+class GramSource:
+    """All X-side quantities of the local fits of a batch (see the module docstring).
+
+    ``Xn`` (B, k, d): neighbourhoods in fold order (fold 1 rows first, ``n1`` of them); ``x`` (B, d)
+    the test rows. ``certify``: check every row and fall back to the SVD path where needed.
+    """
+
+    def __init__(self, Xn, x, n1: int, alphas, certify: bool = True):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            self._setup(Xn, x, n1, alphas, certify)
+
+    def _setup(self, Xn, x, n1, alphas, certify):
+        B, k, d = Xn.shape
+        self.Xn, self.x, self.alphas = Xn, x, np.asarray(alphas, dtype=np.float64)
+        self.n1, self.n2 = int(n1), k - int(n1)
+        self.certify = certify
+        self._svd = None  # lazily built SVD fallback of the rows that fail the source checks
+        n1, n2 = self.n1, self.n2
+        mx = _exact_mean(Xn)
+        Xl = Xn - mx[:, None, :]
+        xt = x - mx
+        # eigenvalue error bound relative to lambda_max, for the Gram product and the eigensolver
+        # together (observed: ~16 eps at k = d = 128)
+        self.c_eig = 2.0 * (k + d) * _EPS
+        self.kernel_form = k <= d
+        K = Xl @ Xl.mT if k <= d else None  # (B, k, k): fold Grams and cross block in one product
+        X1, X2 = Xl[:, :n1], Xl[:, n1:]
+        self._trG = []
+        f1 = self._fold(X1, X2, K, slice(0, n1), slice(n1, k))
+        f2 = self._fold(X2, X1, K, slice(n1, k), slice(0, n1))
+        self.trG12, self.trG21 = self._trG
+        self.lam1, self.r1valid = f1[0], f1[4]
+        self.lam2, self.r2valid = f2[0], f2[4]
+        # two matrices Qa (rows x n1), Qb (rows x n2) such that Qa @ Y_1 and Qb @ Y_2 hold, per
+        # fold f (other fold o), B = U^T Y_f, G~ B and -2 A^T Y_o (G~ = diag G + 2 strict lower of
+        # G = A^T A) [and the two halves of U^T Y_l for the refit]: two BLAS products per target
+        r1, r2 = f1[1].shape[1], f2[1].shape[1]
+        qa = [f1[1], f1[3], -2.0 * f2[2]]
+        qb = [f2[1], f2[3], -2.0 * f1[2]]
+        self.r1, self.r2 = r1, r2
+        lmax = np.maximum(self.lam1[:, 0], self.lam2[:, 0]).clip(min=0)
+        smax = np.sqrt(lmax)
+        self.scaled = smax[:, None] * self.alphas[None, :]  # (B, n_alphas)
+        s1 = np.sqrt(self.lam1.clip(min=0))
+        s2 = np.sqrt(self.lam2.clip(min=0))
+        self.L1 = np.minimum((s1[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r1valid[:, None])
+        self.L2 = np.minimum((s2[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r2valid[:, None])
+
+        # refit: eigenpairs of the smaller Gram of the whole neighbourhood
+        if k <= d:
+            lam, U = _eig_desc(K)
+            kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
+            self.z = np.einsum("bki,bk->bi", U, kappa)  # u_i . kappa
+            self.Ufull = U  # coefficient c = U (z / lam) restricted
+        else:
+            lam, V = _eig_desc(Xl.mT @ Xl)
+            self.z = np.einsum("bdi,bd->bi", V, xt)  # v_i . x~
+            self.Ufull = Xl @ V  # c = X_l V (z / lam)
+        self.lam = lam
+        if certify:
+            qa.append(self.Ufull[:, :n1].mT)
+            qb.append(self.Ufull[:, n1:].mT)
+        self.Qa = np.concatenate(qa, axis=1)
+        self.Qb = np.concatenate(qb, axis=1)
+        floor = FAST_FLOOR * lam[:, :1].clip(min=0)
+        self.lam_pos = (lam > floor) & (lam > 0)
+
+        # source-level certificate
+        if certify:
+            ok = lmax > 0
+            for lamf in (self.lam1, self.lam2):
+                dl = self.c_eig * lamf[:, :1].clip(min=0)
+                rc2 = (max(k, d) * _EPS) ** 2
+                # every eigenvalue certainly above the rcond cutoff (else: rank deficient fold)
+                ok &= (lamf[:, -1] - dl[:, 0]) > rc2
+                # no eigenvalue within its error of any alpha's cutoff
+                thr2 = self.scaled**2  # (B, n_alphas)
+                tol = dl[:, :, None] + 4 * _EPS * thr2[:, :, None]
+                ok &= ~(np.abs(lamf[:, None, :] - thr2[:, :, None]) <= tol).any((-2, -1))
+            self.ok = ok
+        else:
+            self.ok = np.ones(B, dtype=bool)
+
+    def _fold(self, F, O, K, sf, so):
+        """(eigenvalues desc, M with U^T Y_f = M Y_f, cross design A = O V S^-1, A^T A, n valid)."""
+        n_f, d = F.shape[1], F.shape[2]
+        if n_f <= d:
+            Kf = K[:, sf, sf] if K is not None else F @ F.mT
+            lam, U = _eig_desc(Kf)
+            valid = self._valid(lam)
+            inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0)
+            C = K[:, so, sf] if K is not None else O @ F.mT  # (B, n_o, n_f) cross Gram
+            A = (C @ U) * inv[:, None, :]
+            M = U.mT * valid[:, :, None]
+        else:
+            lam, V = _eig_desc(F.mT @ F)
+            valid = self._valid(lam)
+            sinv = np.where(valid, 1.0 / np.sqrt(np.where(valid, lam, 1.0)), 0.0)
+            A = (O @ V) * sinv[:, None, :]
+            M = (V.mT @ F.mT) * sinv[:, :, None]
+        G = A.mT @ A
+        gd = np.einsum("bii->bi", G)
+        Gt = np.tril(G, -1) * 2.0 + gd[:, :, None] * np.eye(G.shape[-1])
+        self._trG.append(gd.sum(-1))
+        return lam, M, A.mT, Gt @ M, valid.sum(-1)
+
+    def _valid(self, lam):
+        """Components kept by the rcond cutoff (and, as in fast mode, above the Gram noise floor)."""
+        k, d = self.Xn.shape[1], self.Xn.shape[2]
+        rc2 = (max(k, d) * _EPS) ** 2
+        return (lam > rc2) & (lam > FAST_FLOOR * lam[:, :1].clip(min=0))
+
+    def _table(self, Bm, R, yf_sq, ysq, lam, levels, trG, n_rows):
+        r"""Negative mean-over-columns RMSE (B, n_alphas) of the cross-fold fits at the truncation
+        ``levels`` (B, n_alphas), and its (lower, upper) error bars when certifying.
+
+        :math:`e(L) = \|y\|^2 + \sum_{l<L} B_{lc} R_{lc}`, the prefix sums of the levels in use
+        taken as one product with 0/1 prefix masks."""
+        r = Bm.shape[1]
+        T = (np.arange(r)[None, None, :] < levels[:, :, None]).astype(np.float64)  # prefix masks
+        e = T @ (Bm * R)
+        e += ysq[:, None, :]
+        val = -np.sqrt(e.clip(min=0) / n_rows).mean(-1)
+        if not self.certify:
+            return val, None
+        # error bar: c eps (lambda_max / lambda_L + lambda_max / gap_L) (2|y| + sqrt e)^2 for the
+        # eigenvector errors (|A_L b_L| <= |y| + |y - A_L b_L|), plus the summation rounding
+        # 4 r eps sum_l |q_l| <= 4 r eps 2 ||A||^2 |y_f|^2
+        mag = (2.0 * np.sqrt(ysq)[:, None, :] + np.sqrt(e.clip(min=0))) ** 2
+        lmax = lam[:, :1].clip(min=1e-300)
+        lpos = lam.clip(min=1e-300)
+        gap = np.abs(np.diff(lam, axis=1, append=0.0)).clip(min=1e-300)  # lambda_l - lambda_{l+1}
+        fac = np.concatenate([np.zeros_like(lmax), lmax / lpos + lmax / gap], axis=1)  # (B, r+1)
+        de = (self.c_eig * np.take_along_axis(fac, levels, 1))[:, :, None] * mag
+        de += (8 * r * _EPS * trG)[:, None, None] * yf_sq[:, None, :]
+        lo = -np.sqrt((e + de).clip(min=0) / n_rows).mean(-1)
+        hi = -np.sqrt((e - de).clip(min=0) / n_rows).mean(-1)
+        return val, (lo, hi)
+
+    def errors(self, Yn, y):
+        """Pointwise local reconstruction errors (B,) of targets ``Yn`` (B, k, d_Y), ``y`` (B, d_Y)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._errors(Yn, y)
+
+    def _errors(self, Yn, y):
+        my = _exact_mean(Yn)
+        Yl = Yn - my[:, None, :]
+        Y1, Y2 = Yl[:, : self.n1], Yl[:, self.n1 :]
+        Sa = self.Qa @ Y1
+        Sb = self.Qb @ Y2
+        r1, r2 = self.r1, self.r2
+        y1sq = np.einsum("bij,bij->bj", Y1, Y1)
+        y2sq = np.einsum("bij,bij->bj", Y2, Y2)
+        R1 = Sa[:, r1 : 2 * r1] + Sb[:, 2 * r2 : 2 * r2 + r1]
+        R2 = Sb[:, r2 : 2 * r2] + Sa[:, 2 * r1 : 2 * r1 + r2]
+        t12, b12 = self._table(Sa[:, :r1], R1, y1sq, y2sq, self.lam1, self.L1, self.trG12, self.n2)
+        t21, b21 = self._table(Sb[:, :r2], R2, y2sq, y1sq, self.lam2, self.L2, self.trG21, self.n1)
+        take = np.take_along_axis
+        cv = (t12 + t21) / 2
+        best = cv.argmax(-1)
+        thr = take(self.scaled, best[:, None], 1)  # (B, 1)
+        thr2 = thr**2
+        keep = (self.lam > thr2) & self.lam_pos
+        w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0)
+        if not self.certify:
+            coef = np.einsum("bki,bi->bk", self.Ufull, w)
+            pred = my + np.einsum("bk,bkj->bj", coef, Yl)
+            return ((y - pred) ** 2).sum(-1) ** 0.5
+        UY = Sa[:, 2 * r1 + r2 :] + Sb[:, 2 * r2 + r1 :]  # (B, r, dY) = U^T Y_l (refit certificate)
+        pred = my + np.einsum("bi,bij->bj", w, UY)
+        out = ((y - pred) ** 2).sum(-1) ** 0.5
+        ok = self.ok.copy()
+        # (2) the chosen alpha wins the CV beyond the error bars
+        lo = (b12[0] + b21[0]) / 2
+        hi = (b12[1] + b21[1]) / 2
+        bl1, bl2 = take(self.L1, best[:, None], 1), take(self.L2, best[:, None], 1)
+        other = (self.L1 != bl1) | (self.L2 != bl2)
+        best_lo = take(lo, best[:, None], 1)
+        ok &= ~(other & (hi >= best_lo)).any(-1)
+        # (3) refit: first-order error of the truncated pseudo-inverse under an eigen-error eps_K
+        ok &= (thr[:, 0] > 0) & (self._refit_error(keep, UY) <= REFIT_ATOL)
+        self.n_fallback = int((~ok).sum())
+        if self.n_fallback:
+            out[~ok] = self._fallback(~ok, Yn, y)
+        return out
+
+    def _refit_error(self, keep, UY):
+        r"""Estimated error norm of the refit prediction :math:`\sum_{kept} a_i b_i/\lambda_i`
+        (:math:`a_i = u_i^T X_l\tilde x`, :math:`b_i = u_i^T Y_l`) when the Gram matrix is perturbed
+        by :math:`\epsilon_K = c\,\epsilon\lambda_{max}`: weights change by
+        :math:`\epsilon_K/\lambda_i`, kept and discarded eigenvectors mix by
+        :math:`\epsilon_K/|\lambda_i - \lambda_j|`."""
+        lam = self.lam
+        eps_k = self.c_eig * lam[:, :1].clip(min=0)  # (B, 1)
+        bn = np.sqrt(np.einsum("bij,bij->bi", UY, UY))  # (B, r)
+        if self.kernel_form:
+            a = np.abs(self.z)
+        else:  # Ufull = X_l V = U S, z = V^T x~: a_i = s_i z_i, b_i = |u_i^T Y_l| = bn_i / s_i
+            s = np.sqrt(lam.clip(min=0))
+            a = np.abs(self.z) * s
+            bn = bn / np.where(s > 0, s, np.inf)
+        lk = np.where(keep, lam, np.inf)
+        W = np.where(keep[:, :, None] & ~keep[:, None, :],
+                     1.0 / np.abs(lam[:, :, None] - lam[:, None, :]).clip(min=1e-300), 0.0)
+        # |sum_ij E_ji C_ij| <= ||E||_2 ||C||_* <= eps_K sum_i ||C_i,:||_2 (first order, E = U^T dK U)
+        W2 = W * W
+        wa = np.sqrt((W2 @ (a * a)[:, :, None])[..., 0])
+        wb = np.sqrt((W2 @ (bn * bn)[:, :, None])[..., 0])
+        mix = ((bn / lk) * wa + (a / lk) * wb).sum(-1)
+        wt = (a * bn / lk**2).sum(-1)
+        return eps_k[:, 0] * (mix + wt)
+
+    def _fallback(self, bad, Yn, y):
+        """SVD path for the rows in mask ``bad``, in row order. Rows that failed the source checks
+        are decomposed once per batch and reused by every target (pairwise tables)."""
+        ns = namespace("numpy")
+        out = np.empty(Yn.shape[0])
+        src_bad = ~self.ok
+        if src_bad.any():
+            if self._svd is None:
+                sel = np.flatnonzero(src_bad)
+                self._svd = (sel, LocalSource(ns, self.Xn[sel], self.x[sel], self.n1, self.alphas, "exact"))
+            sel, src = self._svd
+            out[sel] = src.errors(Yn[sel], y[sel])
+        extra = np.flatnonzero(bad & ~src_bad)
+        if extra.size:
+            out[extra] = LocalSource(ns, self.Xn[extra], self.x[extra], self.n1, self.alphas,
+                                     "exact").errors(Yn[extra], y[extra])
+        return out[bad]
