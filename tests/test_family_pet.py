@@ -178,36 +178,40 @@ EDGE_BIAS_CHECK = textwrap.dedent("""
     from metatomic.torch import ModelOutput
     from mlipspace.models.pet import PETExtractor
 
-    m = PETExtractor("pet-small", sys.argv[1], "cpu")
-    w, b_node, b_edge, scale, comp = m._readout_parameters()
-    assert abs(b_edge) > 1e-3, b_edge  # random init: the edge biases are not zero
     si = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
     si.rattle(0.05, seed=3)
     frames = [si, molecule("CH3OH")]
-    fs = m.extract(frames)
-    coord = m.coordination(frames)
-    assert coord.shape == (len(fs.rows["Z"]),) and coord.max() > 1.0
-    # per atom: readout + s*u*C_a is the model's own per-atom energy (output 'energy', sample_kind atom)
-    calc = m.calculator()
-    own = calc.run_model(frames, {"energy": ModelOutput(sample_kind="atom")})["energy"].block().values
-    s = np.array([scale[int(z)] for z in fs.rows["Z"]])
-    per_atom = m.readout(fs.layers["last"], fs.rows["Z"]) + s * b_edge * coord
-    np.testing.assert_allclose(per_atom, own.double().numpy().reshape(-1), rtol=1e-5, atol=1e-4)
-    # the edge-bias term is real (not ~0) and pair_energy is its per-frame sum
     ends = np.cumsum([len(a) for a in frames])
-    term = np.add.reduceat(s * b_edge * coord, [0, ends[0]])
-    assert np.abs(term).min() > 1e-2, term
-    np.testing.assert_allclose(m.pair_energy(frames), term, rtol=1e-6)
+    for path in sys.argv[1:]:
+        m = PETExtractor("pet-check", path, "cpu")
+        w, b_node, b_edge, scale, comp = m._readout_parameters()
+        assert abs(b_edge) > 1e-3, b_edge  # random init: the edge biases are not zero
+        fs = m.extract(frames)
+        coord = m.coordination(frames)
+        assert coord.shape == (len(fs.rows["Z"]),) and coord.max() > 1.0
+        # per atom: readout + s*u*C_a is the model's own per-atom energy (output 'energy', sample_kind atom)
+        calc = m.calculator()
+        own = calc.run_model(frames, {"energy": ModelOutput(sample_kind="atom")})["energy"].block().values
+        s = np.array([scale[int(z)] for z in fs.rows["Z"]])
+        per_atom = m.readout(fs.layers["last"], fs.rows["Z"]) + s * b_edge * coord
+        np.testing.assert_allclose(per_atom, own.double().numpy().reshape(-1), rtol=1e-5, atol=1e-4)
+        # the edge-bias term is real (not ~0) and pair_energy is its per-frame sum
+        term = np.add.reduceat(s * b_edge * coord, [0, ends[0]])
+        assert np.abs(term).min() > 1e-2, term
+        np.testing.assert_allclose(m.pair_energy(frames), term, rtol=1e-6)
+        print(path, "C_a range", coord.min().round(2), coord.max().round(2))
     print("ok")
 """)
 
 
 def test_per_atom_readout_with_edge_biases(built):
-    """In the env: readout(last) + s*u*C_a equals the model's per-atom energies atom by atom."""
+    """In the env: readout(last) + s*u*C_a equals the model's per-atom energies atom by atom (fixed and
+    adaptive cutoff)."""
     py = env_python("pet")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = str(root / "src")
-    proc = subprocess.run([str(py), "-c", EDGE_BIAS_CHECK, built["spec"].partition(":")[2]], capture_output=True,
-                          text=True, env=env, timeout=300)
+    paths = [built[k].partition(":")[2] for k in ("spec", "adaptive")]  # fixed and adaptive cutoff
+    proc = subprocess.run([str(py), "-c", EDGE_BIAS_CHECK, *paths], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -13,6 +13,8 @@ the composition baseline and the energy scale non-trivial values (as training wo
   layers, only the last one reaches the heads) -> ``spec_ff``;
 - ``zbl.pt``: the residual model with metatrain's ZBL pair repulsion added to the energy (an
   additive model that does not pass through the last layers) -> ``spec_zbl``;
+- ``adaptive.pt``: the residual model with PET's adaptive per-atom cutoff
+  (``num_neighbors_adaptive=6``), whose cutoff weights the edge-bias term must follow -> ``adaptive``;
 - ``composition.pt``: an exported metatomic model of another architecture (metatrain's
   composition model), which the PET adapter must refuse -> ``other``;
 - ``garbage.pt``: a file that is no model at all -> ``garbage``.
@@ -97,6 +99,9 @@ def main(outdir: str) -> None:
     zbl = build({"featurizer_type": "residual", "num_gnn_layers": 2, "zbl": True}, seed=2)
     zbl.export().save(str(out / "zbl.pt"))
 
+    adaptive = build({"featurizer_type": "residual", "num_gnn_layers": 2, "num_neighbors_adaptive": 6}, seed=3)
+    adaptive.export().save(str(out / "adaptive.pt"))
+
     from metatrain.composition import CompositionModel
 
     composition = CompositionModel({}, _dataset_info())
@@ -108,6 +113,7 @@ def main(outdir: str) -> None:
         "spec_ckpt": f"pet:{out / 'small.ckpt'}",
         "spec_ff": f"pet:{out / 'ff.pt'}",
         "spec_zbl": f"pet:{out / 'zbl.pt'}",
+        "adaptive": f"pet:{out / 'adaptive.pt'}",
         "other": f"pet:{out / 'composition.pt'}",
         "garbage": f"pet:{out / 'garbage.pt'}",
         "elements": ELEMENTS,
