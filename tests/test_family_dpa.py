@@ -215,3 +215,16 @@ def test_read_checkpoint_refuses_other_files(tmp_path):
         dpa._read_checkpoint(other)
     with pytest.raises(ModelUnavailableError, match=r"missing\.pt is not a file"):
         dpa._read_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"descriptor": {"type": "dpa2"}}, r"other\.pt: descriptor type 'dpa2'"),
+    ({"descriptor": {"type": "dpa3"}, "use_srtab": "zbl.txt"}, r"other\.pt: a model with use_srtab"),
+    ({"descriptor": {"type": "dpa3"}, "fitting_net": {"type": "dipole"}}, r"other\.pt: not an energy model"),
+])
+def test_models_other_than_dpa3_energy_are_refused_before_loading(tmp_path, params, match):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "other.pt"
+    torch.save({"model": {"_extra_state": {"model_params": params}}}, path)
+    with pytest.raises(ModelUnavailableError, match=match):
+        dpa.DPAExtractor("other", str(path))

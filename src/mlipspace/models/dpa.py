@@ -199,6 +199,10 @@ class DPAExtractor(TorchExtractor):
                 "type", "ener") != "ener":
             raise ModelUnavailableError(f"dpa checkpoint {path}: not an energy model (model type "
                                         f"{mparams.get('type')!r}, fitting {mparams.get('fitting_net', {}).get('type')!r})")
+        extra = [k for k in ("use_srtab", "spin") if mparams.get(k)]
+        if extra:
+            raise ModelUnavailableError(f"dpa checkpoint {path}: a model with {' and '.join(extra)} (ZBL pair "
+                                        "table / spin) is not supported; plain DPA-3 energy models only")
         if device == "cpu":
             os.environ.setdefault("DEVICE", "cpu")  # deepmd builds neighbour lists on its env.DEVICE
         self.custom_ops = import_deepmd_pt()
