@@ -36,7 +36,8 @@ class _Stats:
         if nb == 0:
             return
         mb = block.mean(axis=0)
-        m2b = ((block - mb) ** 2).sum(axis=0)
+        c = block - mb
+        m2b = np.einsum("ij,ij->j", c, c)
         n = self.n
         delta = mb - self.mean
         tot = n + nb
@@ -118,6 +119,110 @@ class GlobalRidge:
         return U @ Vt
 
 
+#: Fit engine of GFRE: "gram" (fold Gram matrices, certified, else the QR path) or "qr" (TSQR only).
+GLOBAL_ENGINE = "gram"
+#: Largest accepted bound on |change of a test error| from the Gram path's rounding (scaled units).
+GRAM_ATOL = 1e-9
+
+
+def _eig_desc(G):
+    lam, V = np.linalg.eigh(G)
+    return lam[::-1], V[:, ::-1]
+
+
+class GramRidge:
+    r"""The same Ridge2FoldCV fit from the Gram matrices :math:`Z_f^T Z_f` of :math:`Z = [X | Y]`
+    of the two folds, about 3x cheaper to accumulate than the R factors, with a certificate.
+
+    Fold f: :math:`X_f^T X_f = V \Lambda V^T`, :math:`b_l = v_l^T X_f^T Y_f / s_l` (:math:`= U^T Y`),
+    cross-fold :math:`P_l = v_l^T X_o^T Y_o / s_l`, :math:`G = S^{-1} V^T X_o^T X_o V S^{-1}`, and
+    the squared residuals of all truncation levels are prefix sums (see :mod:`._gram`). With an
+    eigenvalue error bound :math:`\epsilon_K = c\,\epsilon\,\lambda_{max}` the fit is accepted
+    (``ok``) only when every fold eigenvalue is certainly above rcond, no eigenvalue lies within
+    :math:`\epsilon_K` of an alpha's cutoff, the chosen alpha wins the CV beyond the losses' error
+    bars, and ``w_err`` (a first-order bound on the Frobenius norm of the error of W) times the
+    largest test-row norm stays below ``GRAM_ATOL``; otherwise the caller refits by TSQR.
+    """
+
+    def __init__(self, G1: np.ndarray, G2: np.ndarray, n1: int, n2: int, d_x: int, alphas=ALPHAS):
+        alphas = np.asarray(alphas, dtype=np.float64)
+        n_train = n1 + n2
+        d = G1.shape[0]
+        rcond = max(n_train, d_x) * _EPS
+        self.c = 2.0 * (np.sqrt(n_train) + d) * _EPS
+        self.ok = True
+        folds = []
+        for Gf in (G1, G2):
+            lam, V = _eig_desc(Gf[:d_x, :d_x])
+            folds.append((lam, V))
+        smax = np.sqrt(max(folds[0][0][0], folds[1][0][0], 0.0))
+        scaled = alphas * smax
+        levels = []
+        for lam, _ in folds:
+            eps_k = self.c * max(lam[0], 0.0)
+            if not (lam[-1] - eps_k > rcond**2):  # a component near or below rcond: not resolvable
+                self.ok = False
+                return
+            if (np.abs(lam[None, :] - scaled[:, None] ** 2) <= eps_k + 4 * _EPS * scaled[:, None] ** 2).any():
+                self.ok = False
+                return
+            s = np.sqrt(lam)
+            levels.append((s[None, :] > scaled[:, None]).sum(axis=1))
+        tables = []
+        for (lam, V), Gf, Go, n_o in ((folds[0], G1, G2, n2), (folds[1], G2, G1, n1)):
+            s = np.sqrt(lam)
+            VS = V / s
+            Bm = VS.T @ Gf[:d_x, d_x:]  # U^T Y_f
+            P = VS.T @ Go[:d_x, d_x:]  # A^T Y_o
+            G = VS.T @ Go[:d_x, :d_x] @ VS  # A^T A
+            Gt = np.tril(G, -1) * 2.0 + np.diag(np.diag(G))
+            terms = Bm * (Gt @ Bm - 2.0 * P)
+            ysq = np.diag(Go)[d_x:].copy()
+            e = np.vstack([np.zeros((1, terms.shape[1])), np.cumsum(terms, axis=0)]) + ysq
+            mag = (2.0 * np.sqrt(ysq) + np.sqrt(e.clip(min=0))) ** 2
+            gap = np.abs(np.diff(lam, append=0.0)).clip(min=1e-300)
+            fac = np.concatenate([[0.0], lam[0] / lam + lam[0] / gap])
+            de = (self.c * fac)[:, None] * mag + 8 * d_x * _EPS * np.trace(G) * np.diag(Gf)[None, d_x:]
+            tables.append([-np.mean(np.sqrt(x.clip(min=0) / n_o), axis=1) for x in (e, e + de, e - de)])
+        (v12, lo12, hi12), (v21, lo21, hi21) = tables
+        L1, L2 = levels
+        cv = (v12[L1] + v21[L2]) / 2
+        best = int(np.argmax(cv))
+        lo = (lo12[L1] + lo21[L2]) / 2
+        hi = (hi12[L1] + hi21[L2]) / 2
+        other = (L1 != L1[best]) | (L2 != L2[best])
+        if (other & (hi >= lo[best])).any():
+            self.ok = False
+            return
+        self.cv_values_ = cv
+        self.alpha_ = float(alphas[best])
+        # refit on all training rows
+        Gall = G1 + G2
+        lam, V = _eig_desc(Gall[:d_x, :d_x])
+        thr2 = scaled[best] ** 2
+        keep = lam > thr2
+        self.n_components_ = int(keep.sum())
+        C = Gall[:d_x, d_x:]
+        VK = V[:, keep]
+        self.W = (VK / lam[keep]) @ (VK.T @ C)
+        self.d_x = d_x
+        # first-order bound on ||dW||_F: weights eps_K / lambda_i, mixing eps_K / |lambda_i - lambda_j|,
+        # and the rounding of X^T Y (c eps sqrt(lambda_max tr Y^T Y)) through 1 / lambda_min kept
+        eps_k = self.c * lam[0]
+        s = np.sqrt(lam.clip(min=0))
+        bn = np.linalg.norm(V.T @ C, axis=1) / np.where(s > 0, s, np.inf)  # ||u_i^T Y||
+        if not keep.any() or thr2 <= 0:
+            self.ok = False
+            return
+        Wm = np.where(keep[:, None] & ~keep[None, :], 1.0 / np.abs(lam[:, None] - lam[None, :]).clip(min=1e-300), 0)
+        sk = s[keep]
+        mix = (np.sqrt((Wm**2)[keep] @ np.ones_like(lam)) * sk * bn[keep]
+               + np.sqrt((Wm**2)[keep] @ (s * bn) ** 2)) / lam[keep]
+        wt = bn[keep] / (lam[keep] * sk)
+        eps_c = self.c * np.sqrt(lam[0] * np.trace(Gall[d_x:, d_x:]))
+        self.w_err = float(eps_k * (mix.sum() + wt.sum()) + eps_c / lam[keep].min())
+
+
 def global_measure(X, Y, train_idx=None, test_idx=None, *, kind: str = "gfre", chunk_size: int = 32768,
                    names=("X", "Y"), scaled: bool = False) -> tuple[np.ndarray, int]:
     """Pointwise GFRE (``kind="gfre"``) or GFRD (``kind="gfrd"``) of the test rows, and n_train.
@@ -169,25 +274,54 @@ def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
         mx, sclx = stx.mean, stx.scale(names[0])
         my, scly = sty.mean, sty.scale(names[1])
 
-    # pass 2: R factors of [X | Y] for each CV fold (TSQR)
-    R = [np.zeros((0, d_x + d_y)), np.zeros((0, d_x + d_y))]
+    ridge = None
+    if GLOBAL_ENGINE == "gram" and kind == "gfre":
+        ridge = _gram_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
+    if ridge is None:
+        ridge = _qr_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
+    out = _predict(sx, sy, role, test, test_pos, ridge, kind, d_x, d_y, mx, sclx, my, scly, chunk_size)
+    if isinstance(ridge, GramRidge) and not ridge.w_err * out[1] <= GRAM_ATOL:
+        ridge = _qr_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
+        out = _predict(sx, sy, role, test, test_pos, ridge, kind, d_x, d_y, mx, sclx, my, scly, chunk_size)
+    return out[0], int(train.size)
+
+
+def _fold_blocks(sx, sy, role, d_x, d_y, mx, sclx, my, scly, chunk_size):
+    """Yield (fold 0/1, scaled [X | Y] training rows of that fold) block by block."""
     for a, xb, yb in paired_blocks(sx, sy, chunk_size):
         tr = role[a : a + xb.shape[0]]
         for f in (0, 1):
             sel = tr == f + 1
             if sel.any():
-                p, m = R[f].shape[0], int(sel.sum())
-                blk = np.empty((p + m, d_x + d_y), order="F")  # LAPACK layout, filled in place
-                blk[:p] = R[f]
-                np.subtract(xb[sel], mx, out=blk[p:, :d_x])
-                blk[p:, :d_x] /= sclx
-                np.subtract(yb[sel], my, out=blk[p:, d_x:])
-                blk[p:, d_x:] /= scly
-                R[f] = _qr_r(blk)
-    ridge = GlobalRidge(R[0], R[1], f1.size, f2.size, d_x)
-    Q = ridge.orthogonal_map() if kind == "gfrd" else None
+                blk = np.empty((int(sel.sum()), d_x + d_y))
+                np.subtract(xb[sel], mx, out=blk[:, :d_x])
+                blk[:, :d_x] /= sclx
+                np.subtract(yb[sel], my, out=blk[:, d_x:])
+                blk[:, d_x:] /= scly
+                yield f, blk
 
-    # pass 3: test predictions
+
+def _gram_fit(sx, sy, role, n1, n2, d_x, d_y, mx, sclx, my, scly, chunk_size):
+    """GramRidge from the fold Gram matrices of [X | Y] (one BLAS syrk per block), or None."""
+    G = [np.zeros((d_x + d_y, d_x + d_y)), np.zeros((d_x + d_y, d_x + d_y))]
+    for f, blk in _fold_blocks(sx, sy, role, d_x, d_y, mx, sclx, my, scly, chunk_size):
+        G[f] += blk.T @ blk
+    ridge = GramRidge(G[0], G[1], n1, n2, d_x)
+    return ridge if ridge.ok else None
+
+
+def _qr_fit(sx, sy, role, n1, n2, d_x, d_y, mx, sclx, my, scly, chunk_size):
+    """GlobalRidge from the R factors of [X | Y] of each CV fold (TSQR)."""
+    R = [np.zeros((0, d_x + d_y)), np.zeros((0, d_x + d_y))]
+    for f, blk in _fold_blocks(sx, sy, role, d_x, d_y, mx, sclx, my, scly, chunk_size):
+        R[f] = _qr_r(np.vstack([R[f], blk]) if R[f].shape[0] else blk)
+    return GlobalRidge(R[0], R[1], n1, n2, d_x)
+
+
+def _predict(sx, sy, role, test, test_pos, ridge, kind, d_x, d_y, mx, sclx, my, scly, chunk_size):
+    """(pointwise errors of the test rows, largest scaled test-row norm of X)."""
+    Q = ridge.orthogonal_map() if kind == "gfrd" else None
+    xmax = 0.0
     out = np.empty(test.size)
     for a, xb, yb in paired_blocks(sx, sy, chunk_size):
         tr = role[a : a + xb.shape[0]]
@@ -195,6 +329,7 @@ def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
         if not sel.any():
             continue
         xs = (xb[sel] - mx) / sclx
+        xmax = max(xmax, float(np.sqrt(np.einsum("ij,ij->i", xs, xs).max())))
         pred = xs @ ridge.W
         if kind == "gfre":
             err = np.linalg.norm((yb[sel] - my) / scly - pred, axis=1)
@@ -206,4 +341,4 @@ def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
             pp[:, :d_y] = pred
             err = np.linalg.norm(pp - xp @ Q, axis=1)
         out[test_pos[a + np.flatnonzero(sel)]] = err
-    return out, int(train.size)
+    return out, xmax
