@@ -145,7 +145,7 @@ IN_ENV = textwrap.dedent("""
     from mlipspace.errors import ModelUnavailableError
     from mlipspace.models.uma import UMAExtractor
 
-    uma, esen, foreign = sys.argv[1:4]
+    uma, esen, foreign, moe_head = sys.argv[1:5]
     water = molecule("H2O")
     frames = [bulk("NaCl", "rocksalt", a=5.64), fcc111("Cu", size=(2, 2, 2), vacuum=5.0), water]
 
@@ -180,6 +180,12 @@ IN_ENV = textwrap.dedent("""
     except ModelUnavailableError as exc:
         assert "uma-tiny.pt" in str(exc) and "oc20, odac, omat, omc, omol" in str(exc), exc
 
+    # a DatasetSpecificMoEWrapper head: readout uses the task's expert of the energy MLP
+    for task in ("omat", "oc20"):
+        m = UMAExtractor(task, moe_head, task)
+        assert m.energy_path == "output_heads.energyandforcehead.head.energy_block", m.energy_path
+        check_energies(m, frames)
+
     # eSEN: plain eSCNMDBackbone and an 'efs' head, a single task taken without an option
     m = UMAExtractor("esen", esen, None)
     assert m.task == "omat" and m.energy_path == "output_heads.efs.energy_block", m.energy_path
@@ -197,11 +203,13 @@ IN_ENV = textwrap.dedent("""
 
 
 def test_tasks_charge_spin_esen_and_foreign_files_in_the_env(built):
-    """In the UMA env (one process, one fairchem import): per-task features, charge/spin, eSEN, foreign file."""
+    """In the UMA env (one process, one fairchem import): per-task features, charge/spin, the MoE-expert
+    energy head, eSEN, a foreign file."""
     py = env_python("uma")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = str(root / "src")
-    proc = subprocess.run([str(py), "-c", IN_ENV, built["checkpoint"], built["checkpoint_esen"], built["foreign"]],
+    proc = subprocess.run([str(py), "-c", IN_ENV, built["checkpoint"], built["checkpoint_esen"], built["foreign"],
+                           built["checkpoint_moe_head"]],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

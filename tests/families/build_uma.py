@@ -10,6 +10,8 @@ holding ``model_config``, ``model_state_dict``, ``ema_state_dict`` and ``tasks_c
   UMA's ``DatasetSpecificSingleHeadWrapper`` around an ``MLP_EFS_Head``, for the five UMA tasks
   omat, omol, oc20, odac, omc. Each task has an energy (normaliser + element references), forces and
   stress task, as the released checkpoints do.
+- ``uma-moehead-tiny.pt``: the same backbone with a ``DatasetSpecificMoEWrapper`` head (the energy
+  MLP's linear layers are per-task experts).
 - ``esen-tiny.pt``: an eSEN-style conservative model (``eSCNMDBackbone`` without experts or dataset
   embedding, a bare ``MLP_EFS_Head`` named ``efs``) with the single task ``omat``.
 - ``not-uma.pt``: a plain state dict (another family's kind of file), for the error tests.
@@ -151,6 +153,13 @@ def main(outdir: str) -> None:
     uma = out / "uma-tiny.pt"
     save(uma_config, tasks_config(TASKS, prefixed=True, seed=1), uma, seed=0)
 
+    # the same backbone with UMA's other multi-task head: one MLP whose linear layers are per-task experts
+    moe_head_config = {**uma_config, "heads": {"energyandforcehead": {
+        **uma_config["heads"]["energyandforcehead"],
+        "module": "fairchem.core.models.uma.escn_moe.DatasetSpecificMoEWrapper"}}}
+    moe_head = out / "uma-moehead-tiny.pt"
+    save(moe_head_config, tasks_config(TASKS, prefixed=True, seed=3), moe_head, seed=2)
+
     esen_config = {
         "_target_": "fairchem.core.models.base.HydraModel",
         "backbone": backbone_config(moe=False),
@@ -169,6 +178,7 @@ def main(outdir: str) -> None:
         "spec_esen": f"uma:{esen}",
         "checkpoint": str(uma),
         "checkpoint_esen": str(esen),
+        "checkpoint_moe_head": str(moe_head),
         "foreign": str(foreign),
         "tasks": sorted(TASKS),
         "n_layers": LAYERS,

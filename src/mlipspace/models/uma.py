@@ -274,8 +274,7 @@ class UMAExtractor(TorchExtractor):
             yield
             return
         saved = (g.expert_mixing_coefficients, g.mole_sizes, g.ac_start_idx)
-        n_exp = len(set(wrapper.dataset_name_to_exp.values()))
-        coeff = torch.zeros(1, n_exp, device=self.device)
+        coeff = torch.zeros(1, len(wrapper.dataset_name_to_exp), device=self.device)  # as the wrapper builds it
         coeff[0, wrapper.dataset_name_to_exp[self.task]] = 1.0
         g.expert_mixing_coefficients, g.mole_sizes, g.ac_start_idx = coeff, torch.tensor([n_rows]), 0
         try:
