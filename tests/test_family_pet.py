@@ -147,6 +147,15 @@ def test_zbl_model_energy_is_readout_plus_pair_terms(built):
     np.testing.assert_allclose(e["readout"], e["calculator"], rtol=2e-6, atol=2e-4)
 
 
+def test_second_energy_target(built, frames):
+    """?target=mtt::energy_r2scan: 'last' feeds that target's heads; its energy is reproduced."""
+    with remote(built["spec_two"]) as two:
+        assert two.layers == ("interaction.0", "interaction.1", "backbone", "last")
+        assert two.fingerprint["head"] == "mtt::energy_r2scan"
+        e = two.energies(frames[:2])
+    np.testing.assert_allclose(e["readout"], e["calculator"], rtol=2e-6, atol=2e-4)
+
+
 def test_unsupported_element_names_the_frame(small):
     gold = Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]])
     with pytest.raises(UnsupportedElementsError, match=r"Au.*frame\(s\) 1"):
@@ -158,6 +167,7 @@ def test_unsupported_element_names_the_frame(small):
 @pytest.mark.parametrize("key, suffix, match", [
     ("spec", "?head=omat", r"small\.pt.*unknown option\(s\) head; valid options: target"),
     ("spec", "?target=dipole", r"small\.pt.*no target 'dipole'.*valid targets: energy"),
+    ("spec_two", "x", r"two\.pt.*no target 'mtt::energy_r2scanx'.*valid targets: energy, mtt::energy_r2scan"),
     ("other", "", r"composition\.pt.*architecture 'CompositionModel', not PET"),
     ("garbage", "", r"garbage\.pt.*not an exported metatomic model"),
 ])

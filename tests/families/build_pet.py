@@ -15,6 +15,8 @@ the composition baseline and the energy scale non-trivial values (as training wo
   additive model that does not pass through the last layers) -> ``spec_zbl``;
 - ``adaptive.pt``: the residual model with PET's adaptive per-atom cutoff
   (``num_neighbors_adaptive=6``), whose cutoff weights the edge-bias term must follow -> ``adaptive``;
+- ``two.pt``: two energy targets, ``energy`` and ``mtt::energy_r2scan`` (one backbone, two sets of
+  heads, the layout of multi-fidelity models) -> ``spec_two`` (selecting the second target);
 - ``composition.pt``: an exported metatomic model of another architecture (metatrain's
   composition model), which the PET adapter must refuse -> ``other``;
 - ``garbage.pt``: a file that is no model at all -> ``garbage``.
@@ -35,15 +37,15 @@ import torch
 ELEMENTS = [1, 6, 8, 11, 14, 17, 29]
 
 
-def _dataset_info():
+def _dataset_info(targets=("energy",)):
     from metatrain.utils.data import DatasetInfo
     from metatrain.utils.data.target_info import get_energy_target_info
 
-    target = get_energy_target_info("energy", {"unit": "eV", "quantity": "energy"})
-    return DatasetInfo(length_unit="angstrom", atomic_types=ELEMENTS, targets={"energy": target})
+    infos = {t: get_energy_target_info(t, {"unit": "eV", "quantity": "energy"}) for t in targets}
+    return DatasetInfo(length_unit="angstrom", atomic_types=ELEMENTS, targets=infos)
 
 
-def _set_baselines(model, seed: int) -> None:
+def _set_baselines(model, seed: int, target: str = "energy") -> None:
     """Per-element energies and the energy scale set as the trainer would fit them.
 
     The weights live in TensorMaps *and* in serialised buffers (what export/checkpoints save):
@@ -53,23 +55,23 @@ def _set_baselines(model, seed: int) -> None:
 
     gen = torch.Generator().manual_seed(seed)
     comp = model.additive_models[0]
-    weights = comp.model.weights["energy"]
+    weights = comp.model.weights[target]
     values = weights.block().values
     with torch.no_grad():
         values.copy_(-torch.rand(values.shape, generator=gen, dtype=values.dtype) * 5.0 - 0.5)
-    comp.energy_composition_buffer = mts.save_buffer(mts.make_contiguous(weights))
+    setattr(comp, f"{target}_composition_buffer", mts.save_buffer(mts.make_contiguous(weights)))
     comp.sync_tensor_maps()
 
     scaler = model.scaler
-    for attr, buffer in (("scales", "energy_scaler_buffer"), ("per_target_scales", "energy_per_target_scaler_buffer")):
-        tmap = getattr(scaler.model, attr)["energy"]
+    for attr, buffer in (("scales", f"{target}_scaler_buffer"), ("per_target_scales", f"{target}_per_target_scaler_buffer")):
+        tmap = getattr(scaler.model, attr)[target]
         with torch.no_grad():
-            tmap.block().values.fill_(1.7)
+            tmap.block().values.fill_(1.7 + 0.4 * (target != "energy"))
         setattr(scaler, buffer, mts.save_buffer(mts.make_contiguous(tmap)))
     scaler.sync_tensor_maps()
 
 
-def build(hypers: dict, seed: int = 0):
+def build(hypers: dict, seed: int = 0, targets=("energy",)):
     """A PET model with default hypers updated by ``hypers``, random weights from ``seed``."""
     from metatrain.pet import PET
     from metatrain.utils.architectures import get_default_hypers
@@ -79,8 +81,9 @@ def build(hypers: dict, seed: int = 0):
     full.update(d_pet=16, d_node=32, d_head=16, d_feedforward=32, num_heads=2, num_attention_layers=1,
                 cutoff=4.5, cutoff_width=0.5)
     full.update(hypers)
-    model = PET(full, _dataset_info())
-    _set_baselines(model, seed)
+    model = PET(full, _dataset_info(targets))
+    for target in targets:
+        _set_baselines(model, seed, target)
     return model.eval()
 
 
@@ -102,6 +105,9 @@ def main(outdir: str) -> None:
     adaptive = build({"featurizer_type": "residual", "num_gnn_layers": 2, "num_neighbors_adaptive": 6}, seed=3)
     adaptive.export().save(str(out / "adaptive.pt"))
 
+    two = build({"featurizer_type": "residual", "num_gnn_layers": 2}, seed=4, targets=("energy", "mtt::energy_r2scan"))
+    two.export().save(str(out / "two.pt"))
+
     from metatrain.composition import CompositionModel
 
     composition = CompositionModel({}, _dataset_info())
@@ -113,6 +119,7 @@ def main(outdir: str) -> None:
         "spec_ckpt": f"pet:{out / 'small.ckpt'}",
         "spec_ff": f"pet:{out / 'ff.pt'}",
         "spec_zbl": f"pet:{out / 'zbl.pt'}",
+        "spec_two": f"pet:{out / 'two.pt'}?target=mtt::energy_r2scan",
         "adaptive": f"pet:{out / 'adaptive.pt'}",
         "other": f"pet:{out / 'composition.pt'}",
         "garbage": f"pet:{out / 'garbage.pt'}",

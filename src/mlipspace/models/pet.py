@@ -489,16 +489,35 @@ class PETExtractor(TorchExtractor):
         return out
 
     def calculator(self):
-        """``metatomic_ase.MetatomicCalculator`` on a fresh load of the same file (energy target only)."""
-        if self.target != "energy":
-            raise NotImplementedError(f"{self.name}: MetatomicCalculator computes 'energy', not {self.target!r}")
+        """``metatomic_ase.MetatomicCalculator`` on a fresh load of the same file, energy only.
+
+        For another ``target`` than ``energy``, an ASE calculator whose energy is that output of the
+        same ``MetatomicCalculator`` (its ``run_model``, per system).
+        """
         from metatomic_ase import MetatomicCalculator
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # energy only: ``get_potential_energy`` needs no forces (and no backward pass)
-            return MetatomicCalculator(load_atomistic(self.checkpoint, self.device), device=self.device,
+            calc = MetatomicCalculator(load_atomistic(self.checkpoint, self.device), device=self.device,
                                        do_gradients_with_energy=False)
+        return calc if self.target == "energy" else _target_calculator(calc, self.target)
+
+
+def _target_calculator(metatomic_calculator, target: str):
+    """An ASE calculator whose ``energy`` is output ``target`` of ``metatomic_calculator.run_model``."""
+    from ase.calculators.calculator import Calculator, all_changes
+    from metatomic.torch import ModelOutput
+
+    class TargetCalculator(Calculator):
+        implemented_properties = ["energy"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            out = metatomic_calculator.run_model([self.atoms], {target: ModelOutput(sample_kind="system")})
+            self.results["energy"] = float(out[target].block().values.double().sum())
+
+    return TargetCalculator()
 
 
 def load(spec, device: str) -> PETExtractor:
