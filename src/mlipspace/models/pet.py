@@ -67,7 +67,7 @@ OPTIONS = ("target",)
 
 def describe(spec) -> None:
     """Layers, widths and elements depend on the checkpoint: only loading tells (``None``)."""
-    return None
+    return
 
 
 def last_layer_features_name(target: str) -> str:
@@ -93,7 +93,7 @@ def load_atomistic(checkpoint: str | os.PathLike, device: str = "cpu"):
 
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            except Exception as exc:
                 raise ModelUnavailableError(
                     f"PET checkpoint {str(path)!r} is not a readable metatrain checkpoint: "
                     f"{type(exc).__name__}: {exc}") from exc
@@ -106,7 +106,7 @@ def load_atomistic(checkpoint: str | os.PathLike, device: str = "cpu"):
 
             try:
                 model = model_from_checkpoint(ckpt, context="export")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise ModelUnavailableError(
                     f"PET checkpoint {str(path)!r} cannot be loaded by metatrain: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -116,7 +116,7 @@ def load_atomistic(checkpoint: str | os.PathLike, device: str = "cpu"):
 
             try:
                 atomistic = load_atomistic_model(str(path))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise ModelUnavailableError(
                     f"PET checkpoint {str(path)!r} is not an exported metatomic model "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -267,9 +267,20 @@ class PETExtractor(TorchExtractor):
                     return getattr(obj, name)
             return default
 
-        self.d_node = int(attr("d_node"))
-        self.d_pet = int(attr("d_pet"))
-        self.num_gnn_layers = int(attr("num_gnn_layers"))
+        def shape(suffix, dim):
+            hits = [v for k, v in params.items() if k == f"{prefix}{suffix}"]
+            return int(hits[0].shape[dim]) if hits else None
+
+        # attributes of the scripted/eager module, else the embedding tables' shapes
+        gnn = {int(m.group(1)) for k in params if (m := re.match(rf"^{re.escape(prefix)}gnn_layers\.(\d+)\.", k))}
+        self.d_node = attr("d_node") or shape("node_embedders.0.weight", 1)
+        self.d_pet = attr("d_pet") or shape("edge_embedder.weight", 1)
+        self.num_gnn_layers = attr("num_gnn_layers") or (max(gnn) + 1 if gnn else None)
+        if None in (self.d_node, self.d_pet, self.num_gnn_layers):
+            raise ModelUnavailableError(
+                f"PET checkpoint {self.checkpoint!r}: cannot tell d_node / d_pet / num_gnn_layers of this PET "
+                "version (no such attributes nor embedding tables)")
+        self.d_node, self.d_pet, self.num_gnn_layers = int(self.d_node), int(self.d_pet), int(self.num_gnn_layers)
         self.featurizer_type = str(attr("featurizer_type", "residual" if self.n_readout > 1 else "feedforward"))
 
     # ---------------------------------------------------------------------------------------------
@@ -510,7 +521,7 @@ def _target_calculator(metatomic_calculator, target: str):
     from metatomic.torch import ModelOutput
 
     class TargetCalculator(Calculator):
-        implemented_properties = ["energy"]
+        implemented_properties = ("energy",)
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
             super().calculate(atoms, properties, system_changes)
