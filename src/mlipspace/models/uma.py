@@ -93,7 +93,7 @@ def load_unit(checkpoint: str | Path, device: str = "cpu", settings=None):
     try:
         with _quiet():
             return load_predict_unit(str(path), inference_settings=settings or inference_settings(), device=device)
-    except Exception as exc:  # noqa: BLE001 - torch.load / hydra raise many kinds for a foreign file
+    except Exception as exc:  # torch.load / hydra raise many kinds for a foreign file
         msg = (str(exc).strip().splitlines() or [""])[0][:300]
         hint = ""
         if isinstance(exc, AttributeError) and "model_config" in msg:
@@ -137,6 +137,12 @@ class UMAExtractor(TorchExtractor):
         self.energy_task = energy_tasks[0]
 
         hydra = unit.model.module
+        backbone = getattr(hydra, "backbone", None)
+        if not all(hasattr(backbone, a) for a in ("blocks", "sphere_channels", "max_num_elements", "cutoff")):
+            raise ModelUnavailableError(
+                f"UMA checkpoint {self.checkpoint!r}: backbone {type(backbone).__name__} is not supported; this "
+                "adapter reads eSCN-MD backbones (UMA's eSCNMDMoeBackbone, eSEN's eSCNMDBackbone)"
+            )
         # features only: no forces, stress or hessian (no backward pass; works under inference_mode)
         regress = getattr(hydra.backbone, "regress_config", None)
         if regress is not None:
@@ -151,8 +157,8 @@ class UMAExtractor(TorchExtractor):
         hydra.eval()
         self.unit = unit
         self.model = hydra
+        backbone = hydra.backbone  # (prepare_for_inference may swap it when MoLE is merged; not here)
 
-        backbone = hydra.backbone
         self.n_blocks = len(backbone.blocks)
         self.cutoff = float(backbone.cutoff)
         self.energy_path, self.head = self._find_energy_block(hydra)
@@ -161,7 +167,7 @@ class UMAExtractor(TorchExtractor):
         width = int(backbone.sphere_channels)
         self.layers = tuple(f"interaction.{i}" for i in range(self.n_blocks)) + ("last",)
         self.dims = {layer: width for layer in self.layers}
-        self.dims["last"] = int(self.energy_block[0].in_features)
+        self.dims["last"] = int(getattr(self.energy_block[0], "in_features", width))
         self.elements = frozenset(range(1, int(backbone.max_num_elements)))
         norm = self.energy_task.normalizer
         self.energy_offset = float(norm.mean)
