@@ -71,6 +71,7 @@ def test_spec_parsing(rdfx, tmp_path):
     assert spec.options == {"checkpoint": str(tmp_path / "params.json")}
     spec = get_spec(rdfx + "?head=PBE&cutoff=3")
     assert spec.name == "rdfx-params@PBE" and spec.options["cutoff"] == "3"
+    assert get_spec(rdfx + "?target=mtt::energy_r2scan").name == "rdfx-params@mtt__energy_r2scan"
     spec = get_spec(rdfx + "?name=my-rdf&python=/usr/bin/python3")
     assert spec.name == "my-rdf" and spec.python == "/usr/bin/python3" and "python" not in spec.options
     assert "python" not in spec.source and "name=my-rdf" in spec.source

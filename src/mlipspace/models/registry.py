@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode
@@ -84,7 +85,7 @@ _builtin("descriptor-rdf", "descriptor", "descriptor", [], "Radial density descr
 
 
 #: query keys that name a head/task and so become part of the default display name
-_HEAD_KEYS = ("head", "task", "modality")
+_HEAD_KEYS = ("head", "task", "target", "modality")
 #: query keys consumed by the registry, never passed to the adapter
 _REGISTRY_KEYS = ("name", "python")
 
@@ -138,6 +139,7 @@ def parse_checkpoint_spec(text: str) -> ModelSpec:
         heads = [options[k] for k in _HEAD_KEYS if k in options]
         if heads:
             name += "@" + "-".join(heads)
+        name = re.sub(r"[^A-Za-z0-9._@+-]", "_", name)  # e.g. target=mtt::energy -> @mtt__energy
     if "/" in name or name.startswith("."):
         raise InputError(f"{text!r}: model name {name!r} may not contain '/' or start with '.'")
     rec = recipe(family)
