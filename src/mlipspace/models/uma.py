@@ -88,11 +88,15 @@ def load_unit(checkpoint: str | Path, device: str = "cpu", settings=None):
     path = Path(checkpoint)
     if not path.is_file():
         raise ModelUnavailableError(f"UMA checkpoint {str(path)!r} does not exist (or is not a file)")
+    import torch
     from fairchem.core.units.mlip_unit import load_predict_unit
 
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"  # fairchem takes "cpu" or "cuda" only
+    if kind == "cuda" and ":" in str(device):
+        torch.cuda.set_device(torch.device(device))  # fairchem then uses the current CUDA device
     try:
         with _quiet():
-            return load_predict_unit(str(path), inference_settings=settings or inference_settings(), device=device)
+            return load_predict_unit(str(path), inference_settings=settings or inference_settings(), device=kind)
     except Exception as exc:  # torch.load / hydra raise many kinds for a foreign file
         msg = (str(exc).strip().splitlines() or [""])[0][:300]
         hint = ""
@@ -156,6 +160,7 @@ class UMAExtractor(TorchExtractor):
         unit.move_to_device()
         hydra.eval()
         self.unit = unit
+        self.device = str(unit.device)  # "cpu" or "cuda:<current device>"
         self.model = hydra
         backbone = hydra.backbone  # (prepare_for_inference may swap it when MoLE is merged; not here)
 
