@@ -49,9 +49,9 @@ REFIT_ATOL = 1e-9
 
 
 def _eig_desc(K):
-    """Eigenpairs of a stack of symmetric matrices, largest first."""
+    """Eigenpairs of a stack of symmetric matrices, largest first (contiguous: BLAS-ready)."""
     lam, V = np.linalg.eigh(K)
-    return lam[..., ::-1], V[..., ::-1]
+    return np.ascontiguousarray(lam[..., ::-1]), np.ascontiguousarray(V[..., ::-1])
 
 
 class GramSource:
@@ -91,8 +91,13 @@ class GramSource:
         # fold f (other fold o), B = U^T Y_f, G~ B and -2 A^T Y_o (G~ = diag G + 2 strict lower of
         # G = A^T A) [and the two halves of U^T Y_l for the refit]: two BLAS products per target
         r1, r2 = f1[1].shape[1], f2[1].shape[1]
-        qa = [f1[1], f1[3], -2.0 * f2[2]]
-        qb = [f2[1], f2[3], -2.0 * f1[2]]
+        self.Qa = np.empty((B, 2 * r1 + r2, n1))
+        self.Qb = np.empty((B, 2 * r2 + r1, n2))
+        for Q, (f, o) in ((self.Qa, (f1, f2)), (self.Qb, (f2, f1))):
+            r = f[1].shape[1]
+            Q[:, :r] = f[1]
+            np.matmul(f[3], f[1], out=Q[:, r : 2 * r])
+            np.multiply(o[2], -2.0, out=Q[:, 2 * r :])
         self.r1, self.r2 = r1, r2
         lmax = np.maximum(self.lam1[:, 0], self.lam2[:, 0]).clip(min=0)
         smax = np.sqrt(lmax)
@@ -106,18 +111,13 @@ class GramSource:
         if k <= d:
             lam, U = _eig_desc(K)
             kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
-            self.z = np.einsum("bki,bk->bi", U, kappa)  # u_i . kappa
+            self.z = (kappa[:, None, :] @ U)[:, 0, :]  # u_i . kappa
             self.Ufull = U  # coefficient c = U (z / lam) restricted
         else:
             lam, V = _eig_desc(Xl.mT @ Xl)
-            self.z = np.einsum("bdi,bd->bi", V, xt)  # v_i . x~
+            self.z = (xt[:, None, :] @ V)[:, 0, :]  # v_i . x~
             self.Ufull = Xl @ V  # c = X_l V (z / lam)
         self.lam = lam
-        if certify:
-            qa.append(self.Ufull[:, :n1].mT)
-            qb.append(self.Ufull[:, n1:].mT)
-        self.Qa = np.concatenate(qa, axis=1)
-        self.Qb = np.concatenate(qb, axis=1)
         floor = FAST_FLOOR * lam[:, :1].clip(min=0)
         self.lam_pos = (lam > floor) & (lam > 0)
 
@@ -158,7 +158,7 @@ class GramSource:
         gd = np.einsum("bii->bi", G)
         Gt = np.tril(G, -1) * 2.0 + gd[:, :, None] * np.eye(G.shape[-1])
         self._trG.append(gd.sum(-1))
-        return lam, M, A.mT, Gt @ M, valid.sum(-1)
+        return lam, M, A.mT, Gt, valid.sum(-1)
 
     def _valid(self, lam):
         """Components kept by the rcond cutoff (and, as in fast mode, above the Gram noise floor)."""
@@ -218,13 +218,11 @@ class GramSource:
         thr2 = thr**2
         keep = (self.lam > thr2) & self.lam_pos
         w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0)
-        if not self.certify:
-            coef = np.einsum("bki,bi->bk", self.Ufull, w)
-            pred = my + np.einsum("bk,bkj->bj", coef, Yl)
-            return ((y - pred) ** 2).sum(-1) ** 0.5
-        UY = Sa[:, 2 * r1 + r2 :] + Sb[:, 2 * r2 + r1 :]  # (B, r, dY) = U^T Y_l (refit certificate)
-        pred = my + np.einsum("bi,bij->bj", w, UY)
+        coef = self.Ufull @ w[:, :, None]  # (B, k, 1)
+        pred = my + (coef.mT @ Yl)[:, 0, :]
         out = ((y - pred) ** 2).sum(-1) ** 0.5
+        if not self.certify:
+            return out
         ok = self.ok.copy()
         # (2) the chosen alpha wins the CV beyond the error bars
         lo = (b12[0] + b21[0]) / 2
@@ -234,13 +232,13 @@ class GramSource:
         best_lo = take(lo, best[:, None], 1)
         ok &= ~(other & (hi >= best_lo)).any(-1)
         # (3) refit: first-order error of the truncated pseudo-inverse under an eigen-error eps_K
-        ok &= (thr[:, 0] > 0) & (self._refit_error(keep, UY) <= REFIT_ATOL)
+        ok &= (thr[:, 0] > 0) & (self._refit_error(keep, Yl) <= REFIT_ATOL)
         self.n_fallback = int((~ok).sum())
         if self.n_fallback:
             out[~ok] = self._fallback(~ok, Yn, y)
         return out
 
-    def _refit_error(self, keep, UY):
+    def _refit_error(self, keep, Yl):
         r"""Estimated error norm of the refit prediction :math:`\sum_{kept} a_i b_i/\lambda_i`
         (:math:`a_i = u_i^T X_l\tilde x`, :math:`b_i = u_i^T Y_l`) when the Gram matrix is perturbed
         by :math:`\epsilon_K = c\,\epsilon\lambda_{max}`: weights change by
@@ -248,18 +246,20 @@ class GramSource:
         :math:`\epsilon_K/|\lambda_i - \lambda_j|`."""
         lam = self.lam
         eps_k = self.c_eig * lam[:, :1].clip(min=0)  # (B, 1)
-        bn = np.sqrt(np.einsum("bij,bij->bi", UY, UY))  # (B, r)
+        UY = self.Ufull.mT @ Yl
+        bn = np.sqrt(np.einsum("bij,bij->bi", UY, UY))
         if self.kernel_form:
             a = np.abs(self.z)
-        else:  # Ufull = X_l V = U S, z = V^T x~: a_i = s_i z_i, b_i = |u_i^T Y_l| = bn_i / s_i
+        else:  # Ufull = X_l V = U S, z = V^T x~: a_i = s_i z_i, b_i = |u_i^T Y_l| = |Ufull_i^T Y_l| / s_i
             s = np.sqrt(lam.clip(min=0))
             a = np.abs(self.z) * s
             bn = bn / np.where(s > 0, s, np.inf)
         lk = np.where(keep, lam, np.inf)
-        W = np.where(keep[:, :, None] & ~keep[:, None, :],
-                     1.0 / np.abs(lam[:, :, None] - lam[:, None, :]).clip(min=1e-300), 0.0)
+        mask = keep[:, :, None] & ~keep[:, None, :]  # kept i, discarded j: lambda_i > lambda_j
+        W2 = lam[:, :, None] - lam[:, None, :]
+        np.multiply(W2, W2, out=W2)
+        W2 = np.divide(1.0, W2, out=np.zeros_like(W2), where=mask)  # 1 / (lambda_i - lambda_j)^2
         # |sum_ij E_ji C_ij| <= ||E||_2 ||C||_* <= eps_K sum_i ||C_i,:||_2 (first order, E = U^T dK U)
-        W2 = W * W
         wa = np.sqrt((W2 @ (a * a)[:, :, None])[..., 0])
         wb = np.sqrt((W2 @ (bn * bn)[:, :, None])[..., 0])
         mix = ((bn / lk) * wa + (a / lk) * wb).sum(-1)
