@@ -171,7 +171,7 @@ IN_ENV = textwrap.dedent("""
     import sys
     import numpy as np
     from ase.build import bulk, fcc111, molecule
-    from mlipspace.errors import ModelUnavailableError
+    from mlipspace.errors import ModelUnavailableError, StructureError
     from mlipspace.models.uma import UMAExtractor
 
     uma, esen, foreign, moe_head = sys.argv[1:5]
@@ -201,6 +201,14 @@ IN_ENV = textwrap.dedent("""
     c = omol.extract([water, ion], layers="last").layers["last"]
     assert np.abs(c[:3] - c[3:]).max() > 1e-3
     check_energies(omol, [ion])
+    # a charge fairchem rejects names the frame
+    bad = molecule("CH4")
+    bad.info["charge"] = 0.5
+    try:
+        omol.extract([water, ion, bad])
+        raise AssertionError("a fractional charge passed")
+    except StructureError as exc:
+        assert exc.frame == 2 and "charge" in str(exc), exc
 
     # several tasks and no ?task=: refused with the choices
     try:
@@ -232,8 +240,8 @@ IN_ENV = textwrap.dedent("""
 
 
 def test_tasks_charge_spin_esen_and_foreign_files_in_the_env(built):
-    """In the UMA env (one process, one fairchem import): per-task features, charge/spin, the MoE-expert
-    energy head, eSEN, a foreign file."""
+    """In the UMA env (one process, one fairchem import): per-task features, charge/spin (and a bad charge),
+    the MoE-expert energy head, eSEN, a foreign file."""
     py = env_python("uma")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

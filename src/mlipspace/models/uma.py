@@ -215,6 +215,27 @@ class UMAExtractor(TorchExtractor):
         taps["last"] = Tap(self.energy_path, pre=True)  # inputs = (scalar node embedding,)
         return taps
 
+    def extract(self, frames, layers=("last",), batch_size: int = 8, on_unsupported: str = "raise"):
+        """As :meth:`TorchExtractor.extract`; first checks every frame's charge/spin as fairchem does.
+
+        A charge/spin fairchem rejects (not an integer, out of range) raises a :class:`StructureError`
+        naming the frame's position in ``frames`` (and its source file, when known).
+        """
+        from mlipspace.data.checks import _where
+        from mlipspace.models._torch_utils import check_frames
+
+        frames = check_frames(frames)
+        for i, atoms in enumerate(frames):
+            probe = Atoms()
+            probe.info = dict(atoms.info)  # fairchem's check sets defaults in info: work on a copy
+            try:
+                with _quiet():
+                    self.model.validate_atoms_data(probe, self.task)
+            except (TypeError, ValueError) as exc:
+                source, frame = _where(atoms, i)
+                raise StructureError(f"{self.name} (task {self.task}): {exc}", source=source, frame=frame) from exc
+        return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
+
     def _prepared(self, atoms: Atoms, index: int) -> Atoms:
         """A copy of ``atoms`` with charge/spin set and checked as fairchem's calculator does."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
