@@ -259,3 +259,28 @@ def test_run_with_a_checkpoint_spec_through_the_worker(rdfx, tmp_path):
     assert set(res["meta"]["models"]) == {"descriptor-rdf", "rdfx-params"}
     pairs = {(r["source"], r["target"]) for r in res["records"] if r["analysis"] == "cross-model"}
     assert ("descriptor-rdf", "rdfx-params") in pairs
+
+
+def test_wire_round_trip_keeps_geometry_and_model_inputs(frames):
+    """Frames cross the pipe exactly: numbers, positions, cell, pbc, and the info keys models read."""
+    import io
+
+    from ase.build import molecule
+
+    from mlipspace.models._wire import pack_frames, read_message, unpack_frames, write_message
+
+    ion = molecule("H2O")
+    ion.info.update(charge=1, spin=2, source="ions.xyz", source_index=7, unrelated=object())
+    sent = [*frames[:3], ion]
+    buf = io.BytesIO()
+    info, arrays = pack_frames(sent)
+    write_message(buf, {"frames": info}, arrays)
+    buf.seek(0)
+    header, arrays = read_message(buf)
+    got = unpack_frames(header["frames"], arrays)
+    for a, b in zip(sent, got):
+        np.testing.assert_array_equal(a.numbers, b.numbers)
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.cell[:], b.cell[:])
+        np.testing.assert_array_equal(a.pbc, b.pbc)
+    assert got[-1].info == {"charge": 1, "spin": 2, "source": "ions.xyz", "source_index": 7}

@@ -141,9 +141,6 @@ def test_unsupported_element_names_the_frame(omat):
     assert [i for i, _ in fs.skipped] == [1] and len(fs.rows["frame"]) == 3
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the worker wire (models/_wire.py _INFO_KEYS) does not carry atoms.info charge/spin, "
-                   "so the omol task gets the defaults; passes once it carries them")
 def test_charge_and_spin_reach_the_worker(built):
     """omol: a cation (charge 1, spin 2) has other features than the neutral molecule, also through the worker."""
     water = molecule("H2O")

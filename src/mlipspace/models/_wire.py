@@ -5,7 +5,8 @@ results, errors) and NumPy arrays in ``.npz`` form, loaded with ``allow_pickle=F
 formats only, so the two sides may run different versions of Python, NumPy and ASE.
 
 Frames travel as their arrays (numbers, positions, cell, pbc per frame) plus the ``info`` keys
-error messages use (``source``, ``source_index``, ``subset``); nothing else of an ``Atoms`` is sent.
+error messages use (``source``, ``source_index``, ``subset``) and the model inputs ``charge`` and
+``spin``; nothing else of an ``Atoms`` is sent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import struct
 
 import numpy as np
 
-_INFO_KEYS = ("source", "source_index", "subset")
+#: atoms.info keys that travel: where the frame came from (error messages), its subset, and the
+#: total charge / spin multiplicity some models take as input (UMA omol, ORB omol)
+_INFO_KEYS = ("source", "source_index", "subset", "charge", "spin")
 
 
 def write_message(stream, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:

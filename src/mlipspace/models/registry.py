@@ -176,7 +176,11 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def _importable(spec: ModelSpec) -> bool:
-    return all(importlib.util.find_spec(p) is not None for p in spec.requires)
+    """Whether every package of ``spec`` is importable here (``a.b`` names: ``a`` missing is False)."""
+    try:
+        return all(importlib.util.find_spec(p) is not None for p in spec.requires)
+    except (ImportError, ValueError):
+        return False
 
 
 def worker_python(spec: ModelSpec) -> str | None:
