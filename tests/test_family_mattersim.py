@@ -48,7 +48,7 @@ def test_layers_shapes_and_metadata(ms, built, frames):
     assert (fp["num_blocks"], fp["units"], fp["cutoff"]) == (n_layers, width, 5.0)
     fs = ms.extract(frames, layers="all", batch_size=4)
     n = sum(len(a) for a in frames)
-    for layer, arr in fs.layers.items():
+    for arr in fs.layers.values():
         assert arr.shape == (n, width) and arr.dtype == np.float32
         assert np.isfinite(arr).all() and np.abs(arr).max() > 0
     # nothing sits between the last main block and the readout

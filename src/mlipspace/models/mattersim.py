@@ -56,7 +56,6 @@ _ARGS = ("num_blocks", "units", "cutoff", "max_z", "threebody_cutoff")
 
 def describe(spec) -> None:
     """Layers and widths depend on the checkpoint's ``model_args``: only loading tells (``None``)."""
-    return None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -72,7 +71,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ModelUnavailableError(f"MatterSim checkpoint {str(path)!r} does not exist (or is not a file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:  # torch raises many types for a bad file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelUnavailableError(
             f"MatterSim checkpoint {str(path)!r} cannot be read as a weights-only torch file, as "
