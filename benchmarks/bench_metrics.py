@@ -7,6 +7,7 @@ for exact mode (values equal to scikit-matter) and fast mode (Gram eigh approxim
     python benchmarks/bench_metrics.py                 # the comparison (needs scikit-matter)
     python benchmarks/bench_metrics.py --scale         # + LFRE 10k test vs 200k train, GFRE 10^6 x 256
     python benchmarks/bench_metrics.py --small         # quick smoke run (2,000 rows, 200 test)
+    python benchmarks/bench_metrics.py --engines       # + our previous engines, same run (new vs old)
 
 Scale runs execute in a child process each, so their peak memory (ru_maxrss) is reported alone.
 """
@@ -63,7 +64,8 @@ def timed(f, *a, **kw):
     return v, time.perf_counter() - t
 
 
-def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device: str) -> dict:
+def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device: str,
+            engines: bool = False) -> dict:
     from mlipspace.metrics import gfrd, gfre, lfre, pointwise_lfre, rms
 
     import scipy.linalg.lapack  # noqa: F401  (warm imports so that no timing includes them)
@@ -93,6 +95,26 @@ def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device
     cpu["ours lfre_fast"] = CPU["last"]
     res["ours"] = {"gfre": [ours_g, t_g], "gfrd": [ours_d, t_d], "lfre": [rms(pw_exact), t_l],
                    "lfre_fast": [rms(pw_fast), t_f]}
+    if engines:  # the previous engines (TSQR GFRE, three SVDs per LFRE row, two float64 kNN passes)
+        import mlipspace.metrics._global as glob
+        import mlipspace.metrics.reconstruction as rec
+
+        saved = glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32
+        glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32 = "qr", "svd", False
+        try:
+            old_g, to_g = timed(gfre, X, Y, train, test)
+            cpu["old gfre"] = CPU["last"]
+            pw_old, to_l = timed(pointwise_lfre, X, Y, k, train, test, device=device, mode="exact")
+            cpu["old lfre"] = CPU["last"]
+        finally:
+            glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32 = saved
+        res["old"] = {"gfre": [old_g, to_g], "lfre": [rms(pw_old), to_l]}
+        print("\nnew vs previous engines (TSQR GFRE; 3 SVDs per LFRE row, float64 two-pass kNN):")
+        for key, new_t in (("gfre", t_g), ("lfre", t_l)):
+            v, t = res["old"][key]
+            print(f"  {key}: previous {t:.2f} s wall / {cpu['old ' + key]:.2f} s cpu, new {new_t:.2f} s / "
+                  f"{cpu['ours ' + key]:.2f} s: {t / new_t:.2f}x wall, {cpu['old ' + key] / max(cpu['ours ' + key], 1e-9):.2f}x cpu"
+                  f" (|value diff| {abs(v - res['ours'][key][0]):.1e})")
     res["fast_max_pointwise_dev"] = float(np.max(np.abs(pw_fast - pw_exact)))
     res["fast_value_dev"] = abs(rms(pw_fast) - rms(pw_exact))
     if skm is not None:
@@ -128,7 +150,8 @@ def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device
         if "skmatter" in res:
             sv, st = res["skmatter"][sk_key]
             sc = cpu[f"skmatter {sk_key}"]
-            line += f"{sv:>14.10f}{st:>8.2f}{sc:>8.2f}{abs(v - sv):>10.1e}{st / t:>7.1f}x{sc / c:>7.1f}x"
+            cx = sc / c if c > 0 else float("nan")  # CPU clock granularity on tiny runs
+            line += f"{sv:>14.10f}{st:>8.2f}{sc:>8.2f}{abs(v - sv):>10.1e}{st / t:>7.1f}x{cx:>7.1f}x"
         print(line)
     print("(wall x: ratio of wall times; cpu x: ratio of CPU seconds incl. worker processes, robust to"
           " other users of the machine)")
@@ -191,6 +214,8 @@ def main() -> None:
     p.add_argument("--scale", action="store_true", help="also the large LFRE and streamed GFRE runs")
     p.add_argument("--device", default="cpu", help="LFRE device for our code: cpu, cuda or auto")
     p.add_argument("--n-jobs", type=int, default=2, help="scikit-matter LFRE workers")
+    p.add_argument("--engines", action="store_true",
+                   help="also time our previous engines (TSQR GFRE, SVD LFRE, float64 kNN) in the same run")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child == "lfre":
@@ -200,9 +225,9 @@ def main() -> None:
         print(json.dumps(scale_gfre(1_000_000, 256)))
         return
     if a.small:
-        compare(2_000, 32, 64, 200, 32, a.n_jobs, a.device)
+        compare(2_000, 32, 64, 200, 32, a.n_jobs, a.device, a.engines)
     else:
-        compare(20_000, 128, 256, 1_000, 128, a.n_jobs, a.device)
+        compare(20_000, 128, 256, 1_000, 128, a.n_jobs, a.device, a.engines)
     if a.scale:
         print("\nscale runs (each in a child process; peak RSS of the largest child so far):")
         for child in ("gfre", "lfre"):

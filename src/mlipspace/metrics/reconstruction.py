@@ -156,6 +156,8 @@ def _n_workers(n_jobs: int | None) -> int:
 #: CPU engine of the LFRE: "gram" (Gram eigendecompositions, rows certified and the rest refitted by
 #: SVD in exact mode; see :mod:`._gram`) or "svd" (three SVDs per row, :class:`._local.LocalSource`).
 CPU_ENGINE = "gram"
+#: Pre-select neighbours in float32 (one pass, exact float64 re-ranking; see :mod:`._knn`).
+KNN_FLOAT32 = True
 
 
 class LocalProblem:
@@ -183,7 +185,7 @@ class LocalProblem:
         self.batches = [(a, min(a + self.batch_size, nt)) for a in range(0, nt, self.batch_size)]
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
         # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
-        self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" else None
+        self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
 
     def run(self, targets: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Pointwise LFRE for each target given as (scaled Y train, scaled Y test)."""
