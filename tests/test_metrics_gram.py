@@ -28,11 +28,12 @@ def split(n, n_test=40, seed=2):
     return np.setdiff1d(np.arange(n), test), test
 
 
-def lfre_problem(X, Y, k, train, test, mode="exact"):
+def lfre_problem(X, Y, k, train, test, mode="exact", batch_size=None):
     """Pointwise LFRE through LocalProblem, returning the values and the number of fallback rows."""
     Xtr, mx, sx = rec._scale(X, train, "X")
     Ytr, my, sy = rec._scale(Y, train, "Y")
-    prob = rec.LocalProblem(Xtr, (X[test] - mx) / sx, train, k, device="cpu", mode=mode, n_jobs=1)
+    prob = rec.LocalProblem(Xtr, (X[test] - mx) / sx, train, k, device="cpu", mode=mode, n_jobs=1,
+                            batch_size=batch_size)
     return prob.run([(Ytr, (Y[test] - my) / sy)])[0], prob.n_fallback
 
 
@@ -65,10 +66,12 @@ def test_lfre_rank_deficient_rows_fall_back_to_the_svd_path(monkeypatch):
     X = Z @ rng.standard_normal((3, 12))
     Y = np.hstack([Z**2, np.sin(Z)]) @ rng.standard_normal((6, 8))
     train, test = split(200)
-    got, n_fb = lfre_problem(X, Y, 15, train, test)
-    assert n_fb == len(test)
     svd = svd_engine(monkeypatch, pointwise_lfre, X, Y, 15, train, test, device="cpu")
-    np.testing.assert_array_equal(got, svd)
+    # one batch, and many small ones (after two uncertifiable batches the rest skip the Gram try)
+    for bs in (None, 5):
+        got, n_fb = lfre_problem(X, Y, 15, train, test, batch_size=bs)
+        assert n_fb == len(test)
+        np.testing.assert_array_equal(got, svd)
 
 
 def test_lfre_mixed_batches_and_pairwise_targets_share_the_fallback(monkeypatch):

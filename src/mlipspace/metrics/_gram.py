@@ -107,20 +107,6 @@ class GramSource:
         self.L1 = np.minimum((s1[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r1valid[:, None])
         self.L2 = np.minimum((s2[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r2valid[:, None])
 
-        # refit: eigenpairs of the smaller Gram of the whole neighbourhood
-        if k <= d:
-            lam, U = _eig_desc(K)
-            kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
-            self.z = (kappa[:, None, :] @ U)[:, 0, :]  # u_i . kappa
-            self.Ufull = U  # coefficient c = U (z / lam) restricted
-        else:
-            lam, V = _eig_desc(Xl.mT @ Xl)
-            self.z = (xt[:, None, :] @ V)[:, 0, :]  # v_i . x~
-            self.Ufull = Xl @ V  # c = X_l V (z / lam)
-        self.lam = lam
-        floor = FAST_FLOOR * lam[:, :1].clip(min=0)
-        self.lam_pos = (lam > floor) & (lam > 0)
-
         # source-level certificate
         if certify:
             ok = lmax > 0
@@ -136,6 +122,26 @@ class GramSource:
             self.ok = ok
         else:
             self.ok = np.ones(B, dtype=bool)
+        # most rows uncertifiable (rank-deficient data): no refit decomposition, all rows by SVD
+        self.skip = bool(certify and self.ok.mean() < 0.5)
+        if self.skip:
+            self.ok[:] = False
+            return
+
+        # refit: eigenpairs of the smaller Gram of the whole neighbourhood
+        if k <= d:
+            lam, U = _eig_desc(K)
+            kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
+            self.z = (kappa[:, None, :] @ U)[:, 0, :]  # u_i . kappa
+            self.Ufull = U  # coefficient c = U (z / lam) restricted
+        else:
+            lam, V = _eig_desc(Xl.mT @ Xl)
+            self.z = (xt[:, None, :] @ V)[:, 0, :]  # v_i . x~
+            self.Ufull = Xl @ V  # c = X_l V (z / lam)
+        self.lam = lam
+        floor = FAST_FLOOR * lam[:, :1].clip(min=0)
+        self.lam_pos = (lam > floor) & (lam > 0)
+
 
     def _fold(self, F, O, K, sf, so):
         """(eigenvalues desc, M with U^T Y_f = M Y_f, cross design A = O V S^-1, A^T A, n valid)."""
@@ -199,6 +205,9 @@ class GramSource:
             return self._errors(Yn, y)
 
     def _errors(self, Yn, y):
+        if self.skip:
+            self.n_fallback = Yn.shape[0]
+            return self._fallback(np.ones(Yn.shape[0], dtype=bool), Yn, y)
         my = _exact_mean(Yn)
         Yl = Yn - my[:, None, :]
         Y1, Y2 = Yl[:, : self.n1], Yl[:, self.n1 :]

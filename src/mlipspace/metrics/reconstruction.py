@@ -202,19 +202,24 @@ class LocalProblem:
 
             ns = namespace("numpy")
             fallbacks = []
+            skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
             def work(bounds):
                 a, b = bounds
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
                                   train_f32=self._train_f32)
                 nbr = nbr[:, self.fold_order]
-                if CPU_ENGINE == "svd":
+                # exact mode: once most batches could not be certified (rank-deficient data), the
+                # remaining ones go straight to the SVD engine instead of trying the Gram one first
+                svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
+                if svd:
                     src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
                 else:
                     src = GramSource(self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
+                    skipped[0 if src.skip else 1] += 1
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
-                    fallbacks.append(getattr(src, "n_fallback", 0))
+                    fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
 
             with threadpool_limits(limits=1):
                 if self.n_jobs == 1 or len(self.batches) == 1:
