@@ -66,10 +66,10 @@ def timed(f, *a, **kw):
 
 def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device: str,
             engines: bool = False) -> dict:
-    from mlipspace.metrics import gfrd, gfre, lfre, pointwise_lfre, rms
-
     import scipy.linalg.lapack  # noqa: F401  (warm imports so that no timing includes them)
     import threadpoolctl  # noqa: F401
+
+    from mlipspace.metrics import gfrd, gfre, pointwise_lfre, rms
 
     X, Y = correlated(n, d_x, d_y)
     rng = np.random.default_rng(1)
@@ -198,7 +198,7 @@ def scale_gfre(n: int, d: int) -> dict:
 
 def run_child(args: list[str]) -> dict:
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         print(out.stderr[-3000:])
         raise SystemExit(f"child {args} failed")

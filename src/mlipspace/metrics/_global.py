@@ -11,13 +11,24 @@ from the R factor of the augmented block :math:`[X\,|\,Y] = QR`:
 
 so rows can be streamed chunk by chunk (TSQR: QR of the running R stacked on the next chunk),
 memory stays O((d_X+d_Y)^2) and no accuracy is lost (unlike forming :math:`X^T X`).
+
+GFRE first tries the ~3x cheaper Gram matrices :math:`Z^T Z` of :math:`Z = [X | Y]` per fold
+(:class:`GramRidge`), which are accurate only when X is well conditioned and the chosen cutoff is
+resolvable; the fit is certified (see :class:`GramRidge`) and otherwise redone by TSQR.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mlipspace.metrics._checks import ALPHAS, check_finite, check_rows, check_variance, kfold_halves, resolve_split
+from mlipspace.metrics._checks import (
+    ALPHAS,
+    check_finite,
+    check_rows,
+    check_variance,
+    kfold_halves,
+    resolve_split,
+)
 from mlipspace.metrics._sources import RowSource, paired_blocks
 
 _EPS = np.spacing(1.0)

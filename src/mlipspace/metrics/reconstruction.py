@@ -56,11 +56,11 @@ from mlipspace.metrics._knn import knn_indices
 from mlipspace.metrics._local import LocalSource, namespace
 
 __all__ = [
-    "gfre",
     "gfrd",
+    "gfre",
     "lfre",
-    "pointwise_gfre",
     "pointwise_gfrd",
+    "pointwise_gfre",
     "pointwise_lfre",
     "rms",
 ]
