@@ -51,7 +51,7 @@ from mlipspace.metrics._checks import (
     resolve_split,
 )
 from mlipspace.metrics._global import global_measure
-from mlipspace.metrics._gram import GramSource
+from mlipspace.metrics._gram import FastGramSource, GramSource, _torch_eigh
 from mlipspace.metrics._knn import knn_indices
 from mlipspace.metrics._local import LocalSource, namespace
 
@@ -158,6 +158,9 @@ def _n_workers(n_jobs: int | None) -> int:
 CPU_ENGINE = "gram"
 #: Pre-select neighbours in float32 (one pass, exact float64 re-ranking; see :mod:`._knn`).
 KNN_FLOAT32 = True
+#: ``mode="fast"`` CPU engine when k <= d: "float32" (:class:`._gram.FastGramSource`, torch's
+#: eigensolver when torch is installed) or "float64" (the Gram engine without certificate).
+FAST_ENGINE = "float32"
 
 
 class LocalProblem:
@@ -186,6 +189,10 @@ class LocalProblem:
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
         # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
         self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
+        self.fast32 = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "float32"
+                       and CPU_ENGINE == "gram" and k <= Xtr.shape[1])
+        if self.fast32 and self._train_f32 is None:
+            self._train_f32 = Xtr.astype(np.float32)
 
     def run(self, targets: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Pointwise LFRE for each target given as (scaled Y train, scaled Y test)."""
@@ -201,6 +208,8 @@ class LocalProblem:
                     return nullcontext()
 
             ns = namespace("numpy")
+            torch = _torch_eigh() if self.fast32 else None
+            y32 = [Ytr.astype(np.float32) for Ytr, _ in targets] if self.fast32 else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
@@ -211,6 +220,13 @@ class LocalProblem:
                 nbr = nbr[:, self.fold_order]
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
+                if self.fast32:
+                    src = FastGramSource(self._train_f32[nbr], self.Xte[a:b], self.n1, ALPHAS,
+                                         lambda rows: self.Xtr[nbr[rows]], torch=torch)
+                    for out, (Ytr, Yte), Y32 in zip(outs, targets, y32):
+                        out[a:b] = src.errors(Y32[nbr], Yte[a:b], lambda rows, Ytr=Ytr: Ytr[nbr[rows]])
+                        fallbacks.append(src.n_redo)
+                    return
                 svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
                 if svd:
                     src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
@@ -221,13 +237,20 @@ class LocalProblem:
                     out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
                     fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
 
-            with threadpool_limits(limits=1):
-                if self.n_jobs == 1 or len(self.batches) == 1:
-                    for bounds in self.batches:
-                        work(bounds)
-                else:
-                    with ThreadPoolExecutor(self.n_jobs) as pool:
-                        list(pool.map(work, self.batches))
+            torch_threads = torch.get_num_threads() if torch is not None else None
+            try:
+                if torch is not None:
+                    torch.set_num_threads(1)
+                with threadpool_limits(limits=1):
+                    if self.n_jobs == 1 or len(self.batches) == 1:
+                        for bounds in self.batches:
+                            work(bounds)
+                    else:
+                        with ThreadPoolExecutor(self.n_jobs) as pool:
+                            list(pool.map(work, self.batches))
+            finally:
+                if torch is not None:
+                    torch.set_num_threads(torch_threads)
             self.n_fallback = sum(fallbacks)
             return outs
         return self._run_torch(targets, outs)
