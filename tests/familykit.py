@@ -81,3 +81,27 @@ def permuted(atoms, seed: int = 0):
     """A copy of ``atoms`` with its atoms in a random order, and that order."""
     perm = np.random.default_rng(seed).permutation(len(atoms))
     return atoms[perm], perm
+
+
+def check_batch_equals_one_by_one(model, frames, atol: float = 1e-5) -> None:
+    """Every layer of ``frames`` extracted in batches of 4 equals one frame at a time (to ``atol``)."""
+    together = model.extract(frames, layers="all", batch_size=4)
+    single = [model.extract([a], layers="all") for a in frames]
+    for layer in model.layers:
+        got = np.concatenate([s.layers[layer] for s in single])
+        np.testing.assert_allclose(got, together.layers[layer], rtol=0, atol=atol, err_msg=layer)
+    np.testing.assert_array_equal(together.rows["frame"], np.repeat(np.arange(len(frames)), [len(a) for a in frames]))
+
+
+def check_permutation_permutes_rows(model, frames, which=(0, 1, 3), atol: float = 1e-5) -> None:
+    """Shuffling the atoms of frame ``k`` (for ``k`` in ``which``) shuffles its rows the same way."""
+    from modelkit import frame_slices
+
+    base = model.extract(frames, layers="all")
+    slices = frame_slices(frames)
+    for k in which:
+        shuffled, perm = permuted(frames[k], seed=k)
+        got = model.extract([shuffled], layers="all")
+        for layer in model.layers:
+            np.testing.assert_allclose(got.layers[layer], base.layers[layer][slices[k]][perm], rtol=0, atol=atol,
+                                       err_msg=f"frame {k}, {layer}")

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
-from familykit import build_checkpoint, env_python, permuted, remote
+from familykit import (
+    build_checkpoint,
+    check_batch_equals_one_by_one,
+    check_permutation_permutes_rows,
+    env_python,
+    remote,
+)
 from modelkit import frame_slices, synthetic_frames
 
 from mlipspace.errors import InputError, ModelUnavailableError, UnsupportedElementsError
@@ -118,21 +124,11 @@ def test_element_order_of_a_structure_does_not_matter(small):
 
 
 def test_batch_equals_one_by_one(small, frames):
-    together = small.extract(frames, layers="all", batch_size=4)
-    single = [small.extract([a], layers="all") for a in frames]
-    for layer in small.layers:
-        np.testing.assert_array_equal(np.concatenate([s.layers[layer] for s in single]), together.layers[layer])
-    np.testing.assert_array_equal(together.rows["frame"], np.repeat(np.arange(4), [len(a) for a in frames]))
+    check_batch_equals_one_by_one(small, frames, atol=0)
 
 
 def test_atom_permutation_permutes_rows(small, frames):
-    base = small.extract(frames, layers="all")
-    slices = frame_slices(frames)
-    for k in (0, 1, 3):  # NaCl, the Cu slab, the Si supercell
-        shuffled, perm = permuted(frames[k], seed=k)
-        got = small.extract([shuffled], layers="all")
-        for layer in small.layers:
-            np.testing.assert_allclose(got.layers[layer], base.layers[layer][slices[k]][perm], rtol=0, atol=1e-5)
+    check_permutation_permutes_rows(small, frames, atol=1e-5)  # NaCl, the Cu slab, the Si supercell
 
 
 def test_molecule_and_slab(small):

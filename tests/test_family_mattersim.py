@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
-from familykit import build_checkpoint, env_python, permuted, remote
+from familykit import (
+    build_checkpoint,
+    check_batch_equals_one_by_one,
+    check_permutation_permutes_rows,
+    env_python,
+    remote,
+)
 from modelkit import frame_slices, synthetic_frames
 
 from mlipspace.errors import InputError, ModelUnavailableError, UnsupportedElementsError
@@ -71,22 +77,11 @@ def test_readout_of_last_reproduces_the_calculator(ms, frames):
 
 
 def test_batch_equals_one_by_one(ms, frames):
-    together = ms.extract(frames, layers="all", batch_size=4)
-    single = [ms.extract([a], layers="all") for a in frames]
-    for layer in ms.layers:
-        np.testing.assert_allclose(np.concatenate([s.layers[layer] for s in single]), together.layers[layer],
-                                   rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(together.rows["frame"], np.repeat(np.arange(4), [len(a) for a in frames]))
+    check_batch_equals_one_by_one(ms, frames, atol=1e-5)
 
 
 def test_atom_permutation_permutes_rows(ms, frames):
-    base = ms.extract(frames, layers="all")
-    slices = frame_slices(frames)
-    for k in range(len(frames)):
-        shuffled, perm = permuted(frames[k], seed=k)
-        got = ms.extract([shuffled], layers="all")
-        for layer in ms.layers:
-            np.testing.assert_allclose(got.layers[layer], base.layers[layer][slices[k]][perm], atol=1e-5)
+    check_permutation_permutes_rows(ms, frames, which=range(len(frames)), atol=1e-5)
 
 
 def test_molecule_and_slab(ms):

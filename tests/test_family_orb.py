@@ -18,7 +18,13 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
-from familykit import build_checkpoint, env_python, permuted, remote
+from familykit import (
+    build_checkpoint,
+    check_batch_equals_one_by_one,
+    check_permutation_permutes_rows,
+    env_python,
+    remote,
+)
 from modelkit import frame_slices, synthetic_frames
 
 from mlipspace.errors import InputError, ModelUnavailableError, UnsupportedElementsError
@@ -115,22 +121,11 @@ def test_direct_model(direct, built, frames):
 
 
 def test_batch_equals_one_by_one(cons, frames):
-    together = cons.extract(frames, layers="all", batch_size=4)
-    single = [cons.extract([a], layers="all") for a in frames]
-    for layer in cons.layers:
-        np.testing.assert_allclose(np.concatenate([s.layers[layer] for s in single]), together.layers[layer],
-                                   rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(together.rows["frame"], np.repeat(np.arange(4), [len(a) for a in frames]))
+    check_batch_equals_one_by_one(cons, frames, atol=1e-5)
 
 
 def test_atom_permutation_permutes_rows(cons, frames):
-    base = cons.extract(frames, layers="all")
-    slices = frame_slices(frames)
-    for k in (0, 1, 3):  # NaCl, the Cu slab, the Si supercell
-        shuffled, perm = permuted(frames[k], seed=k)
-        got = cons.extract([shuffled], layers="all")
-        for layer in cons.layers:
-            np.testing.assert_allclose(got.layers[layer], base.layers[layer][slices[k]][perm], atol=1e-5)
+    check_permutation_permutes_rows(cons, frames, atol=1e-5)  # NaCl, the Cu slab, the Si supercell
 
 
 def test_molecule_and_slab(cons):

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import fcc111, molecule
-from familykit import build_checkpoint, env_python, permuted, remote
+from familykit import (
+    build_checkpoint,
+    check_batch_equals_one_by_one,
+    check_permutation_permutes_rows,
+    env_python,
+    remote,
+)
 from modelkit import frame_slices, synthetic_frames
 
 from mlipspace.errors import InputError, ModelUnavailableError, UnsupportedElementsError
@@ -75,21 +81,11 @@ def test_readout_of_last_reproduces_the_calculator(omat, frames):
 
 
 def test_batch_equals_one_by_one(omat, frames):
-    together = omat.extract(frames, layers="all", batch_size=4)
-    single = [omat.extract([a], layers="all") for a in frames]
-    for layer in omat.layers:
-        np.testing.assert_allclose(np.concatenate([s.layers[layer] for s in single]), together.layers[layer],
-                                   rtol=0, atol=1e-5)
+    check_batch_equals_one_by_one(omat, frames, atol=1e-5)
 
 
 def test_atom_permutation_permutes_rows(omat, frames):
-    base = omat.extract(frames, layers="all")
-    slices = frame_slices(frames)
-    for k in (0, 1, 3):  # NaCl, the Cu slab, the Si supercell
-        shuffled, perm = permuted(frames[k], seed=k)
-        got = omat.extract([shuffled], layers="all")
-        for layer in omat.layers:
-            np.testing.assert_allclose(got.layers[layer], base.layers[layer][slices[k]][perm], atol=1e-5)
+    check_permutation_permutes_rows(omat, frames, atol=1e-5)  # NaCl, the Cu slab, the Si supercell
 
 
 def test_molecule_and_slab(omat):
