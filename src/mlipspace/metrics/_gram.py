@@ -364,13 +364,14 @@ class FastGramSource:
                 inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0).astype(np.float32)
                 A = (C @ U) * inv[:, None, :]  # (B, n_o, r) cross-fold design
                 G = A.mT @ A
-                Gt = np.tril(G, -1) * 2.0
-                idx = np.arange(G.shape[-1])
-                Gt[:, idx, idx] = G[:, idx, idx]
+                r = G.shape[-1]
+                Gt = G * (np.tril(np.full((r, r), 2.0, dtype=np.float32), -1) + np.eye(r, dtype=np.float32))
                 Mf = U.mT * valid[:, :, None].astype(np.float32)  # B = Mf @ Y_f
                 s = np.sqrt(lam.astype(np.float64).clip(min=0))
                 L = np.minimum((s[:, None, :] > scaled[:, :, None]).sum(-1), valid.sum(-1)[:, None])
                 folds.append((Mf, Gt, -2.0 * A.mT, L))
+            # one product per fold's target rows: [M_1; -2 A_2^T] Y_1 and [M_2; -2 A_1^T] Y_2
+            self.Q = [np.concatenate([folds[0][0], folds[1][2]], 1), np.concatenate([folds[1][0], folds[0][2]], 1)]
             self.folds = folds
             self.scaled = scaled
             self.lam = lam_all
@@ -381,15 +382,24 @@ class FastGramSource:
 
     @staticmethod
     def _table(P, ysq, levels, n_rows):
-        """CV score (B, n_alphas) from the per-component terms ``P = B * R`` (B, r, d_Y), float32."""
-        r = P.shape[1]
-        T = (np.arange(r)[None, None, :] < levels[:, :, None]).astype(np.float32)  # prefix masks
+        """CV score (B, n_alphas) from the per-component terms ``P = B * R`` (B, r, d_Y), float32:
+        prefix sums over components (one product with 0/1 prefix masks), evaluated once per
+        distinct level (levels do not increase with alpha: equal levels are runs) and copied
+        along each run."""
+        B, r, p = P.shape
+        first = np.ones(levels.shape, dtype=bool)
+        first[:, 1:] = levels[:, 1:] != levels[:, :-1]
+        run = np.cumsum(first, axis=1) - 1  # (B, n_alphas) index of each alpha's run
+        rows, cols = np.nonzero(first)
+        lev = np.zeros((B, int(run.max()) + 1), dtype=levels.dtype)
+        lev[rows, run[rows, cols]] = levels[rows, cols]
+        T = (np.arange(r)[None, None, :] < lev[:, :, None]).astype(np.float32)  # prefix masks
         e = T @ P
         e += ysq[:, None, :]
         np.maximum(e, 0.0, out=e)
         e *= np.float32(1.0 / n_rows)
         np.sqrt(e, out=e)
-        return -e.mean(-1, dtype=np.float64)
+        return np.take_along_axis(-e.mean(-1, dtype=np.float64), run, 1)
 
     def errors(self, Yn32, y, Yredo):
         """Pointwise errors (B,) of float32 targets ``Yn32`` (B, k, d_Y) against ``y`` (B, d_Y);
@@ -401,14 +411,17 @@ class FastGramSource:
             Y1, Y2 = Yl[:, :n1], Yl[:, n1:]
             y1sq = np.einsum("bij,bij->bj", Y1, Y1)
             y2sq = np.einsum("bij,bij->bj", Y2, Y2)
+            S1 = self.Q[0] @ Y1  # (B, r1 + r2, d_Y): B_1 and -2 A_2^T Y_1
+            S2 = self.Q[1] @ Y2  # B_2 and -2 A_1^T Y_2
+            r1 = self.folds[0][0].shape[1]
+            r2 = self.folds[1][0].shape[1]
             tabs = []
-            for (Mf, Gt, Am2, L), Yf, Yo, yo_sq, n_o in (
-                (self.folds[0], Y1, Y2, y2sq, Y2.shape[1]),
-                (self.folds[1], Y2, Y1, y1sq, Y1.shape[1]),
+            for (_, Gt, _, L), Bm, AY, yo_sq, n_o in (
+                (self.folds[0], S1[:, :r1], S2[:, r2:], y2sq, Y2.shape[1]),
+                (self.folds[1], S2[:, :r2], S1[:, r1:], y1sq, Y1.shape[1]),
             ):
-                Bm = Mf @ Yf
                 R = Gt @ Bm
-                R += Am2 @ Yo
+                R += AY
                 R *= Bm
                 tabs.append(self._table(R, yo_sq, L, n_o))
             cv = (tabs[0] + tabs[1]) / 2

@@ -221,10 +221,11 @@ class LocalProblem:
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
                 if self.fast32:
-                    src = FastGramSource(self._train_f32[nbr], self.Xte[a:b], self.n1, ALPHAS,
+                    src = FastGramSource(np.take(self._train_f32, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
                                          lambda rows: self.Xtr[nbr[rows]], torch=torch)
                     for out, (Ytr, Yte), Y32 in zip(outs, targets, y32):
-                        out[a:b] = src.errors(Y32[nbr], Yte[a:b], lambda rows, Ytr=Ytr: Ytr[nbr[rows]])
+                        out[a:b] = src.errors(np.take(Y32, nbr, axis=0), Yte[a:b],
+                                              lambda rows, Ytr=Ytr: Ytr[nbr[rows]])
                         fallbacks.append(src.n_redo)
                     return
                 svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
