@@ -183,7 +183,7 @@ def test_head_errors_name_the_file_and_the_heads(built, suffix, match):
 def test_bad_files_and_options_name_the_file(built, tmp_path):
     with pytest.raises(ModelUnavailableError, match=r"dpa3-small\.pth.*frozen TorchScript"):
         remote(f"dpa:{built['frozen']}")
-    with pytest.raises(InputError, match=r"dpa3-small\.pt.*unknown option\(s\) task; valid: head"):
+    with pytest.raises(InputError, match=r"dpa3-small\.pt.*unknown option\(s\) task; valid options: head"):
         remote(built["spec"] + "?task=omat")
     with pytest.raises(ModelUnavailableError, match=r"dpa3-small\.pt is a single-task model.*head=omat"):
         remote(built["spec"] + "?head=omat")

@@ -132,7 +132,7 @@ def test_unsupported_element_names_the_frame(small):
 
 @pytest.mark.parametrize("suffix, error, match", [
     ("?dtype=float16", ModelUnavailableError, r"mace-small\.model.*dtype must be one of float32, float64"),
-    ("?task=omat", ModelUnavailableError, r"mace-small\.model.*unknown option\(s\) task; valid options: head, dtype"),
+    ("?task=omat", InputError, r"mace-small\.model.*unknown option\(s\) task; valid options: head, dtype"),
 ])
 def test_bad_options_name_the_file(built, suffix, error, match):
     with pytest.raises(error, match=match):

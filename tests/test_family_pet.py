@@ -160,7 +160,6 @@ def test_unsupported_element_names_the_frame(small):
 
 
 @pytest.mark.parametrize("key, suffix, match", [
-    ("spec", "?head=omat", r"small\.pt.*unknown option\(s\) head; valid options: target"),
     ("spec", "?target=dipole", r"small\.pt.*no target 'dipole'.*valid targets: energy"),
     ("spec_two", "x", r"two\.pt.*no target 'mtt::energy_r2scanx'.*valid targets: energy, mtt::energy_r2scan"),
     ("other", "", r"composition\.pt.*architecture 'CompositionModel', not PET"),
@@ -169,6 +168,11 @@ def test_unsupported_element_names_the_frame(small):
 def test_bad_checkpoints_and_options_name_the_file(built, key, suffix, match):
     with pytest.raises(ModelUnavailableError, match=match):
         remote(built[key] + suffix)
+
+
+def test_unknown_option_names_the_file_and_the_valid_ones(built):
+    with pytest.raises(InputError, match=r"small\.pt.*unknown option\(s\) head; valid options: target"):
+        remote(built["spec"] + "?head=omat")
 
 
 def test_missing_file_names_it(tmp_path):

@@ -22,8 +22,7 @@ from functools import partial
 import numpy as np
 from ase import Atoms
 
-from mlipspace.errors import InputError
-from mlipspace.models._torch_utils import Tap, TorchExtractor
+from mlipspace.models._torch_utils import Tap, TorchExtractor, readout_input
 
 #: Modules of the energy readout, in forward order, as named by SevenNet and HIENet.
 READOUT_MODULES = ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale_atomic_energy")
@@ -131,17 +130,10 @@ class SequentialGraphExtractor(TorchExtractor):
         """
         import torch
 
-        numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        last = np.asarray(last, dtype=np.float32)
-        if last.shape != (len(numbers), self.dims["last"]):
-            raise InputError(
-                f"last has shape {last.shape}, expected ({len(numbers)}, {self.dims['last']}) for {len(numbers)} atoms"
-            )
+        last, numbers = readout_input(self, last, numbers)
+        last = last.astype(np.float32, copy=False)
         if len(numbers) == 0:
             return np.zeros(0)
-        unknown = sorted(set(numbers.tolist()) - set(self.elements))
-        if unknown:
-            raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")
         spacing = 2.0 * float(self.cutoff) + 1.0
         isolated = Atoms(numbers=numbers, positions=np.outer(np.arange(len(numbers)), [spacing, 0.0, 0.0]))
         with torch.inference_mode():

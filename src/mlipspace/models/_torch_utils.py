@@ -31,6 +31,9 @@ What an adapter gets from here:
   (the ASE calculator on the same module) fails with "Inference tensors cannot be saved for
   backward". Hooks must return ``None`` (a pre-hook that returns a value replaces the input).
 
+- :func:`checkpoint_options` (a checkpoint spec's file and options, unknown options refused) and
+  :func:`readout_input` (the argument checks of every ``readout(last, numbers)``).
+
 - :class:`Tap`, :func:`capture` (forward hooks / pre-hooks that store detached copies),
   :func:`sha256_file`, :func:`sha256_files`, :func:`make_fingerprint`, :func:`package_version`,
   :func:`check_frames`, :func:`unsupported_frames`, :func:`parse_layers`, :func:`with_vacuum`
@@ -285,6 +288,37 @@ def parse_layers(requested, available: Sequence[str]) -> list[str]:
     if unknown:
         raise InputError(f"unknown layer(s) {', '.join(map(repr, unknown))}; this model has {', '.join(available)}")
     return list(dict.fromkeys(requested))
+
+
+def checkpoint_options(spec, allowed: Sequence[str], family: str, usage: str) -> tuple[str, dict]:
+    """``(checkpoint path, other options)`` of a checkpoint spec (``FAMILY:/path?key=value``).
+
+    A spec without a file or with an option not in ``allowed`` raises :class:`InputError` naming the
+    checkpoint and the valid options (``usage`` shows the spec syntax).
+    """
+    options = dict(spec.options)
+    checkpoint = options.pop("checkpoint", None)
+    if not checkpoint:
+        raise InputError(f"a {family} spec needs a checkpoint file: {usage}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = f"valid options: {', '.join(allowed)}" if allowed else f"{family} checkpoints take no options"
+        raise InputError(f"{family} checkpoint {checkpoint!r}: unknown option(s) {', '.join(unknown)}; {valid}")
+    return checkpoint, options
+
+
+def readout_input(extractor, last, numbers) -> tuple[np.ndarray, np.ndarray]:
+    """``(last, numbers)`` checked for an adapter's ``readout``: ``last`` must be (n_atoms, dims["last"])
+    and every atomic number one the model has a readout for, else :class:`InputError`."""
+    numbers = np.asarray(numbers, dtype=int).reshape(-1)
+    last = np.asarray(last)
+    width = extractor.dims["last"]
+    if last.shape != (len(numbers), width):
+        raise InputError(f"last has shape {last.shape}, expected ({len(numbers)}, {width}) for {len(numbers)} atoms")
+    unknown = sorted(set(numbers.tolist()) - set(extractor.elements))
+    if unknown:
+        raise InputError(f"{extractor.name} has no readout for atomic number(s) {unknown}")
+    return last, numbers
 
 
 # --------------------------------------------------------------------------------------------

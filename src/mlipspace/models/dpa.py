@@ -53,6 +53,7 @@ from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models._torch_utils import (
     Tap,
     TorchExtractor,
+    checkpoint_options,
     make_fingerprint,
     with_vacuum,
 )
@@ -384,9 +385,5 @@ def load(spec, device: str) -> DPAExtractor:
     """Registry entry point: the extractor of ``dpa:/path/file.pt[?head=NAME]``."""
     from mlipspace._device import resolve_device
 
-    opts = {k: v for k, v in spec.options.items() if k != "checkpoint"}
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"dpa checkpoint {spec.options['checkpoint']}: unknown option(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(OPTIONS)}")
-    return DPAExtractor(spec.name, spec.options["checkpoint"], resolve_device(device), opts.get("head"))
+    checkpoint, opts = checkpoint_options(spec, OPTIONS, "dpa", "dpa:/path/file.pt[?head=NAME]")
+    return DPAExtractor(spec.name, checkpoint, resolve_device(device), opts.get("head"))

@@ -47,8 +47,15 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, capture, make_fingerprint
+from mlipspace.errors import ModelUnavailableError
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    capture,
+    checkpoint_options,
+    make_fingerprint,
+    readout_input,
+)
 
 DISTRIBUTION = "mace-torch"
 DTYPES = ("float32", "float64")
@@ -317,14 +324,7 @@ class MACEExtractor(TorchExtractor):
         ``pair_repulsion`` models (:meth:`pair_energy`).
         """
         torch = _torch()
-        numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        last = np.asarray(last)
-        if last.shape != (len(numbers), self.dims["last"]):
-            raise InputError(f"last has shape {last.shape}, expected ({len(numbers)}, {self.dims['last']}) "
-                             f"for {len(numbers)} atoms")
-        unknown = sorted(set(numbers.tolist()) - set(self.elements))
-        if unknown:
-            raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")
+        last, numbers = readout_input(self, last, numbers)
         if len(numbers) == 0:
             return np.zeros(0)
         h = self.head_index
@@ -397,15 +397,6 @@ def load(spec, device: str) -> MACEExtractor:
     """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``head``, ``dtype``."""
     from mlipspace._device import resolve_device
 
-    options = dict(spec.options)
-    checkpoint = options.pop("checkpoint", None)
-    if not checkpoint:
-        raise InputError("a MACE spec needs a checkpoint file: mace:/path/model.model")
-    head = options.pop("head", None)
-    dtype = options.pop("dtype", None)
-    if options:
-        raise ModelUnavailableError(
-            f"MACE checkpoint {checkpoint!r}: unknown option(s) {', '.join(sorted(options))}; "
-            "valid options: head, dtype"
-        )
-    return MACEExtractor(spec.name, checkpoint, resolve_device(device), head=head, dtype=dtype)
+    checkpoint, options = checkpoint_options(spec, ("head", "dtype"), "MACE", "mace:/path/model.model")
+    return MACEExtractor(spec.name, checkpoint, resolve_device(device), head=options.get("head"),
+                         dtype=options.get("dtype"))

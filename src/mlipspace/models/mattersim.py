@@ -46,7 +46,13 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint, with_vacuum
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    checkpoint_options,
+    make_fingerprint,
+    with_vacuum,
+)
 
 DISTRIBUTION = "mattersim"
 MODEL_NAME = "m3gnet"
@@ -205,12 +211,5 @@ def load(spec, device: str) -> MatterSimExtractor:
     """Registry entry point: ``spec.options`` = ``checkpoint`` (MatterSim takes no other option)."""
     from mlipspace._device import resolve_device
 
-    options = dict(spec.options)
-    checkpoint = options.get("checkpoint")
-    if not checkpoint:
-        raise InputError("a MatterSim spec needs a checkpoint file: mattersim:/path/mattersim-v1.0.0-5M.pth")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"MatterSim checkpoint {checkpoint!r}: unknown option(s) {', '.join(unknown)}; "
-                         "MatterSim checkpoints take no options (no heads or tasks)")
+    checkpoint, _ = checkpoint_options(spec, (), "MatterSim", "mattersim:/path/mattersim-v1.0.0-5M.pth")
     return MatterSimExtractor(spec.name, checkpoint, resolve_device(device))

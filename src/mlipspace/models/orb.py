@@ -60,6 +60,7 @@ from mlipspace.errors import InputError, ModelUnavailableError, StructureError
 from mlipspace.models._torch_utils import (
     Tap,
     TorchExtractor,
+    checkpoint_options,
     make_fingerprint,
     with_vacuum,
 )
@@ -380,12 +381,5 @@ def load(spec, device: str) -> ORBExtractor:
     """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``arch``."""
     from mlipspace._device import resolve_device
 
-    options = dict(spec.options)
-    checkpoint = options.get("checkpoint")
-    if not checkpoint:
-        raise InputError("an ORB spec needs a checkpoint file: orb:/path/model.ckpt[?arch=NAME]")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"ORB checkpoint {checkpoint!r}: unknown option(s) {', '.join(unknown)}; "
-                         f"ORB takes only arch= (one of {_archs_text()})")
+    checkpoint, options = checkpoint_options(spec, ("arch",), "ORB", "orb:/path/model.ckpt[?arch=NAME]")
     return ORBExtractor(spec.name, checkpoint, options.get("arch", DEFAULT_ARCH), resolve_device(device))

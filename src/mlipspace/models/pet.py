@@ -58,8 +58,14 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint
+from mlipspace.errors import ModelUnavailableError
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    checkpoint_options,
+    make_fingerprint,
+    readout_input,
+)
 
 DISTRIBUTION = "metatrain"
 OPTIONS = ("target",)
@@ -455,14 +461,7 @@ class PETExtractor(TorchExtractor):
         baseline. The model's energy is ``sum(readout(last)) + pair_energy(frame)``: the edge
         biases (counted once per weighted neighbour) and a ZBL term depend on the geometry only.
         """
-        numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        last = np.asarray(last)
-        if last.shape != (len(numbers), self.dims["last"]):
-            raise InputError(f"last has shape {last.shape}, expected ({len(numbers)}, {self.dims['last']}) "
-                             f"for {len(numbers)} atoms")
-        unknown = sorted(set(numbers.tolist()) - set(self.elements))
-        if unknown:
-            raise InputError(f"{self.name} has no readout for atomic number(s) {unknown}")
+        last, numbers = readout_input(self, last, numbers)
         w, b_node, _b_edge, scale, composition = self._readout_parameters()
         s = np.array([scale[int(z)] for z in numbers])
         c = np.array([composition[int(z)] for z in numbers])
@@ -535,13 +534,5 @@ def load(spec, device: str) -> PETExtractor:
     """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``target``."""
     from mlipspace._device import resolve_device
 
-    options = dict(spec.options)
-    checkpoint = options.pop("checkpoint", None)
-    if not checkpoint:
-        raise InputError("a PET spec needs a checkpoint file: pet:/path/model.pt or pet:/path/model.ckpt")
-    target = options.pop("target", "energy")
-    if options:
-        raise ModelUnavailableError(
-            f"PET checkpoint {checkpoint!r}: unknown option(s) {', '.join(sorted(options))}; "
-            f"valid options: {', '.join(OPTIONS)}")
-    return PETExtractor(spec.name, checkpoint, resolve_device(device), target=target)
+    checkpoint, options = checkpoint_options(spec, OPTIONS, "PET", "pet:/path/model.pt or pet:/path/model.ckpt")
+    return PETExtractor(spec.name, checkpoint, resolve_device(device), target=options.get("target", "energy"))

@@ -53,7 +53,13 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint, with_vacuum
+from mlipspace.models._torch_utils import (
+    Tap,
+    TorchExtractor,
+    checkpoint_options,
+    make_fingerprint,
+    with_vacuum,
+)
 
 DISTRIBUTION = "fairchem-core"
 OPTIONS = ("checkpoint", "task")
@@ -253,7 +259,10 @@ class UMAExtractor(TorchExtractor):
     def _data(self, frames: list[Atoms]):
         """Frames as one fairchem ``AtomicData`` batch (the calculator's conversion, one graph each)."""
         import torch
-        from fairchem.core.datasets.atomic_data import AtomicData, atomicdata_list_to_batch
+        from fairchem.core.datasets.atomic_data import (
+            AtomicData,
+            atomicdata_list_to_batch,
+        )
 
         items = []
         for i, atoms in enumerate(frames):
@@ -326,12 +335,5 @@ def load(spec, device: str) -> UMAExtractor:
     """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``task``."""
     from mlipspace._device import resolve_device
 
-    options = dict(spec.options)
-    checkpoint = options.get("checkpoint")
-    if not checkpoint:
-        raise InputError("a UMA spec needs a checkpoint file: uma:/path/uma-s-1p1.pt?task=omat")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"UMA checkpoint {checkpoint!r}: unknown option(s) {', '.join(unknown)}; "
-                         "UMA takes only task= (omat, omol, oc20, odac, omc for UMA)")
+    checkpoint, options = checkpoint_options(spec, ("task",), "UMA", "uma:/path/uma-s-1p1.pt?task=omat")
     return UMAExtractor(spec.name, checkpoint, options.get("task"), resolve_device(device))
