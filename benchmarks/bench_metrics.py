@@ -2,7 +2,8 @@
 
 Default run (the issue's setting): correlated features, 20,000 rows, X 128 -> Y 256 columns,
 1,000 test rows (all others train), k = 128. Prints values, times, |difference| and speed ratios
-for exact mode (values equal to scikit-matter) and fast mode (Gram eigh approximation).
+for exact mode (values equal to scikit-matter) and fast mode (float32 Gram engine; torch's
+one-time import is done before the timings).
 
     python benchmarks/bench_metrics.py                 # the comparison (needs scikit-matter)
     python benchmarks/bench_metrics.py --scale         # + LFRE 10k test vs 200k train, GFRE 10^6 x 256
