@@ -46,7 +46,7 @@ def test_fast_without_torch_uses_numpy(monkeypatch):
     X, Y = structured(seed=1)
     test = np.arange(0, 900, 9)
     with_torch = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu", mode="fast")
-    monkeypatch.setattr(rec, "_torch_eigh", lambda: None)
+    monkeypatch.setattr(rec, "_torch_eigh", lambda n_rows=None: None)
     numpy_only = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu", mode="fast")
     exact = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu")
     assert np.max(np.abs(numpy_only - exact)) <= 1e-4
@@ -98,3 +98,11 @@ def test_fast_float64_engine_switch(monkeypatch):
     a = pointwise_lfre(X, Y, 20, test_idx=test, device="cpu", mode="fast")
     exact = pointwise_lfre(X, Y, 20, test_idx=test, device="cpu")
     assert np.max(np.abs(a - exact)) <= 1e-6
+
+
+def test_torch_is_imported_only_when_it_pays(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert gram._torch_eigh(100) is None  # small problem: no import
+    assert "torch" not in sys.modules

@@ -303,9 +303,21 @@ FAST32_FLOOR = 1e-6
 FAST32_GUARD = 1e-2
 
 
-def _torch_eigh():
-    """``torch.linalg.eigh`` (MKL on x86: ~1.5x faster than OpenBLAS' LAPACK on small stacks), or
-    None when torch is not installed."""
+#: Fast mode imports torch (for its eigensolver) only for at least this many test rows, unless it
+#: is imported already: the import (~1.2 s) costs more than it saves on fewer rows.
+TORCH_IMPORT_ROWS = 4000
+
+
+def _torch_eigh(n_rows: int | None = None):
+    """The torch module for ``torch.linalg.eigh`` (MKL on x86: ~1.5-2x faster than OpenBLAS' LAPACK
+    on small stacks) when it is imported already or ``n_rows`` (None: any) justifies importing it;
+    None otherwise or when torch is not installed."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"]
+    if n_rows is not None and n_rows < TORCH_IMPORT_ROWS:
+        return None
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is optional

@@ -208,7 +208,7 @@ class LocalProblem:
                     return nullcontext()
 
             ns = namespace("numpy")
-            torch = _torch_eigh() if self.fast32 else None
+            torch = _torch_eigh(self.Xte.shape[0]) if self.fast32 else None
             y32 = [Ytr.astype(np.float32) for Ytr, _ in targets] if self.fast32 else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
