@@ -28,7 +28,7 @@ def env_rows() -> list[dict]:
             "description": rec["description"],
             "path": str(envs.env_dir(fam)),
             "exists": marker is not None,
-            "outdated": envs.outdated(fam),
+            "outdated": marker is not None and marker.get("recipe") != rec,
             "version": marker.get("version") if marker else None,
             "created": marker.get("created") if marker else None,
         })

@@ -131,7 +131,7 @@ def parse_checkpoint_spec(text: str) -> ModelSpec:
     path = Path(os.path.expanduser(path_part)).absolute()
     if not path.exists():
         raise ModelUnavailableError(f"{family} checkpoint {path} not found (from {text!r})")
-    name = options.pop("name", None)
+    given_name = name = options.pop("name", None)
     python = options.pop("python", None)
     if name is None:
         stem = path.stem if path.is_file() else path.name
@@ -144,7 +144,7 @@ def parse_checkpoint_spec(text: str) -> ModelSpec:
         raise InputError(f"{text!r}: model name {name!r} may not contain '/' or start with '.'")
     rec = recipe(family)
     canonical = f"{family}:{path}"
-    kept = dict(options, **({"name": name} if "name" in dict(pairs) else {}))
+    kept = {**options, "name": given_name} if given_name is not None else options
     if kept:
         canonical += "?" + urlencode(kept, quote_via=quote, safe="/")
     return ModelSpec(name, family, rec.get("module", family), (rec["import"],), rec["description"],

@@ -25,6 +25,7 @@ import collections
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import weakref
@@ -127,7 +128,7 @@ class RemoteExtractor(Extractor):
             line = raw.decode(errors="replace").rstrip()
             self._stderr.append(line)
             if echo:
-                print(f"[worker {self.spec}] {line}", flush=True, file=__import__("sys").stderr)
+                print(f"[worker {self.spec}] {line}", flush=True, file=sys.stderr)
 
     def _died(self, what: str) -> WorkerError:
         try:
