@@ -41,3 +41,21 @@ def synthetic_frames():
     si = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
     si.rattle(0.05, seed=2)
     return [nacl, slab, water, si]
+
+
+def check_alone_equals_batched(model, frames, rel_tol):
+    """Every layer of each frame extracted alone equals its rows in one batch of all ``frames``
+    (relative difference :func:`rel` at most ``rel_tol``)."""
+    batched = model.extract(frames, layers="all", batch_size=len(frames))
+    for i, sl in enumerate(frame_slices(frames)):
+        alone = model.extract([frames[i]], layers="all")
+        for layer in model.layers:
+            assert rel(alone.layers[layer], batched.layers[layer][sl]) <= rel_tol, (i, layer)
+
+
+def check_two_runs_bit_identical(model, frames):
+    """Two extractions of ``frames`` (batches of 2) give bit-identical features in every layer."""
+    a = model.extract(frames, layers="all", batch_size=2)
+    b = model.extract(frames, layers="all", batch_size=2)
+    for layer in model.layers:
+        np.testing.assert_array_equal(a.layers[layer], b.layers[layer])

@@ -14,6 +14,7 @@ from mlipspace.models import registry  # noqa: E402
 from mlipspace.models._torch_utils import with_vacuum  # noqa: E402
 
 from modelkit import synthetic_frames as _synthetic, mad_frames as _mad, frame_slices as _frame_slices, rel as _rel  # noqa: E402
+from modelkit import check_alone_equals_batched, check_two_runs_bit_identical  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -90,11 +91,7 @@ def test_rows_follow_input_order_and_species(chgnet):
 
 def test_frame_alone_equals_frame_in_batch(chgnet):
     frames = _synthetic()
-    batched = chgnet.extract(frames, layers="all", batch_size=len(frames))
-    for i, sl in enumerate(_frame_slices(frames)):
-        alone = chgnet.extract([frames[i]], layers="all")
-        for layer in chgnet.layers:
-            assert _rel(alone.layers[layer], batched.layers[layer][sl]) <= 1e-5, (i, layer)
+    check_alone_equals_batched(chgnet, frames, 1e-5)
 
 
 def test_permuting_atoms_permutes_rows(chgnet):
@@ -109,10 +106,7 @@ def test_permuting_atoms_permutes_rows(chgnet):
 
 def test_two_runs_are_bit_identical(chgnet):
     frames = _synthetic()
-    a = chgnet.extract(frames, layers="all", batch_size=2)
-    b = chgnet.extract(frames, layers="all", batch_size=2)
-    for layer in chgnet.layers:
-        np.testing.assert_array_equal(a.layers[layer], b.layers[layer])
+    check_two_runs_bit_identical(chgnet, frames)
 
 
 def test_molecule_features_do_not_depend_on_the_box(chgnet):

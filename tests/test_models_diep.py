@@ -15,6 +15,7 @@ from mlipspace.models import registry  # noqa: E402
 from mlipspace.models._torch_utils import Tap, capture  # noqa: E402
 
 from modelkit import synthetic_frames as _synthetic, mad_frames as _mad, frame_slices as _frame_slices, rel as _rel  # noqa: E402
+from modelkit import check_alone_equals_batched, check_two_runs_bit_identical  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -91,11 +92,7 @@ def test_rows_follow_input_order_and_species(diep):
 
 def test_frame_alone_equals_frame_in_batch(diep):
     frames = _synthetic()
-    batched = diep.extract(frames, layers="all", batch_size=len(frames))
-    for i, sl in enumerate(_frame_slices(frames)):
-        alone = diep.extract([frames[i]], layers="all")
-        for layer in diep.layers:
-            assert _rel(alone.layers[layer], batched.layers[layer][sl]) <= 1e-5, (i, layer)
+    check_alone_equals_batched(diep, frames, 1e-5)
 
 
 def test_permuting_atoms_permutes_rows(diep):
@@ -110,10 +107,7 @@ def test_permuting_atoms_permutes_rows(diep):
 
 def test_two_runs_are_bit_identical(diep):
     frames = _synthetic()
-    a = diep.extract(frames, layers="all", batch_size=2)
-    b = diep.extract(frames, layers="all", batch_size=2)
-    for layer in diep.layers:
-        np.testing.assert_array_equal(a.layers[layer], b.layers[layer])
+    check_two_runs_bit_identical(diep, frames)
 
 
 def test_molecule_features_do_not_depend_on_the_box(diep):

@@ -17,6 +17,7 @@ from mlipspace.errors import UnsupportedElementsError  # noqa: E402
 from mlipspace.models import registry  # noqa: E402
 
 from modelkit import mad_frames as _mad, frame_slices as _slices, rel as _rel  # noqa: E402
+from modelkit import check_alone_equals_batched, check_two_runs_bit_identical  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -98,20 +99,13 @@ def test_rows_follow_input_order(hie):
 
 def test_frame_alone_equals_frame_in_batch_to_round_off(hie):
     frames = _synthetic()
-    batched = hie.extract(frames, layers="all", batch_size=len(frames))
-    for i, sl in enumerate(_slices(frames)):
-        alone = hie.extract([frames[i]], layers="all")
-        for layer in hie.layers:
-            # not bit-identical: nn.Linear rounding depends on the number of rows (see module doc)
-            assert _rel(alone.layers[layer], batched.layers[layer][sl]) <= 1e-5, (i, layer)
+    # not bit-identical: nn.Linear rounding depends on the number of rows (see module doc)
+    check_alone_equals_batched(hie, frames, 1e-5)
 
 
 def test_two_runs_are_bit_identical_and_permutation_permutes_rows(hie):
     frames = _synthetic()
-    a = hie.extract(frames, layers="all", batch_size=2)
-    b = hie.extract(frames, layers="all", batch_size=2)
-    for layer in hie.layers:
-        np.testing.assert_array_equal(a.layers[layer], b.layers[layer])
+    check_two_runs_bit_identical(hie, frames)
     atoms = frames[1]
     perm = np.random.default_rng(0).permutation(len(atoms))
     c = hie.extract([atoms, atoms[perm]], layers="all")

@@ -15,6 +15,7 @@ from mlipspace.errors import InputError, StructureError, UnsupportedElementsErro
 from mlipspace.models import registry  # noqa: E402
 
 from modelkit import synthetic_frames as _synthetic, mad_frames as _mad, frame_slices as _slices, rel as _rel  # noqa: E402
+from modelkit import check_alone_equals_batched, check_two_runs_bit_identical  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -109,20 +110,13 @@ def test_rows_follow_input_order(s0):
 
 def test_frame_alone_equals_frame_in_batch(s0):
     frames = _synthetic()
-    batched = s0.extract(frames, layers="all", batch_size=len(frames))
-    for i, sl in enumerate(_slices(frames)):
-        alone = s0.extract([frames[i]], layers="all")
-        for layer in s0.layers:
-            # measured bit-identical on CPU; allow round-off in case a BLAS picks another kernel
-            assert _rel(alone.layers[layer], batched.layers[layer][sl]) <= 1e-6, (i, layer)
+    # measured bit-identical on CPU; allow round-off in case a BLAS picks another kernel
+    check_alone_equals_batched(s0, frames, 1e-6)
 
 
 def test_two_runs_are_bit_identical(s0):
     frames = _synthetic()
-    a = s0.extract(frames, layers="all", batch_size=2)
-    b = s0.extract(frames, layers="all", batch_size=2)
-    for layer in s0.layers:
-        np.testing.assert_array_equal(a.layers[layer], b.layers[layer])
+    check_two_runs_bit_identical(s0, frames)
 
 
 def test_permuting_atoms_permutes_rows(s0):
