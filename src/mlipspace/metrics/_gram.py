@@ -326,16 +326,24 @@ def _torch_eigh(n_rows: int | None = None):
 
 
 def _eigh32(K, torch, desc=True):
-    """Eigenpairs of a float32 stack: largest first (contiguous) or, ``desc=False``, as LAPACK
-    returns them (ascending)."""
+    """Eigenvalues and eigenvectors *as rows* (``Ut[b, i]`` is the i-th eigenvector of ``K[b]``) of
+    a float32 stack: largest first or, ``desc=False``, as LAPACK returns them (ascending). Rows
+    are what torch's column-major result holds contiguously, and what the products below want."""
     if torch is not None:
         lam, V = torch.linalg.eigh(torch.from_numpy(K))
-        lam, V = lam.numpy(), V.numpy()
+        lam, Ut = lam.numpy(), V.numpy().mT
     else:
         lam, V = np.linalg.eigh(K)
+        Ut = V.mT
     if not desc:
-        return lam, V
-    return np.ascontiguousarray(lam[..., ::-1]), np.ascontiguousarray(V[..., ::-1])
+        return lam, np.ascontiguousarray(Ut)
+    return np.ascontiguousarray(lam[..., ::-1]), np.ascontiguousarray(Ut[..., ::-1, :])
+
+
+def _half_tril(r: int) -> np.ndarray:
+    r"""(r, r) float32 mask -1/2 on the diagonal, -1 below it, 0 above: ``G * mask`` is
+    :math:`-(\mathrm{diag}\,G + 2\,\mathrm{tril}(G, -1))/2`."""
+    return np.tril(np.full((r, r), -1.0, dtype=np.float32), -1) - np.float32(0.5) * np.eye(r, dtype=np.float32)
 
 
 class FastGramSource:
@@ -345,7 +353,7 @@ class FastGramSource:
     chosen cutoff lies below ``FAST32_GUARD`` x s_max (where float32 eigenpairs are too coarse) are
     redone by the float64 Gram engine without certificate.
 
-    ``Xn32`` (B, k, d) float32 neighbourhoods in fold order, ``x`` (B, d) test rows,
+    ``Xn32`` (B, k, d) float32 neighbourhoods in fold order (overwritten), ``x`` (B, d) test rows,
     ``Xredo(rows)``: the float64 neighbourhoods of those rows (for the guard); ``torch``: the
     module for the eigendecompositions, or None (NumPy).
     """
@@ -359,45 +367,42 @@ class FastGramSource:
         B, k, d = Xn32.shape
         n1, n2 = self.n1, k - self.n1
         mx = Xn32.mean(1)
-        Xl = Xn32 - mx[:, None, :]
+        Xl = Xn32  # centred in place (the caller's fresh gather)
+        Xl -= mx[:, None, :]
         xt = (x - mx).astype(np.float32)
         K = Xl @ Xl.mT  # (B, k, k)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            lam_all, U_all = _eigh32(K, torch, desc=False)  # refit: order does not matter
-            lam1, U1 = _eigh32(np.ascontiguousarray(K[:, :n1, :n1]), torch)
-            lam2, U2 = _eigh32(np.ascontiguousarray(K[:, n1:, n1:]), torch)
+            lam_all, Ut_all = _eigh32(K, torch, desc=False)  # refit: order does not matter
+            lam1, Ut1 = _eigh32(np.ascontiguousarray(K[:, :n1, :n1]), torch)
+            lam2, Ut2 = _eigh32(np.ascontiguousarray(K[:, n1:, n1:]), torch)
             lmax = np.maximum(lam1[:, 0], lam2[:, 0]).astype(np.float64).clip(min=0)
             self.smax = np.sqrt(lmax)
             scaled = self.smax[:, None] * self.alphas[None, :]
             rc2 = (max(k, d) * _EPS) ** 2
             folds = []
-            for lam, U, C in ((lam1, U1, K[:, n1:, :n1]), (lam2, U2, K[:, :n1, n1:])):
-                valid = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, :1])
+            for lam, Ut, C in ((lam1, Ut1, K[:, n1:, :n1]), (lam2, Ut2, K[:, :n1, n1:])):
+                valid = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, :1])  # a prefix (lam descending)
                 inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0).astype(np.float32)
-                A = (C @ U) * inv[:, None, :]  # (B, n_o, r) cross-fold design
-                G = A.mT @ A
-                r = G.shape[-1]
-                Gt = G * (np.tril(np.full((r, r), 2.0, dtype=np.float32), -1) + np.eye(r, dtype=np.float32))
-                Mf = U.mT * valid[:, :, None].astype(np.float32)  # B = Mf @ Y_f
+                A = (C @ Ut.mT) * inv[:, None, :]  # (B, n_o, r) cross-fold design, 0 where invalid
+                Gh = A.mT @ A
+                Gh *= _half_tril(Gh.shape[-1])  # -(diag G + 2 strict lower G) / 2
                 s = np.sqrt(lam.astype(np.float64).clip(min=0))
                 L = np.minimum((s[:, None, :] > scaled[:, :, None]).sum(-1), valid.sum(-1)[:, None])
-                folds.append((Mf, Gt, -2.0 * A.mT, L))
-            # one product per fold's target rows: [M_1; -2 A_2^T] Y_1 and [M_2; -2 A_1^T] Y_2
-            self.Q = [np.concatenate([folds[0][0], folds[1][2]], 1), np.concatenate([folds[1][0], folds[0][2]], 1)]
+                folds.append((Ut, A, Gh, L))
             self.folds = folds
             self.scaled = scaled
             self.lam = lam_all
             self.lam_pos = (lam_all > rc2) & (lam_all > FAST32_FLOOR * lam_all[:, -1:])
             kappa = (Xl @ xt[:, :, None])[:, :, 0]
-            self.z = (kappa[:, None, :] @ U_all)[:, 0, :]
-            self.U = U_all
+            self.z = (Ut_all @ kappa[:, :, None])[:, :, 0]
+            self.Ut = Ut_all
 
     @staticmethod
     def _table(P, ysq, levels, n_rows):
-        """CV score (B, n_alphas) from the per-component terms ``P = B * R`` (B, r, d_Y), float32:
-        prefix sums over components (one product with 0/1 prefix masks), evaluated once per
-        distinct level (levels do not increase with alpha: equal levels are runs) and copied
-        along each run."""
+        r"""CV score (B, n_alphas) from the per-component terms ``P = B * (Gh B + A^T Y_o)``
+        (B, r, d_Y), float32: :math:`e(L) = |y|^2 - 2\sum_{l<L} P_l`, the prefix sums taken as one
+        product with -2/0 prefix masks, evaluated once per distinct level (levels do not increase
+        with alpha: equal levels are runs) and copied along each run."""
         B, r, p = P.shape
         first = np.ones(levels.shape, dtype=bool)
         first[:, 1:] = levels[:, 1:] != levels[:, :-1]
@@ -405,7 +410,7 @@ class FastGramSource:
         rows, cols = np.nonzero(first)
         lev = np.zeros((B, int(run.max()) + 1), dtype=levels.dtype)
         lev[rows, run[rows, cols]] = levels[rows, cols]
-        T = (np.arange(r)[None, None, :] < lev[:, :, None]).astype(np.float32)  # prefix masks
+        T = (np.arange(r)[None, None, :] < lev[:, :, None]) * np.float32(-2.0)  # prefix masks
         e = T @ P
         e += ysq[:, None, :]
         np.maximum(e, 0.0, out=e)
@@ -414,34 +419,29 @@ class FastGramSource:
         return np.take_along_axis(-e.mean(-1, dtype=np.float64), run, 1)
 
     def errors(self, Yn32, y, Yredo):
-        """Pointwise errors (B,) of float32 targets ``Yn32`` (B, k, d_Y) against ``y`` (B, d_Y);
+        """Pointwise errors (B,) of float32 targets ``Yn32`` (B, k, d_Y; overwritten) against ``y`` (B, d_Y);
         ``Yredo(rows)``: float64 target neighbourhoods of those rows (for the guard)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n1 = self.n1
             my = Yn32.mean(1)
-            Yl = Yn32 - my[:, None, :]
+            Yl = Yn32  # centred in place (the caller's fresh gather)
+            Yl -= my[:, None, :]
             Y1, Y2 = Yl[:, :n1], Yl[:, n1:]
             y1sq = np.einsum("bij,bij->bj", Y1, Y1)
             y2sq = np.einsum("bij,bij->bj", Y2, Y2)
-            S1 = self.Q[0] @ Y1  # (B, r1 + r2, d_Y): B_1 and -2 A_2^T Y_1
-            S2 = self.Q[1] @ Y2  # B_2 and -2 A_1^T Y_2
-            r1 = self.folds[0][0].shape[1]
-            r2 = self.folds[1][0].shape[1]
             tabs = []
-            for (_, Gt, _, L), Bm, AY, yo_sq, n_o in (
-                (self.folds[0], S1[:, :r1], S2[:, r2:], y2sq, Y2.shape[1]),
-                (self.folds[1], S2[:, :r2], S1[:, r1:], y1sq, Y1.shape[1]),
-            ):
-                R = Gt @ Bm
-                R += AY
+            for (Ut, A, Gh, L), Yf, Yo, yo_sq in ((self.folds[0], Y1, Y2, y2sq), (self.folds[1], Y2, Y1, y1sq)):
+                Bm = Ut @ Yf  # U_f^T Y_f (rows past the valid prefix are never read)
+                R = Gh @ Bm
+                R += A.mT @ Yo
                 R *= Bm
-                tabs.append(self._table(R, yo_sq, L, n_o))
+                tabs.append(self._table(R, yo_sq, L, Yo.shape[1]))
             cv = (tabs[0] + tabs[1]) / 2
             best = cv.argmax(-1)
             thr = np.take_along_axis(self.scaled, best[:, None], 1)
             keep = (self.lam > (thr**2).astype(np.float32)) & self.lam_pos
             w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0).astype(np.float32)
-            coef = self.U @ w[:, :, None]
+            coef = self.Ut.mT @ w[:, :, None]
             pred = my.astype(np.float64) + (coef.mT @ Yl)[:, 0, :]
             out = np.sqrt(((y - pred) ** 2).sum(-1))
             redo = np.flatnonzero(~(thr[:, 0] >= FAST32_GUARD * self.smax) | ~np.isfinite(out))

@@ -25,15 +25,21 @@ _SLACK = 1e-10
 
 def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.ndarray | None = None,
                 *, train_sq: np.ndarray | None = None, chunk: int = 8192, train_f32: np.ndarray | None = None,
-                extra: int = 32) -> np.ndarray:
-    """Indices (n_test, k) into ``X_train`` of the k nearest rows of each test row, nearest first,
+                extra: int = 32, rank32: bool = False) -> np.ndarray:
+    r"""Indices (n_test, k) into ``X_train`` of the k nearest rows of each test row, nearest first,
     exact ties broken by ascending ``tie_key`` (default: position in ``X_train``).
 
     With ``train_f32`` (``X_train`` as float32) one pass in float32 keeps the ``k + extra``
     smallest distances per row; every training row within the k-th distance plus a rigorous bound
     on the float32 rounding is a candidate, re-ranked exactly in float64 (same result as the
     float64 passes). Rows whose candidate set may be incomplete (more than ``extra`` rows within
-    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes."""
+    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes.
+
+    ``rank32`` (``mode="fast"``): the candidates are re-ranked by :math:`\sum_j (t_j - x_j)^2` in
+    float32 instead (about 3x cheaper). Identical rows still tie bit for bit and go lowest tie key
+    first, but distances closer than float32 rounding (~1e-6 relative) may come out in either
+    order: a neighbourhood can differ from the exact one in its last member or in the order (fold)
+    of two near-equidistant members."""
     n_train = X_train.shape[0]
     if tie_key is None:
         tie_key = np.arange(n_train)
@@ -44,13 +50,42 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
         return _knn_two_pass(X_train, X_test, k, tie_key, train_sq, chunk)
     test_sq = np.einsum("ij,ij->i", X_test, X_test)
     nt, d = X_test.shape
-    T32 = X_test.astype(np.float32)
-    s32, t32 = train_sq.astype(np.float32), test_sq.astype(np.float32)
+    bv, bi = _preselect32(train_f32, train_sq.astype(np.float32), X_test.astype(np.float32),
+                          test_sq.astype(np.float32), m, chunk)
+    bv = bv.astype(np.float64)
+    kth = np.partition(bv, k - 1, axis=1)[:, k - 1]
+    # |D32 - D| <= (2 d + 16) u (|t|^2 + |x|^2): rounding of the inputs and of the expanded formula
+    tol = (2 * d + 16) * float(np.finfo(np.float32).eps) * (test_sq + train_sq.max()) + 1e-300
+    thr = kth + tol
+    complete = bv.max(axis=1) > thr  # everything dropped is >= the largest value kept
+    out = np.empty((nt, k), dtype=np.int64)
+    bad = np.flatnonzero(~complete)
+    if bad.size:
+        out[bad] = _knn_two_pass(X_train, X_test[bad], k, tie_key, train_sq, chunk)
+    good = np.flatnonzero(complete)
+    if good.size and rank32:
+        T32 = X_test[good].astype(np.float32)
+        bi = bi[good]
+        diff = np.take(train_f32, bi, axis=0)  # (n_good, k + extra, d): all rows within the bound
+        diff -= T32[:, None, :]
+        dist = np.einsum("ijk,ijk->ij", diff, diff)
+        order = np.lexsort((np.take(tie_key, bi), dist), axis=-1)[:, :k]
+        out[good] = np.take_along_axis(bi, order, 1)
+    elif good.size:
+        rows, pos = np.nonzero(bv[good] <= thr[good, None])
+        cols = bi[good][rows, pos]
+        out[good] = _rank(X_train, X_test[good], rows, cols, tie_key, k, good.size)
+    return out
+
+
+def _preselect32(train_f32, s32, T32, t32, m, chunk):
+    """(values, indices), both (n_test, m): the m smallest float32 expanded squared distances of
+    each row of ``T32`` to the rows of ``train_f32`` (squared norms ``s32``, ``t32``), in no order."""
+    n_train = train_f32.shape[0]
+    Tm2 = T32 * np.float32(-2.0)  # exact scaling: D = |x|^2 - 2 x.t in one product and one add
     bv = bi = None
     for a in range(0, n_train, chunk):
-        D = T32 @ train_f32[a : a + chunk].T
-        D *= -2.0
-        D += t32[:, None]
+        D = Tm2 @ train_f32[a : a + chunk].T
         D += s32[None, a : a + chunk]
         if D.shape[1] > m:
             idx = np.argpartition(D, m - 1, axis=1)[:, :m]
@@ -66,27 +101,13 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
             if bv.shape[1] > m:
                 sel = np.argpartition(bv, m - 1, axis=1)[:, :m]
                 bv, bi = np.take_along_axis(bv, sel, 1), np.take_along_axis(bi, sel, 1)
-    bv = bv.astype(np.float64)
-    kth = np.partition(bv, k - 1, axis=1)[:, k - 1]
-    # |D32 - D| <= (2 d + 16) u (|t|^2 + |x|^2): rounding of the inputs and of the expanded formula
-    tol = (2 * d + 16) * float(np.finfo(np.float32).eps) * (test_sq + train_sq.max()) + 1e-300
-    thr = kth + tol
-    complete = bv.max(axis=1) > thr  # everything dropped is >= the largest value kept
-    out = np.empty((nt, k), dtype=np.int64)
-    bad = np.flatnonzero(~complete)
-    if bad.size:
-        out[bad] = _knn_two_pass(X_train, X_test[bad], k, tie_key, train_sq, chunk)
-    good = np.flatnonzero(complete)
-    if good.size:
-        rows, pos = np.nonzero(bv[good] <= thr[good, None])
-        cols = bi[good][rows, pos]
-        out[good] = _rank(X_train, X_test[good], rows, cols, tie_key, k, good.size)
-    return out
+    return bv + t32[:, None], bi  # |t|^2 does not change the order within a row: added last
 
 
 def _rank(X_train, X_test, rows, cols, tie_key, k, nt):
     """The k first candidates of each test row by (exact distance, tie key)."""
-    diff = X_train[cols] - X_test[rows]
+    diff = np.take(X_train, cols, axis=0)  # np.take: ~2x faster than fancy indexing here
+    diff -= np.take(X_test, rows, axis=0)
     exact = np.einsum("ij,ij->i", diff, diff)
     order = np.lexsort((tie_key[cols], exact, rows))
     rows, cols = rows[order], cols[order]

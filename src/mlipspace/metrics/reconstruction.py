@@ -107,7 +107,7 @@ def gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> flo
 
 def _scale(A: np.ndarray, train: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, float]:
     """StandardFlexibleScaler fitted on the training rows: (scaled training rows, mean, scale)."""
-    C = A[train]
+    C = np.take(A, train, axis=0)
     mean = C.mean(axis=0)
     C -= mean
     var = float(np.einsum("ij,ij->", C, C)) / C.shape[0]
@@ -216,26 +216,26 @@ class LocalProblem:
             def work(bounds):
                 a, b = bounds
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
-                                  train_f32=self._train_f32)
+                                  train_f32=self._train_f32, rank32=self.fast32)
                 nbr = nbr[:, self.fold_order]
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
                 if self.fast32:
                     src = FastGramSource(np.take(self._train_f32, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
-                                         lambda rows: self.Xtr[nbr[rows]], torch=torch)
+                                         lambda rows: np.take(self.Xtr, nbr[rows], axis=0), torch=torch)
                     for out, (Ytr, Yte), Y32 in zip(outs, targets, y32):
                         out[a:b] = src.errors(np.take(Y32, nbr, axis=0), Yte[a:b],
-                                              lambda rows, Ytr=Ytr: Ytr[nbr[rows]])
+                                              lambda rows, Ytr=Ytr: np.take(Ytr, nbr[rows], axis=0))
                         fallbacks.append(src.n_redo)
                     return
                 svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
                 if svd:
-                    src = LocalSource(ns, self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, self.mode)
+                    src = LocalSource(ns, np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, self.mode)
                 else:
-                    src = GramSource(self.Xtr[nbr], self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
+                    src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
                     skipped[0 if src.skip else 1] += 1
                 for out, (Ytr, Yte) in zip(outs, targets):
-                    out[a:b] = src.errors(Ytr[nbr], Yte[a:b])
+                    out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                     fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
 
             torch_threads = torch.get_num_threads() if torch is not None else None
