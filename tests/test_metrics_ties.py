@@ -39,6 +39,22 @@ def test_knn_matches_brute_force_with_ties():
         np.testing.assert_array_equal(got, brute_knn(X, Xte, k, key))
 
 
+@pytest.mark.parametrize("rank32", [False, True])
+@pytest.mark.parametrize("copies, extra", [(4, 32), (40, 8)])
+def test_knn_float32_preselection_matches_brute_force_with_ties(rank32, copies, extra):
+    """One float32 pass plus re-ranking (exact float64, or float32 for mode="fast"): identical
+    rows still tie and go lowest key first; rows with more ties than ``extra`` at the boundary
+    take the float64 passes."""
+    X, _ = duplicated(n_unique=30, copies=copies)
+    rng = np.random.default_rng(1)
+    key = rng.permutation(len(X))
+    Xte = np.vstack([X[: 3 * copies : copies], rng.standard_normal((10, 5))])
+    X32 = X.astype(np.float32)
+    for k in (1, 3, 9, 30):
+        got = knn_indices(X, Xte, k, key, chunk=17, train_f32=X32, extra=extra, rank32=rank32)
+        np.testing.assert_array_equal(got, brute_knn(X, Xte, k, key))
+
+
 def test_knn_torch_twin_agrees():
     torch = pytest.importorskip("torch")
     from mlipspace.metrics._knn import knn_indices_torch
@@ -64,6 +80,26 @@ def test_lfre_does_not_depend_on_training_order(x_only):
         got = pointwise_lfre(X, Y, 14, train_idx=shuffled, test_idx=test, device="cpu")
         # only the rounding of the scaler's sums changes; another neighbour choice would move values by ~1e-2
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_fast_lfre_does_not_depend_on_training_order():
+    """mode="fast" with k <= d (float32 engine, float32 neighbour ranking): tied rows are still
+    chosen by row index, so shuffling ``train_idx`` changes nothing beyond float32 rounding."""
+    Xd, Yd = duplicated(seed=8, d=16, x_only=True)
+    rng = np.random.default_rng(9)
+    # test rows of their own (a test row with copies among its neighbours would be interpolated
+    # from those copies whatever else is chosen)
+    X = np.vstack([Xd, rng.standard_normal((30, 16))])
+    Y = np.vstack([Yd, np.tanh(X[len(Xd):, :6]) + 0.1 * rng.standard_normal((30, 6))])
+    test = np.arange(len(Xd), len(X))
+    train = np.arange(len(Xd))
+    ref = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu", mode="fast")
+    exact = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu")
+    np.testing.assert_allclose(ref, exact, rtol=0, atol=1e-4)
+    for seed in range(3):
+        shuffled = np.random.default_rng(seed).permutation(train)
+        got = pointwise_lfre(X, Y, 14, train_idx=shuffled, test_idx=test, device="cpu", mode="fast")
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
 
 
 def test_lfre_of_duplicated_rows_does_not_depend_on_row_order():
