@@ -380,15 +380,17 @@ class FastGramSource:
             scaled = self.smax[:, None] * self.alphas[None, :]
             rc2 = (max(k, d) * _EPS) ** 2
             folds = []
-            for lam, Ut, C in ((lam1, Ut1, K[:, n1:, :n1]), (lam2, Ut2, K[:, :n1, n1:])):
+            # (fold eigenvectors, cross Gram transposed: K is symmetric, so K[f rows, o columns])
+            for lam, Ut, Ct in ((lam1, Ut1, K[:, :n1, n1:]), (lam2, Ut2, K[:, n1:, :n1])):
                 valid = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, :1])  # a prefix (lam descending)
                 inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0).astype(np.float32)
-                A = (C @ Ut.mT) * inv[:, None, :]  # (B, n_o, r) cross-fold design, 0 where invalid
-                Gh = A.mT @ A
+                At = Ut @ Ct  # (B, r, n_o) cross-fold design A^T = Lambda^-1 U^T C^T, 0 where invalid
+                At *= inv[:, :, None]
+                Gh = At @ At.mT
                 Gh *= _half_tril(Gh.shape[-1])  # -(diag G + 2 strict lower G) / 2
                 s = np.sqrt(lam.astype(np.float64).clip(min=0))
                 L = np.minimum((s[:, None, :] > scaled[:, :, None]).sum(-1), valid.sum(-1)[:, None])
-                folds.append((Ut, A, Gh, L))
+                folds.append((Ut, At, Gh, L))
             self.folds = folds
             self.scaled = scaled
             self.lam = lam_all
@@ -430,10 +432,10 @@ class FastGramSource:
             y1sq = np.einsum("bij,bij->bj", Y1, Y1)
             y2sq = np.einsum("bij,bij->bj", Y2, Y2)
             tabs = []
-            for (Ut, A, Gh, L), Yf, Yo, yo_sq in ((self.folds[0], Y1, Y2, y2sq), (self.folds[1], Y2, Y1, y1sq)):
+            for (Ut, At, Gh, L), Yf, Yo, yo_sq in ((self.folds[0], Y1, Y2, y2sq), (self.folds[1], Y2, Y1, y1sq)):
                 Bm = Ut @ Yf  # U_f^T Y_f (rows past the valid prefix are never read)
                 R = Gh @ Bm
-                R += A.mT @ Yo
+                R += At @ Yo
                 R *= Bm
                 tabs.append(self._table(R, yo_sq, L, Yo.shape[1]))
             cv = (tabs[0] + tabs[1]) / 2

@@ -36,7 +36,8 @@ on float64 data). Exact neighbour-distance ties are broken by the lower row inde
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -194,10 +195,13 @@ class LocalProblem:
         if self.fast32 and self._train_f32 is None:
             self._train_f32 = Xtr.astype(np.float32)
 
-    def run(self, targets: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Pointwise LFRE for each target given as (scaled Y train, scaled Y test)."""
+    def run(self, targets: list) -> list[np.ndarray]:
+        """Pointwise LFRE for each target given as (scaled Y train, scaled Y test), or as a
+        :class:`~concurrent.futures.Future` of that pair (still being prepared while the first
+        neighbourhoods are searched)."""
         nt = self.Xte.shape[0]
         outs = [np.empty(nt) for _ in targets]
+        targets = _LazyTargets(targets, float32=self.fast32)
         if self.backend == "numpy":
             try:
                 from threadpoolctl import threadpool_limits
@@ -209,7 +213,6 @@ class LocalProblem:
 
             ns = namespace("numpy")
             torch = _torch_eigh(self.Xte.shape[0]) if self.fast32 else None
-            y32 = [Ytr.astype(np.float32) for Ytr, _ in targets] if self.fast32 else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
@@ -223,7 +226,7 @@ class LocalProblem:
                 if self.fast32:
                     src = FastGramSource(np.take(self._train_f32, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
                                          lambda rows: np.take(self.Xtr, nbr[rows], axis=0), torch=torch)
-                    for out, (Ytr, Yte), Y32 in zip(outs, targets, y32):
+                    for out, (Ytr, Yte, Y32) in zip(outs, targets):
                         out[a:b] = src.errors(np.take(Y32, nbr, axis=0), Yte[a:b],
                                               lambda rows, Ytr=Ytr: np.take(Ytr, nbr[rows], axis=0))
                         fallbacks.append(src.n_redo)
@@ -234,7 +237,7 @@ class LocalProblem:
                 else:
                     src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
                     skipped[0 if src.skip else 1] += 1
-                for out, (Ytr, Yte) in zip(outs, targets):
+                for out, (Ytr, Yte, _) in zip(outs, targets):
                     out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                     fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
 
@@ -264,13 +267,46 @@ class LocalProblem:
         Xte = ns.asarray(self.Xte)
         key = ns.index(self.tie_key)
         order = ns.index(self.fold_order)
-        Ys = [(ns.asarray(a), ns.asarray(b)) for a, b in targets]
+        Ys = [(ns.asarray(a), ns.asarray(b)) for a, b, _ in targets]
         for a, b in self.batches:
             nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)[:, order]
             src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.n1, ALPHAS, self.mode)
             for out, (Ytr, Yte) in zip(outs, Ys):
                 out[a:b] = ns.to_numpy(src.errors(Ytr[nbr], Yte[a:b]))
         return outs
+
+
+class _LazyTargets:
+    """The targets of :meth:`LocalProblem.run` as (Y train, Y test, float32 Y train or None),
+    each resolved (a pending Future waited for, the float32 copy made) once, by the first thread
+    that iterates over them."""
+
+    def __init__(self, targets, float32: bool):
+        self._items = list(targets)
+        self._done: dict[int, tuple] = {}
+        self._float32 = float32
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._items)
+
+    def __iter__(self):
+        for i in range(len(self._items)):
+            yield self[i]
+
+    def __getitem__(self, i):
+        with self._lock:
+            if i not in self._done:
+                item = self._items[i]
+                Ytr, Yte = item.result() if isinstance(item, Future) else item
+                self._done[i] = (Ytr, Yte, Ytr.astype(np.float32) if self._float32 else None)
+            return self._done[i]
+
+
+def _scaled(A: np.ndarray, train: np.ndarray, test: np.ndarray, name: str):
+    """(scaled training rows, scaled test rows) of one space, the scaler fitted on the training rows."""
+    Atr, mean, scale = _scale(A, train, name)
+    return Atr, (A[test] - mean) / scale
 
 
 def _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx):
@@ -302,12 +338,16 @@ def pointwise_lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, 
     :mod:`mlipspace.metrics._local`).
     """
     X, Y, train, test, k = _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx)
-    Xtr, mx, sx = _scale(X, train, "X")
-    Ytr, my, sy = _scale(Y, train, "Y")
-    Xte = (X[test] - mx) / sx
-    Yte = (Y[test] - my) / sy
-    prob = LocalProblem(Xtr, Xte, train, k, device=device, mode=mode, batch_size=batch_size, n_jobs=n_jobs)
-    return prob.run([(Ytr, Yte)])[0]
+    with ThreadPoolExecutor(1) as pool:  # Y is scaled while X is, and while the first neighbours are found
+        target = pool.submit(_scaled, Y, train, test, "Y")
+        try:
+            Xtr, Xte = _scaled(X, train, test, "X")
+            prob = LocalProblem(Xtr, Xte, train, k, device=device, mode=mode, batch_size=batch_size,
+                                n_jobs=n_jobs)
+        except BaseException:
+            target.cancel()
+            raise
+        return prob.run([target])[0]
 
 
 def lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, n_neighbors=None,
