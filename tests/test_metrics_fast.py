@@ -1,5 +1,6 @@
-"""LFRE ``mode="fast"``: the float32 Gram engine (k <= d) stays within 1e-4 of exact mode on
-structured data, redoes small-cutoff rows in float64, works without torch and for several targets."""
+"""LFRE ``mode="fast"``: the mixed-precision Gram engine (k <= d: float64 CV, float32 refit where
+well conditioned) stays within 1e-4 of exact mode on structured data, refits small-cutoff rows in
+float64, works without torch and for several targets."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def fast_problem(X, Y, k, test, n_jobs=1):
 
 @pytest.mark.parametrize("k,max_redo", [(16, 150), (40, 0)])
 def test_fast_float32_engine_agrees_with_exact_mode(k, max_redo):
-    """k = 40: every row answered in float32; k = 16 (8-row folds, 40 columns): the CV picks small
-    cutoffs and most rows are redone in float64."""
+    """k = 40: every refit in float32; k = 16 (8-row folds, 40 columns): the CV picks small
+    cutoffs and most rows are refitted in float64."""
     X, Y = structured()
     test = np.arange(0, 900, 6)
     exact = pointwise_lfre(X, Y, k, test_idx=test, device="cpu")
@@ -55,7 +56,7 @@ def test_fast_without_torch_uses_numpy(monkeypatch):
 
 def test_fast_small_cutoff_rows_are_redone_in_float64():
     """Y (nearly) linear in X: the CV picks tiny cutoffs, below what float32 resolves; those rows are
-    redone by the float64 Gram engine and agree with exact mode."""
+    refitted in float64 and agree with exact mode."""
     rng = np.random.default_rng(3)
     X = rng.standard_normal((400, 30))
     Y = X @ rng.standard_normal((30, 8)) + 1e-6 * rng.standard_normal((400, 8))
@@ -67,7 +68,7 @@ def test_fast_small_cutoff_rows_are_redone_in_float64():
 
 
 def test_fast_guard_off_shows_why_it_exists(monkeypatch):
-    """Without the guard those rows would keep float32 noise (documents the guard's purpose)."""
+    """Without the guard those rows keep a float32 refit (documents the guard's purpose)."""
     rng = np.random.default_rng(3)
     X = rng.standard_normal((400, 30))
     Y = X @ rng.standard_normal((30, 8)) + 1e-6 * rng.standard_normal((400, 8))

@@ -83,7 +83,7 @@ def test_lfre_does_not_depend_on_training_order(x_only):
 
 
 def test_fast_lfre_does_not_depend_on_training_order():
-    """mode="fast" with k <= d (float32 engine, float32 neighbour ranking): tied rows are still
+    """mode="fast" with k <= d (mixed-precision engine, float32 neighbour ranking): tied rows are still
     chosen by row index, so shuffling ``train_idx`` changes nothing beyond float32 rounding."""
     Xd, Yd = duplicated(seed=8, d=16, x_only=True)
     rng = np.random.default_rng(9)

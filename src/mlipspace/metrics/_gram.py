@@ -296,11 +296,11 @@ class GramSource:
 
 # ------------------------------------------------------------------------------------ fast mode
 
-#: Relative eigenvalue floor of the float32 fast engine: Gram eigenvalues below
-#: ``FAST32_FLOOR * lambda_max`` (singular values below ~1e-3 s_max) count as zero.
+#: Relative eigenvalue floor of the float32 refit: Gram eigenvalues below
+#: ``FAST32_FLOOR * lambda_max`` count as zero there.
 FAST32_FLOOR = 1e-6
-#: Rows whose chosen cutoff is below ``FAST32_GUARD * s_max`` are redone in float64.
-FAST32_GUARD = 1e-2
+#: Rows whose chosen cutoff is below ``FAST32_GUARD * s_max`` get their refit in float64.
+FAST32_GUARD = 1e-1
 
 
 #: Fast mode imports torch (for its eigensolver) only for at least this many test rows, unless it
@@ -325,10 +325,11 @@ def _torch_eigh(n_rows: int | None = None):
     return torch
 
 
-def _eigh32(K, torch, desc=True):
+def _eigh_rows(K, torch, desc=True):
     """Eigenvalues and eigenvectors *as rows* (``Ut[b, i]`` is the i-th eigenvector of ``K[b]``) of
-    a float32 stack: largest first or, ``desc=False``, as LAPACK returns them (ascending). Rows
-    are what torch's column-major result holds contiguously, and what the products below want."""
+    a stack of symmetric matrices (float32 or float64): largest first or, ``desc=False``, as LAPACK
+    returns them (ascending). Rows are what torch's column-major result holds contiguously, and
+    what the products below want."""
     if torch is not None:
         lam, V = torch.linalg.eigh(torch.from_numpy(K))
         lam, Ut = lam.numpy(), V.numpy().mT
@@ -341,70 +342,82 @@ def _eigh32(K, torch, desc=True):
 
 
 def _half_tril(r: int) -> np.ndarray:
-    r"""(r, r) float32 mask -1/2 on the diagonal, -1 below it, 0 above: ``G * mask`` is
+    r"""(r, r) mask -1/2 on the diagonal, -1 below it, 0 above: ``G * mask`` is
     :math:`-(\mathrm{diag}\,G + 2\,\mathrm{tril}(G, -1))/2`."""
-    return np.tril(np.full((r, r), -1.0, dtype=np.float32), -1) - np.float32(0.5) * np.eye(r, dtype=np.float32)
+    return np.tril(np.full((r, r), -1.0), -1) - 0.5 * np.eye(r)
+
+
+def _centre_in_place(A):
+    """Centre a fresh (B, k, d) gather on its row means in place: ``(A - a_0) - mean(A - a_0)``,
+    the arithmetic of :func:`._local._exact_mean` (a neighbourhood of identical rows becomes
+    exactly zero) without its temporaries. Returns (A, a_0, mean(A - a_0))."""
+    a0 = A[:, 0, :].copy()
+    A -= a0[:, None, :]
+    dm = A.mean(1)
+    A -= dm[:, None, :]
+    return A, a0, dm
 
 
 class FastGramSource:
-    r"""``mode="fast"`` engine (kernel form, :math:`k \le d`): the Gram engine's algebra in float32
-    (neighbourhoods, Gram matrices, eigendecompositions, products with the target), no
-    certificate. Gram eigenvalues below ``FAST32_FLOOR`` x the largest count as zero; rows whose
-    chosen cutoff lies below ``FAST32_GUARD`` x s_max (where float32 eigenpairs are too coarse) are
-    redone by the float64 Gram engine without certificate.
+    r"""``mode="fast"`` engine (kernel form, :math:`k \le d`): the Gram engine's algebra without
+    certificate, in mixed precision.
 
-    ``Xn32`` (B, k, d) float32 neighbourhoods in fold order (overwritten), ``x`` (B, d) test rows,
-    ``Xredo(rows)``: the float64 neighbourhoods of those rows (for the guard); ``torch``: the
-    module for the eigendecompositions, or None (NumPy).
+    The 2-fold CV that picks alpha must see the small end of the fold spectra (cutoffs go down
+    to 1e-9 s_max; a float32 Gram resolves nothing below ~1e-3 s_max, and real features, e.g.
+    512-wide ones, do pick such cutoffs), so the fold Grams, their eigendecompositions and the CV
+    tables are float64, with torch's MKL ``eigh`` when torch is loaded. The refit, one
+    k x k eigendecomposition per row and the largest single cost, runs in float32 when the chosen
+    cutoff is at least ``FAST32_GUARD`` x s_max (kept Gram eigenvalues >= 1e-4 lambda_max, well
+    resolved in float32), and in float64 for the other rows.
+
+    ``Xn`` (B, k, d) float64 neighbourhoods in fold order (centred in place), ``x`` (B, d) test
+    rows; ``torch``: the module for the eigendecompositions, or None (NumPy).
     """
 
-    def __init__(self, Xn32, x, n1: int, alphas, Xredo, torch=None):
-        self.Xredo = Xredo
-        self._redo_src = {}
+    def __init__(self, Xn, x, n1: int, alphas, torch=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
-        self.x = x
         self.n1 = int(n1)
-        B, k, d = Xn32.shape
+        self.torch = torch
+        self._refit64 = {}  # float64 refits by row set, shared by the targets of a pairwise table
+        B, k, d = Xn.shape
         n1, n2 = self.n1, k - self.n1
-        mx = Xn32.mean(1)
-        Xl = Xn32  # centred in place (the caller's fresh gather)
-        Xl -= mx[:, None, :]
-        xt = (x - mx).astype(np.float32)
-        K = Xl @ Xl.mT  # (B, k, k)
+        Xl, x0, dm = _centre_in_place(Xn)
+        K = Xl @ Xl.mT  # (B, k, k): fold Grams, cross blocks and the refit Gram in one product
+        self.K = K
+        self.kappa = (Xl @ ((x - x0) - dm)[:, :, None])[:, :, 0]  # X_l x~
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            lam_all, Ut_all = _eigh32(K, torch, desc=False)  # refit: order does not matter
-            lam1, Ut1 = _eigh32(np.ascontiguousarray(K[:, :n1, :n1]), torch)
-            lam2, Ut2 = _eigh32(np.ascontiguousarray(K[:, n1:, n1:]), torch)
-            lmax = np.maximum(lam1[:, 0], lam2[:, 0]).astype(np.float64).clip(min=0)
+            lam1, Ut1 = _eigh_rows(np.ascontiguousarray(K[:, :n1, :n1]), torch)
+            lam2, Ut2 = _eigh_rows(np.ascontiguousarray(K[:, n1:, n1:]), torch)
+            lmax = np.maximum(lam1[:, 0], lam2[:, 0]).clip(min=0)
             self.smax = np.sqrt(lmax)
             scaled = self.smax[:, None] * self.alphas[None, :]
-            rc2 = (max(k, d) * _EPS) ** 2
+            self.rc2 = rc2 = (max(k, d) * _EPS) ** 2
             folds = []
             # (fold eigenvectors, cross Gram transposed: K is symmetric, so K[f rows, o columns])
             for lam, Ut, Ct in ((lam1, Ut1, K[:, :n1, n1:]), (lam2, Ut2, K[:, n1:, :n1])):
-                valid = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, :1])  # a prefix (lam descending)
-                inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0).astype(np.float32)
+                valid = (lam > rc2) & (lam > FAST_FLOOR * lam[:, :1])  # a prefix (lam descending)
+                inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0)
                 At = Ut @ Ct  # (B, r, n_o) cross-fold design A^T = Lambda^-1 U^T C^T, 0 where invalid
                 At *= inv[:, :, None]
                 Gh = At @ At.mT
                 Gh *= _half_tril(Gh.shape[-1])  # -(diag G + 2 strict lower G) / 2
-                s = np.sqrt(lam.astype(np.float64).clip(min=0))
+                s = np.sqrt(lam.clip(min=0))
                 L = np.minimum((s[:, None, :] > scaled[:, :, None]).sum(-1), valid.sum(-1)[:, None])
                 folds.append((Ut, At, Gh, L))
             self.folds = folds
             self.scaled = scaled
-            self.lam = lam_all
-            self.lam_pos = (lam_all > rc2) & (lam_all > FAST32_FLOOR * lam_all[:, -1:])
-            kappa = (Xl @ xt[:, :, None])[:, :, 0]
-            self.z = (Ut_all @ kappa[:, :, None])[:, :, 0]
-            self.Ut = Ut_all
+            # float32 refit: eigenpairs of the whole neighbourhood's Gram
+            lam, Ut = _eigh_rows(K.astype(np.float32), torch, desc=False)  # order does not matter
+            self.lam, self.Ut = lam, Ut
+            self.lam_pos = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, -1:])
+            self.z = (Ut @ self.kappa.astype(np.float32)[:, :, None])[:, :, 0]
 
     @staticmethod
     def _table(P, ysq, levels, n_rows):
         r"""CV score (B, n_alphas) from the per-component terms ``P = B * (Gh B + A^T Y_o)``
-        (B, r, d_Y), float32: :math:`e(L) = |y|^2 - 2\sum_{l<L} P_l`, the prefix sums taken as one
-        product with -2/0 prefix masks, evaluated once per distinct level (levels do not increase
-        with alpha: equal levels are runs) and copied along each run."""
+        (B, r, d_Y): :math:`e(L) = |y|^2 - 2\sum_{l<L} P_l`, the prefix sums taken as one product
+        with -2/0 prefix masks, evaluated once per distinct level (levels do not increase with
+        alpha: equal levels are runs) and copied along each run."""
         B, r, p = P.shape
         first = np.ones(levels.shape, dtype=bool)
         first[:, 1:] = levels[:, 1:] != levels[:, :-1]
@@ -412,22 +425,21 @@ class FastGramSource:
         rows, cols = np.nonzero(first)
         lev = np.zeros((B, int(run.max()) + 1), dtype=levels.dtype)
         lev[rows, run[rows, cols]] = levels[rows, cols]
-        T = (np.arange(r)[None, None, :] < lev[:, :, None]) * np.float32(-2.0)  # prefix masks
+        T = (np.arange(r)[None, None, :] < lev[:, :, None]) * -2.0  # prefix masks
         e = T @ P
         e += ysq[:, None, :]
         np.maximum(e, 0.0, out=e)
-        e *= np.float32(1.0 / n_rows)
+        e *= 1.0 / n_rows
         np.sqrt(e, out=e)
-        return np.take_along_axis(-e.mean(-1, dtype=np.float64), run, 1)
+        return np.take_along_axis(-e.mean(-1), run, 1)
 
-    def errors(self, Yn32, y, Yredo):
-        """Pointwise errors (B,) of float32 targets ``Yn32`` (B, k, d_Y; overwritten) against ``y`` (B, d_Y);
-        ``Yredo(rows)``: float64 target neighbourhoods of those rows (for the guard)."""
+    def errors(self, Yn, y):
+        """Pointwise errors (B,) of targets ``Yn`` (B, k, d_Y), float64 (centred in place), against
+        ``y`` (B, d_Y)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n1 = self.n1
-            my = Yn32.mean(1)
-            Yl = Yn32  # centred in place (the caller's fresh gather)
-            Yl -= my[:, None, :]
+            Yl, y0, dm = _centre_in_place(Yn)
+            my = y0 + dm
             Y1, Y2 = Yl[:, :n1], Yl[:, n1:]
             y1sq = np.einsum("bij,bij->bj", Y1, Y1)
             y2sq = np.einsum("bij,bij->bj", Y2, Y2)
@@ -443,15 +455,24 @@ class FastGramSource:
             thr = np.take_along_axis(self.scaled, best[:, None], 1)
             keep = (self.lam > (thr**2).astype(np.float32)) & self.lam_pos
             w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0).astype(np.float32)
-            coef = self.Ut.mT @ w[:, :, None]
-            pred = my.astype(np.float64) + (coef.mT @ Yl)[:, 0, :]
+            coef = (self.Ut.mT @ w[:, :, None]).astype(np.float64)
+            pred = my + (coef.mT @ Yl)[:, 0, :]
             out = np.sqrt(((y - pred) ** 2).sum(-1))
             redo = np.flatnonzero(~(thr[:, 0] >= FAST32_GUARD * self.smax) | ~np.isfinite(out))
             self.n_redo = int(redo.size)
             if redo.size:
-                key = redo.tobytes()
-                if key not in self._redo_src:  # shared by the targets of a pairwise table
-                    self._redo_src[key] = GramSource(self.Xredo(redo), self.x[redo], n1, self.alphas,
-                                                     certify=False)
-                out[redo] = self._redo_src[key].errors(Yredo(redo), y[redo])
+                lam, Ut, z = self._refit(redo)
+                keep = (lam > thr[redo] ** 2) & (lam > 0) & (lam > FAST_FLOOR * lam[:, -1:])
+                w = np.where(keep, z / np.where(keep, lam, 1.0), 0.0)
+                coef = Ut.mT @ w[:, :, None]
+                pred = my[redo] + (coef.mT @ Yl[redo])[:, 0, :]
+                out[redo] = np.sqrt(((y[redo] - pred) ** 2).sum(-1))
             return out
+
+    def _refit(self, rows):
+        """Float64 refit eigenpairs (ascending) and projections of ``rows``, computed once per row set."""
+        key = rows.tobytes()
+        if key not in self._refit64:
+            lam, Ut = _eigh_rows(np.ascontiguousarray(self.K[rows]), self.torch, desc=False)
+            self._refit64[key] = (lam, Ut, (Ut @ self.kappa[rows][:, :, None])[:, :, 0])
+        return self._refit64[key]

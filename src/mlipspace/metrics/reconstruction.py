@@ -159,9 +159,10 @@ def _n_workers(n_jobs: int | None) -> int:
 CPU_ENGINE = "gram"
 #: Pre-select neighbours in float32 (one pass, exact float64 re-ranking; see :mod:`._knn`).
 KNN_FLOAT32 = True
-#: ``mode="fast"`` CPU engine when k <= d: "float32" (:class:`._gram.FastGramSource`, torch's
-#: eigensolver when torch is installed) or "float64" (the Gram engine without certificate).
-FAST_ENGINE = "float32"
+#: ``mode="fast"`` CPU engine when k <= d: "mixed" (:class:`._gram.FastGramSource`: float64 CV,
+#: float32 refit where well conditioned, torch's eigensolver when torch is installed) or "float64"
+#: (the Gram engine without certificate).
+FAST_ENGINE = "mixed"
 
 
 class LocalProblem:
@@ -190,7 +191,7 @@ class LocalProblem:
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
         # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
         self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
-        self.fast32 = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "float32"
+        self.fast32 = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "mixed"
                        and CPU_ENGINE == "gram" and k <= Xtr.shape[1])
         if self.fast32 and self._train_f32 is None:
             self._train_f32 = Xtr.astype(np.float32)
@@ -201,7 +202,7 @@ class LocalProblem:
         neighbourhoods are searched)."""
         nt = self.Xte.shape[0]
         outs = [np.empty(nt) for _ in targets]
-        targets = _LazyTargets(targets, float32=self.fast32)
+        targets = _LazyTargets(targets)
         if self.backend == "numpy":
             try:
                 from threadpoolctl import threadpool_limits
@@ -224,11 +225,9 @@ class LocalProblem:
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
                 if self.fast32:
-                    src = FastGramSource(np.take(self._train_f32, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
-                                         lambda rows: np.take(self.Xtr, nbr[rows], axis=0), torch=torch)
-                    for out, (Ytr, Yte, Y32) in zip(outs, targets):
-                        out[a:b] = src.errors(np.take(Y32, nbr, axis=0), Yte[a:b],
-                                              lambda rows, Ytr=Ytr: np.take(Ytr, nbr[rows], axis=0))
+                    src = FastGramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, torch=torch)
+                    for out, (Ytr, Yte) in zip(outs, targets):
+                        out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                         fallbacks.append(src.n_redo)
                     return
                 svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
@@ -237,7 +236,7 @@ class LocalProblem:
                 else:
                     src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
                     skipped[0 if src.skip else 1] += 1
-                for out, (Ytr, Yte, _) in zip(outs, targets):
+                for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                     fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
 
@@ -267,7 +266,7 @@ class LocalProblem:
         Xte = ns.asarray(self.Xte)
         key = ns.index(self.tie_key)
         order = ns.index(self.fold_order)
-        Ys = [(ns.asarray(a), ns.asarray(b)) for a, b, _ in targets]
+        Ys = [(ns.asarray(a), ns.asarray(b)) for a, b in targets]
         for a, b in self.batches:
             nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)[:, order]
             src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.n1, ALPHAS, self.mode)
@@ -277,14 +276,11 @@ class LocalProblem:
 
 
 class _LazyTargets:
-    """The targets of :meth:`LocalProblem.run` as (Y train, Y test, float32 Y train or None),
-    each resolved (a pending Future waited for, the float32 copy made) once, by the first thread
-    that iterates over them."""
+    """The targets of :meth:`LocalProblem.run` as (Y train, Y test) pairs, a pending Future waited
+    for once, by the first thread that needs it."""
 
-    def __init__(self, targets, float32: bool):
+    def __init__(self, targets):
         self._items = list(targets)
-        self._done: dict[int, tuple] = {}
-        self._float32 = float32
         self._lock = threading.Lock()
 
     def __len__(self):
@@ -296,11 +292,10 @@ class _LazyTargets:
 
     def __getitem__(self, i):
         with self._lock:
-            if i not in self._done:
-                item = self._items[i]
-                Ytr, Yte = item.result() if isinstance(item, Future) else item
-                self._done[i] = (Ytr, Yte, Ytr.astype(np.float32) if self._float32 else None)
-            return self._done[i]
+            item = self._items[i]
+            if isinstance(item, Future):
+                item = self._items[i] = item.result()
+            return item
 
 
 def _scaled(A: np.ndarray, train: np.ndarray, test: np.ndarray, name: str):
