@@ -379,8 +379,8 @@ class FastGramSource:
         self.n1 = int(n1)
         self.torch = torch
         self._refit64 = {}  # float64 refits by row set, shared by the targets of a pairwise table
-        B, k, d = Xn.shape
-        n1, n2 = self.n1, k - self.n1
+        _, k, d = Xn.shape
+        n1 = self.n1
         Xl, x0, dm = _centre_in_place(Xn)
         K = Xl @ Xl.mT  # (B, k, k): fold Grams, cross blocks and the refit Gram in one product
         self.K = K
@@ -418,7 +418,7 @@ class FastGramSource:
         (B, r, d_Y): :math:`e(L) = |y|^2 - 2\sum_{l<L} P_l`, the prefix sums taken as one product
         with -2/0 prefix masks, evaluated once per distinct level (levels do not increase with
         alpha: equal levels are runs) and copied along each run."""
-        B, r, p = P.shape
+        B, r, _ = P.shape
         first = np.ones(levels.shape, dtype=bool)
         first[:, 1:] = levels[:, 1:] != levels[:, :-1]
         run = np.cumsum(first, axis=1) - 1  # (B, n_alphas) index of each alpha's run
