@@ -26,7 +26,7 @@ def fast_problem(X, Y, k, test, n_jobs=1):
     Xtr, mx, sx = rec._scale(X, train, "X")
     Ytr, my, sy = rec._scale(Y, train, "Y")
     prob = rec.LocalProblem(Xtr, (X[test] - mx) / sx, train, k, device="cpu", mode="fast", n_jobs=n_jobs)
-    assert prob.fast32
+    assert prob.fast_gram
     return prob.run([(Ytr, (Y[test] - my) / sy)])[0], prob.n_fallback
 
 

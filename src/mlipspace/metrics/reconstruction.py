@@ -191,9 +191,9 @@ class LocalProblem:
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
         # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
         self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
-        self.fast32 = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "mixed"
+        self.fast_gram = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "mixed"
                        and CPU_ENGINE == "gram" and k <= Xtr.shape[1])
-        if self.fast32 and self._train_f32 is None:
+        if self.fast_gram and self._train_f32 is None:
             self._train_f32 = Xtr.astype(np.float32)
 
     def run(self, targets: list) -> list[np.ndarray]:
@@ -213,18 +213,18 @@ class LocalProblem:
                     return nullcontext()
 
             ns = namespace("numpy")
-            torch = _torch_eigh(self.Xte.shape[0]) if self.fast32 else None
+            torch = _torch_eigh(self.Xte.shape[0]) if self.fast_gram else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
             def work(bounds):
                 a, b = bounds
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
-                                  train_f32=self._train_f32, rank32=self.fast32)
+                                  train_f32=self._train_f32, rank32=self.fast_gram)
                 nbr = nbr[:, self.fold_order]
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
-                if self.fast32:
+                if self.fast_gram:
                     src = FastGramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, torch=torch)
                     for out, (Ytr, Yte) in zip(outs, targets):
                         out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
@@ -282,9 +282,6 @@ class _LazyTargets:
     def __init__(self, targets):
         self._items = list(targets)
         self._lock = threading.Lock()
-
-    def __len__(self):
-        return len(self._items)
 
     def __iter__(self):
         for i in range(len(self._items)):
