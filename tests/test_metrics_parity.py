@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import mlipspace.metrics.reconstruction as rec
 from mlipspace.metrics import gfrd, gfre, lfre, pairwise, pointwise_gfrd, pointwise_gfre, pointwise_lfre
 from mlipspace.metrics._checks import default_split, kfold_halves
 
@@ -111,7 +112,14 @@ def test_gfrd_wider_source_is_defined_by_zero_padding():
 
 @pytest.mark.parametrize("kind,k", [("random", 12), ("correlated", 20), ("lowrank", 15), ("narrow_to_wide", 9),
                                     ("wide_to_narrow", 25), ("correlated", 2), ("correlated", 7)])
-def test_lfre_matches_skmatter(kind, k):
+@pytest.mark.parametrize("eigensolver", ["numpy", "torch"])
+def test_lfre_matches_skmatter(kind, k, eigensolver, monkeypatch):
+    """Exact mode with NumPy's (OpenBLAS) or torch's (MKL) eigensolver in the Gram engine."""
+    if eigensolver == "torch":
+        torch = pytest.importorskip("torch")
+        monkeypatch.setattr(rec, "_torch_eigh", lambda n_rows=None: torch)
+    else:
+        monkeypatch.setattr(rec, "_torch_eigh", lambda n_rows=None: None)
     X, Y = make(kind, n=200)
     rng = np.random.default_rng(2)
     test = rng.choice(len(X), 40, replace=False)

@@ -48,8 +48,13 @@ _EPS = np.spacing(1.0)
 REFIT_ATOL = 1e-9
 
 
-def _eig_desc(K):
-    """Eigenpairs of a stack of symmetric matrices, largest first (contiguous: BLAS-ready)."""
+def _eig_desc(K, torch=None):
+    """Eigenpairs (values, vectors as columns) of a stack of symmetric matrices, largest first;
+    with torch's MKL ``eigh`` when ``torch`` is given (~1.5x faster than OpenBLAS' on these
+    sizes), NumPy's otherwise."""
+    if torch is not None:
+        lam, Ut = _eigh_rows(K, torch, desc=True)
+        return lam, Ut.mT
     lam, V = np.linalg.eigh(K)
     return np.ascontiguousarray(lam[..., ::-1]), np.ascontiguousarray(V[..., ::-1])
 
@@ -61,7 +66,8 @@ class GramSource:
     the test rows. ``certify``: check every row and fall back to the SVD path where needed.
     """
 
-    def __init__(self, Xn, x, n1: int, alphas, certify: bool = True):
+    def __init__(self, Xn, x, n1: int, alphas, certify: bool = True, torch=None):
+        self.torch = torch
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             self._setup(Xn, x, n1, alphas, certify)
 
@@ -130,12 +136,12 @@ class GramSource:
 
         # refit: eigenpairs of the smaller Gram of the whole neighbourhood
         if k <= d:
-            lam, U = _eig_desc(K)
+            lam, U = _eig_desc(K, self.torch)
             kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
             self.z = (kappa[:, None, :] @ U)[:, 0, :]  # u_i . kappa
             self.Ufull = U  # coefficient c = U (z / lam) restricted
         else:
-            lam, V = _eig_desc(Xl.mT @ Xl)
+            lam, V = _eig_desc(Xl.mT @ Xl, self.torch)
             self.z = (xt[:, None, :] @ V)[:, 0, :]  # v_i . x~
             self.Ufull = Xl @ V  # c = X_l V (z / lam)
         self.lam = lam
@@ -148,14 +154,14 @@ class GramSource:
         n_f, d = F.shape[1], F.shape[2]
         if n_f <= d:
             Kf = K[:, sf, sf] if K is not None else F @ F.mT
-            lam, U = _eig_desc(Kf)
+            lam, U = _eig_desc(np.ascontiguousarray(Kf), self.torch)
             valid = self._valid(lam)
             inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0)
             C = K[:, so, sf] if K is not None else O @ F.mT  # (B, n_o, n_f) cross Gram
             A = (C @ U) * inv[:, None, :]
             M = U.mT * valid[:, :, None]
         else:
-            lam, V = _eig_desc(F.mT @ F)
+            lam, V = _eig_desc(F.mT @ F, self.torch)
             valid = self._valid(lam)
             sinv = np.where(valid, 1.0 / np.sqrt(np.where(valid, lam, 1.0)), 0.0)
             A = (O @ V) * sinv[:, None, :]

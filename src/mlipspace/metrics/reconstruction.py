@@ -213,7 +213,7 @@ class LocalProblem:
                     return nullcontext()
 
             ns = namespace("numpy")
-            torch = _torch_eigh(self.Xte.shape[0]) if self.fast_gram else None
+            torch = _torch_eigh(self.Xte.shape[0]) if CPU_ENGINE == "gram" else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
@@ -234,7 +234,8 @@ class LocalProblem:
                 if svd:
                     src = LocalSource(ns, np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, self.mode)
                 else:
-                    src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, certify=self.mode == "exact")
+                    src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
+                                     certify=self.mode == "exact", torch=torch)
                     skipped[0 if src.skip else 1] += 1
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
