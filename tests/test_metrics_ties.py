@@ -39,19 +39,17 @@ def test_knn_matches_brute_force_with_ties():
         np.testing.assert_array_equal(got, brute_knn(X, Xte, k, key))
 
 
-@pytest.mark.parametrize("rank32", [False, True])
 @pytest.mark.parametrize("copies, extra", [(4, 32), (40, 8)])
-def test_knn_float32_preselection_matches_brute_force_with_ties(rank32, copies, extra):
-    """One float32 pass plus re-ranking (exact float64, or float32 for mode="fast"): identical
-    rows still tie and go lowest key first; rows with more ties than ``extra`` at the boundary
-    take the float64 passes."""
+def test_knn_float32_preselection_matches_brute_force_with_ties(copies, extra):
+    """One float32 pass plus exact float64 re-ranking: identical rows still tie and go lowest key
+    first; rows with more ties than ``extra`` at the boundary take the float64 passes."""
     X, _ = duplicated(n_unique=30, copies=copies)
     rng = np.random.default_rng(1)
     key = rng.permutation(len(X))
     Xte = np.vstack([X[: 3 * copies : copies], rng.standard_normal((10, 5))])
     X32 = X.astype(np.float32)
     for k in (1, 3, 9, 30):
-        got = knn_indices(X, Xte, k, key, chunk=17, train_f32=X32, extra=extra, rank32=rank32)
+        got = knn_indices(X, Xte, k, key, chunk=17, train_f32=X32, extra=extra)
         np.testing.assert_array_equal(got, brute_knn(X, Xte, k, key))
 
 
@@ -83,8 +81,8 @@ def test_lfre_does_not_depend_on_training_order(x_only):
 
 
 def test_fast_lfre_does_not_depend_on_training_order():
-    """mode="fast" with k <= d (mixed-precision engine, float32 neighbour ranking): tied rows are still
-    chosen by row index, so shuffling ``train_idx`` changes nothing beyond float32 rounding."""
+    """mode="fast" with k <= d (mixed-precision engine): tied rows are still chosen by row index,
+    so shuffling ``train_idx`` changes nothing beyond float32 rounding."""
     Xd, Yd = duplicated(seed=8, d=16, x_only=True)
     rng = np.random.default_rng(9)
     # test rows of their own (a test row with copies among its neighbours would be interpolated

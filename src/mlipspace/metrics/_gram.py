@@ -373,8 +373,11 @@ class FastGramSource:
     512-wide ones, do pick such cutoffs), so the fold Grams, their eigendecompositions and the CV
     tables are float64, with torch's MKL ``eigh`` when torch is loaded. The refit, one
     k x k eigendecomposition per row and the largest single cost, runs in float32 when the chosen
-    cutoff is at least ``FAST32_GUARD`` x s_max (kept Gram eigenvalues >= 1e-4 lambda_max, well
-    resolved in float32), and in float64 for the other rows.
+    cutoff is at least ``FAST32_GUARD`` x s_max (kept Gram eigenvalues >= 1e-2 lambda_max, well
+    resolved in float32), and in float64 for the other rows. Rows failing the exact engine's
+    source test (a fold eigenvalue not clearly above the rcond cutoff, or within its error of an
+    alpha's cutoff: numerically rank-deficient neighbourhoods, e.g. near-duplicate atoms, whose
+    tiny singular values a Gram matrix cannot resolve) take the SVD path, as in exact mode.
 
     ``Xn`` (B, k, d) float64 neighbourhoods in fold order (centred in place), ``x`` (B, d) test
     rows; ``torch``: the module for the eigendecompositions, or None (NumPy).
@@ -388,9 +391,11 @@ class FastGramSource:
         _, k, d = Xn.shape
         n1 = self.n1
         Xl, x0, dm = _centre_in_place(Xn)
+        xt = (x - x0) - dm
+        self.Xl, self.xt = Xl, xt
         K = Xl @ Xl.mT  # (B, k, k): fold Grams, cross blocks and the refit Gram in one product
         self.K = K
-        self.kappa = (Xl @ ((x - x0) - dm)[:, :, None])[:, :, 0]  # X_l x~
+        self.kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             lam1, Ut1 = _eigh_rows(np.ascontiguousarray(K[:, :n1, :n1]), torch)
             lam2, Ut2 = _eigh_rows(np.ascontiguousarray(K[:, n1:, n1:]), torch)
@@ -398,6 +403,17 @@ class FastGramSource:
             self.smax = np.sqrt(lmax)
             scaled = self.smax[:, None] * self.alphas[None, :]
             self.rc2 = rc2 = (max(k, d) * _EPS) ** 2
+            # the exact engine's rank test: a fold whose smallest Gram eigenvalue is not clearly
+            # above the rcond cutoff may hold singular values a Gram matrix cannot resolve (e.g.
+            # near-duplicate rows) that the small alphas would fit: such rows take the SVD path
+            ok = lmax > 0
+            for lam in (lam1, lam2):
+                dl = 2.0 * (k + d) * _EPS * lam[:, :1].clip(min=0)
+                ok &= (lam[:, -1] - dl[:, 0]) > rc2
+                tol = dl[:, :, None] + 4 * _EPS * scaled[:, :, None] ** 2
+                ok &= ~(np.abs(lam[:, None, :] - scaled[:, :, None] ** 2) <= tol).any((-2, -1))
+            self.svd_rows = np.flatnonzero(~ok)
+            self._svd = None
             folds = []
             # (fold eigenvectors, cross Gram transposed: K is symmetric, so K[f rows, o columns])
             for lam, Ut, Ct in ((lam1, Ut1, K[:, :n1, n1:]), (lam2, Ut2, K[:, n1:, :n1])):
@@ -412,8 +428,12 @@ class FastGramSource:
                 folds.append((Ut, At, Gh, L))
             self.folds = folds
             self.scaled = scaled
-            # float32 refit: eigenpairs of the whole neighbourhood's Gram
-            lam, Ut = _eigh_rows(K.astype(np.float32), torch, desc=False)  # order does not matter
+            # float32 refit: eigenpairs of the whole neighbourhood's Gram (rows of the SVD path: none)
+            lam = np.zeros(K.shape[:2], dtype=np.float32)
+            Ut = np.zeros(K.shape, dtype=np.float32)
+            rows = np.flatnonzero(ok)
+            if rows.size:
+                lam[rows], Ut[rows] = _eigh_rows(K[rows].astype(np.float32), torch, desc=False)
             self.lam, self.Ut = lam, Ut
             self.lam_pos = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, -1:])
             self.z = (Ut @ self.kappa.astype(np.float32)[:, :, None])[:, :, 0]
@@ -465,7 +485,8 @@ class FastGramSource:
             pred = my + (coef.mT @ Yl)[:, 0, :]
             out = np.sqrt(((y - pred) ** 2).sum(-1))
             redo = np.flatnonzero(~(thr[:, 0] >= FAST32_GUARD * self.smax) | ~np.isfinite(out))
-            self.n_redo = int(redo.size)
+            redo = np.setdiff1d(redo, self.svd_rows)
+            self.n_redo = int(redo.size + self.svd_rows.size)
             if redo.size:
                 lam, Ut, z = self._refit(redo)
                 keep = (lam > thr[redo] ** 2) & (lam > 0) & (lam > FAST_FLOOR * lam[:, -1:])
@@ -473,6 +494,11 @@ class FastGramSource:
                 coef = Ut.mT @ w[:, :, None]
                 pred = my[redo] + (coef.mT @ Yl[redo])[:, 0, :]
                 out[redo] = np.sqrt(((y[redo] - pred) ** 2).sum(-1))
+            if self.svd_rows.size:  # centred inputs (the SVD path's own centring changes nothing)
+                sel = self.svd_rows
+                if self._svd is None:  # shared by the targets of a pairwise table
+                    self._svd = LocalSource(namespace("numpy"), self.Xl[sel], self.xt[sel], n1, self.alphas, "exact")
+                out[sel] = self._svd.errors(Yl[sel], (y[sel] - y0[sel]) - dm[sel])
             return out
 
     def _refit(self, rows):

@@ -25,7 +25,7 @@ _SLACK = 1e-10
 
 def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.ndarray | None = None,
                 *, train_sq: np.ndarray | None = None, chunk: int = 8192, train_f32: np.ndarray | None = None,
-                extra: int = 32, rank32: bool = False) -> np.ndarray:
+                extra: int = 32) -> np.ndarray:
     r"""Indices (n_test, k) into ``X_train`` of the k nearest rows of each test row, nearest first,
     exact ties broken by ascending ``tie_key`` (default: position in ``X_train``).
 
@@ -33,13 +33,7 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
     smallest distances per row; every training row within the k-th distance plus a rigorous bound
     on the float32 rounding is a candidate, re-ranked exactly in float64 (same result as the
     float64 passes). Rows whose candidate set may be incomplete (more than ``extra`` rows within
-    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes.
-
-    ``rank32`` (``mode="fast"``): the candidates are re-ranked by :math:`\sum_j (t_j - x_j)^2` in
-    float32 instead (about 3x cheaper). Identical rows still tie bit for bit and go lowest tie key
-    first, but distances closer than float32 rounding (~1e-6 relative) may come out in either
-    order: a neighbourhood can differ from the exact one in its last member or in the order (fold)
-    of two near-equidistant members."""
+    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes."""
     n_train = X_train.shape[0]
     if tie_key is None:
         tie_key = np.arange(n_train)
@@ -63,15 +57,7 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
     if bad.size:
         out[bad] = _knn_two_pass(X_train, X_test[bad], k, tie_key, train_sq, chunk)
     good = np.flatnonzero(complete)
-    if good.size and rank32:
-        T32 = X_test[good].astype(np.float32)
-        bi = bi[good]
-        diff = np.take(train_f32, bi, axis=0)  # (n_good, k + extra, d): all rows within the bound
-        diff -= T32[:, None, :]
-        dist = np.einsum("ijk,ijk->ij", diff, diff)
-        order = np.lexsort((np.take(tie_key, bi), dist), axis=-1)[:, :k]
-        out[good] = np.take_along_axis(bi, order, 1)
-    elif good.size:
+    if good.size:
         rows, pos = np.nonzero(bv[good] <= thr[good, None])
         cols = bi[good][rows, pos]
         out[good] = _rank(X_train, X_test[good], rows, cols, tie_key, k, good.size)

@@ -220,7 +220,7 @@ class LocalProblem:
             def work(bounds):
                 a, b = bounds
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
-                                  train_f32=self._train_f32, rank32=self.fast_gram)
+                                  train_f32=self._train_f32)
                 nbr = nbr[:, self.fold_order]
                 # exact mode: once most batches could not be certified (rank-deficient data), the
                 # remaining ones go straight to the SVD engine instead of trying the Gram one first
