@@ -48,6 +48,24 @@ _EPS = np.spacing(1.0)
 REFIT_ATOL = 1e-9
 
 
+def source_ok(lmax, fold_lams, scaled, k: int, d: int) -> np.ndarray:
+    r"""Rows (B,) whose fold Gram spectra a Gram engine resolves: with the eigenvalue error bound
+    :math:`\epsilon_K = 2(k+d)\,\epsilon\,\lambda_{max}`, every fold eigenvalue (descending,
+    ``fold_lams``) lies clearly above the rcond cutoff (else the fold is numerically rank
+    deficient, e.g. near-duplicate rows, with singular values only an SVD resolves) and none lies
+    within its error of an alpha's cutoff ``scaled`` (B, n_alphas) squared (the truncation levels
+    are those of an exact SVD)."""
+    ok = lmax > 0
+    rc2 = (max(k, d) * _EPS) ** 2
+    thr2 = scaled**2
+    for lam in fold_lams:
+        dl = 2.0 * (k + d) * _EPS * lam[:, :1].clip(min=0)
+        ok &= (lam[:, -1] - dl[:, 0]) > rc2
+        tol = dl[:, :, None] + 4 * _EPS * thr2[:, :, None]
+        ok &= ~(np.abs(lam[:, None, :] - thr2[:, :, None]) <= tol).any((-2, -1))
+    return ok
+
+
 def _eig_desc(K, torch=None):
     """Eigenpairs (values, vectors as columns) of a stack of symmetric matrices, largest first;
     with torch's MKL ``eigh`` when ``torch`` is given (~1.5x faster than OpenBLAS' on these
@@ -113,23 +131,10 @@ class GramSource:
         self.L1 = np.minimum((s1[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r1valid[:, None])
         self.L2 = np.minimum((s2[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r2valid[:, None])
 
-        # source-level certificate
-        if certify:
-            ok = lmax > 0
-            for lamf in (self.lam1, self.lam2):
-                dl = self.c_eig * lamf[:, :1].clip(min=0)
-                rc2 = (max(k, d) * _EPS) ** 2
-                # every eigenvalue certainly above the rcond cutoff (else: rank deficient fold)
-                ok &= (lamf[:, -1] - dl[:, 0]) > rc2
-                # no eigenvalue within its error of any alpha's cutoff
-                thr2 = self.scaled**2  # (B, n_alphas)
-                tol = dl[:, :, None] + 4 * _EPS * thr2[:, :, None]
-                ok &= ~(np.abs(lamf[:, None, :] - thr2[:, :, None]) <= tol).any((-2, -1))
-            self.ok = ok
-        else:
-            self.ok = np.ones(B, dtype=bool)
+        # source-level test (also in fast mode: a Gram matrix cannot resolve what it flags)
+        self.ok = source_ok(lmax, (self.lam1, self.lam2), self.scaled, k, d)
         # most rows uncertifiable (rank-deficient data): no refit decomposition, all rows by SVD
-        self.skip = bool(certify and self.ok.mean() < 0.5)
+        self.skip = bool(self.ok.mean() < 0.5)
         if self.skip:
             self.ok[:] = False
             return
@@ -236,7 +241,11 @@ class GramSource:
         coef = self.Ufull @ w[:, :, None]  # (B, k, 1)
         pred = my + (coef.mT @ Yl)[:, 0, :]
         out = ((y - pred) ** 2).sum(-1) ** 0.5
-        if not self.certify:
+        if not self.certify:  # fast mode: only the rows failing the source test take the SVD path
+            bad = ~self.ok
+            self.n_fallback = int(bad.sum())
+            if self.n_fallback:
+                out[bad] = self._fallback(bad, Yn, y)
             return out
         ok = self.ok.copy()
         # (2) the chosen alpha wins the CV beyond the error bars
@@ -406,12 +415,7 @@ class FastGramSource:
             # the exact engine's rank test: a fold whose smallest Gram eigenvalue is not clearly
             # above the rcond cutoff may hold singular values a Gram matrix cannot resolve (e.g.
             # near-duplicate rows) that the small alphas would fit: such rows take the SVD path
-            ok = lmax > 0
-            for lam in (lam1, lam2):
-                dl = 2.0 * (k + d) * _EPS * lam[:, :1].clip(min=0)
-                ok &= (lam[:, -1] - dl[:, 0]) > rc2
-                tol = dl[:, :, None] + 4 * _EPS * scaled[:, :, None] ** 2
-                ok &= ~(np.abs(lam[:, None, :] - scaled[:, :, None] ** 2) <= tol).any((-2, -1))
+            ok = source_ok(lmax, (lam1, lam2), scaled, k, d)
             self.svd_rows = np.flatnonzero(~ok)
             self._svd = None
             folds = []
