@@ -362,6 +362,15 @@ def _half_tril(r: int) -> np.ndarray:
     return np.tril(np.full((r, r), -1.0), -1) - 0.5 * np.eye(r)
 
 
+def _refit_predict(lam, Ut, z, keep, my, Yl):
+    r"""Prediction :math:`\bar y + c^T Y_l` of the truncated refit, :math:`c = \sum_{kept}
+    u_i z_i/\lambda_i` (eigenvectors as rows ``Ut``, :math:`z = U^T X_l\tilde x`), the
+    coefficients in the eigenpairs' precision and the product with the target in ``Yl``'s."""
+    w = np.where(keep, z / np.where(keep, lam, 1.0), 0.0).astype(Ut.dtype)
+    coef = (Ut.mT @ w[:, :, None]).astype(Yl.dtype)
+    return my + (coef.mT @ Yl)[:, 0, :]
+
+
 def _centre_in_place(A):
     """Centre a fresh (B, k, d) gather on its row means in place: ``(A - a_0) - mean(A - a_0)``,
     the arithmetic of :func:`._local._exact_mean` (a neighbourhood of identical rows becomes
@@ -411,7 +420,7 @@ class FastGramSource:
             lmax = np.maximum(lam1[:, 0], lam2[:, 0]).clip(min=0)
             self.smax = np.sqrt(lmax)
             scaled = self.smax[:, None] * self.alphas[None, :]
-            self.rc2 = rc2 = (max(k, d) * _EPS) ** 2
+            rc2 = (max(k, d) * _EPS) ** 2
             # the exact engine's rank test: a fold whose smallest Gram eigenvalue is not clearly
             # above the rcond cutoff may hold singular values a Gram matrix cannot resolve (e.g.
             # near-duplicate rows) that the small alphas would fit: such rows take the SVD path
@@ -484,19 +493,14 @@ class FastGramSource:
             best = cv.argmax(-1)
             thr = np.take_along_axis(self.scaled, best[:, None], 1)
             keep = (self.lam > (thr**2).astype(np.float32)) & self.lam_pos
-            w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0).astype(np.float32)
-            coef = (self.Ut.mT @ w[:, :, None]).astype(np.float64)
-            pred = my + (coef.mT @ Yl)[:, 0, :]
-            out = np.sqrt(((y - pred) ** 2).sum(-1))
+            out = np.sqrt(((y - _refit_predict(self.lam, self.Ut, self.z, keep, my, Yl)) ** 2).sum(-1))
             redo = np.flatnonzero(~(thr[:, 0] >= FAST32_GUARD * self.smax) | ~np.isfinite(out))
             redo = np.setdiff1d(redo, self.svd_rows)
             self.n_redo = int(redo.size + self.svd_rows.size)
             if redo.size:
                 lam, Ut, z = self._refit(redo)
                 keep = (lam > thr[redo] ** 2) & (lam > 0) & (lam > FAST_FLOOR * lam[:, -1:])
-                w = np.where(keep, z / np.where(keep, lam, 1.0), 0.0)
-                coef = Ut.mT @ w[:, :, None]
-                pred = my[redo] + (coef.mT @ Yl[redo])[:, 0, :]
+                pred = _refit_predict(lam, Ut, z, keep, my[redo], Yl[redo])
                 out[redo] = np.sqrt(((y[redo] - pred) ** 2).sum(-1))
             if self.svd_rows.size:  # centred inputs (the SVD path's own centring changes nothing)
                 sel = self.svd_rows

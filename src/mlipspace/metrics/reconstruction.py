@@ -193,8 +193,6 @@ class LocalProblem:
         self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
         self.fast_gram = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "mixed"
                        and CPU_ENGINE == "gram" and k <= Xtr.shape[1])
-        if self.fast_gram and self._train_f32 is None:
-            self._train_f32 = Xtr.astype(np.float32)
 
     def run(self, targets: list) -> list[np.ndarray]:
         """Pointwise LFRE for each target given as (scaled Y train, scaled Y test), or as a
