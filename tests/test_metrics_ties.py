@@ -141,3 +141,35 @@ def test_neighbourhood_of_identical_rows_predicts_their_mean():
         group = train[train // 10 == t // 10][:5]
         expected = np.linalg.norm(Y[t] - Y[group].mean(0)) / scale
         assert abs(val - expected) < 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_knn_float32_near_ties_at_mixed_scales_match_brute_force(seed):
+    """Near-duplicate rows (distances equal to ~1e-9, far below float32 resolution) around centres
+    whose norms span four decades: the float32 values decide only separated neighbours, every
+    overlapping group is ranked exactly, as the float64 brute force ranks it."""
+    rng = np.random.default_rng(seed)
+    d = 12
+    centres = rng.standard_normal((30, d)) * np.geomspace(0.1, 1000.0, 30)[:, None]
+    Xtr = np.repeat(centres, 12, axis=0)
+    Xtr = Xtr + rng.standard_normal(Xtr.shape) * rng.choice([0.0, 1e-9, 1e-6, 1e-3], (len(Xtr), 1)) * (
+        np.linalg.norm(Xtr, axis=1, keepdims=True))
+    Xtr = np.vstack([Xtr, rng.standard_normal((200, d))])
+    Xte = np.vstack([centres[::3] + 1e-8, rng.standard_normal((10, d)), Xtr[::37]])
+    key = rng.permutation(len(Xtr))
+    for k in (1, 5, 12, 40):
+        got = knn_indices(Xtr, Xte, k, key, chunk=97, train_f32=Xtr.astype(np.float32), extra=16)
+        np.testing.assert_array_equal(got, brute_knn(Xtr, Xte, k, key))
+
+
+def test_rank_intervals_groups_by_all_earlier_bounds_not_the_previous_one():
+    """A wide interval (a large-norm row's loose float32 bound) can overlap a later candidate that
+    its immediate neighbour does not: the group must extend to it, or the order comes out wrong."""
+    from mlipspace.metrics._knn import _rank_intervals
+
+    X_train = np.sqrt([[2.9], [1.0], [2.5]])  # exact squared distances to 0: 2.9, 1.0, 2.5
+    approx = np.array([[0.0, 1.0, 2.5]])
+    tol = np.array([[3.0, 0.1, 0.1]])  # every exact value is inside its interval
+    got = _rank_intervals(X_train, np.zeros((1, 1)), approx, np.array([[0, 1, 2]]), tol,
+                          np.ones((1, 3), dtype=bool), np.arange(3), 3)
+    np.testing.assert_array_equal(got, [[1, 2, 0]])

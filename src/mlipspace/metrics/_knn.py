@@ -31,8 +31,9 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
 
     With ``train_f32`` (``X_train`` as float32) one pass in float32 keeps the ``k + extra``
     smallest distances per row; every training row within the k-th distance plus a rigorous bound
-    on the float32 rounding is a candidate, re-ranked exactly in float64 (same result as the
-    float64 passes). Rows whose candidate set may be incomplete (more than ``extra`` rows within
+    on the float32 rounding is a candidate, ranked exactly (same result as the float64 passes):
+    by its float32 value where the per-pair bounds separate it from every other candidate, by its
+    float64 distance and tie key within groups of overlapping bounds (:func:`_rank_intervals`). Rows whose candidate set may be incomplete (more than ``extra`` rows within
     the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes."""
     n_train = X_train.shape[0]
     if tie_key is None:
@@ -58,10 +59,45 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
         out[bad] = _knn_two_pass(X_train, X_test[bad], k, tie_key, train_sq, chunk)
     good = np.flatnonzero(complete)
     if good.size:
-        rows, pos = np.nonzero(bv[good] <= thr[good, None])
-        cols = bi[good][rows, pos]
-        out[good] = _rank(X_train, X_test[good], rows, cols, tie_key, k, good.size)
+        bv, bi = bv[good], bi[good]
+        # per-pair bound: the float32 value of each candidate is within ptol of its exact distance
+        ptol = (2 * d + 16) * float(np.finfo(np.float32).eps) * (test_sq[good, None] + train_sq[bi])
+        out[good] = _rank_intervals(X_train, X_test[good], bv, bi, ptol, bv <= thr[good, None], tie_key, k)
     return out
+
+
+def _rank_intervals(X_train, X_test, approx, cols, tol, cand, tie_key, k):
+    r"""The k first candidates of each row by (exact distance, tie key), computing exact distances
+    only where the float32 values cannot decide the order.
+
+    Each candidate's exact squared distance lies in :math:`[a - \tau, a + \tau]` (``approx``,
+    ``tol``; all (n, m)). Sorted by lower bound, a row splits into groups at every candidate whose
+    lower bound exceeds the upper bounds of all before it (connected components of overlapping
+    intervals): every member of an earlier group is then strictly nearer than every member of a
+    later one, so only groups of two or more need their exact distances (well-separated
+    neighbours, the usual case, cost nothing). Non-candidates (``cand`` False) sort last."""
+    n, m = approx.shape
+    lo = np.where(cand, approx - tol, np.inf)
+    order = np.argsort(lo, axis=1, kind="stable")
+    lo = np.take_along_axis(lo, order, 1)
+    hi = np.take_along_axis(np.where(cand, approx + tol, np.inf), order, 1)
+    cols = np.take_along_axis(cols, order, 1)
+    start = np.ones((n, m), dtype=bool)  # first member of its group
+    start[:, 1:] = lo[:, 1:] > np.maximum.accumulate(hi, axis=1)[:, :-1]
+    single = start.copy()
+    single[:, :-1] &= start[:, 1:]  # next one starts a new group too
+    need = ~single & np.isfinite(lo)
+    exact = np.zeros((n, m))
+    r, c = np.nonzero(need)
+    if r.size:
+        diff = np.take(X_train, cols[r, c], axis=0)  # np.take: ~2x faster than fancy indexing here
+        diff -= np.take(X_test, r, axis=0)
+        exact[r, c] = np.einsum("ij,ij->i", diff, diff)
+    group = np.cumsum(start, axis=1) + (np.arange(n) * (m + 1))[:, None]
+    key = np.where(need, tie_key[cols], 0)
+    final = np.lexsort((key.ravel(), exact.ravel(), group.ravel())).reshape(n, m)
+    final -= (np.arange(n) * m)[:, None]  # each row's entries stay in the row: group leads the sort
+    return np.take_along_axis(cols, final[:, :k], 1)
 
 
 def _preselect32(train_f32, s32, T32, t32, m, chunk):
