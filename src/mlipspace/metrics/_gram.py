@@ -442,11 +442,14 @@ class FastGramSource:
             self.folds = folds
             self.scaled = scaled
             # float32 refit: eigenpairs of the whole neighbourhood's Gram (rows of the SVD path: none)
-            lam = np.zeros(K.shape[:2], dtype=np.float32)
-            Ut = np.zeros(K.shape, dtype=np.float32)
             rows = np.flatnonzero(ok)
-            if rows.size:
-                lam[rows], Ut[rows] = _eigh_rows(K[rows].astype(np.float32), torch, desc=False)
+            if rows.size == K.shape[0]:  # the usual case: no gathered copy of K
+                lam, Ut = _eigh_rows(K.astype(np.float32), torch, desc=False)
+            else:
+                lam = np.zeros(K.shape[:2], dtype=np.float32)
+                Ut = np.zeros(K.shape, dtype=np.float32)
+                if rows.size:
+                    lam[rows], Ut[rows] = _eigh_rows(K[rows].astype(np.float32), torch, desc=False)
             self.lam, self.Ut = lam, Ut
             self.lam_pos = (lam > rc2) & (lam > FAST32_FLOOR * lam[:, -1:])
             self.z = (Ut @ self.kappa.astype(np.float32)[:, :, None])[:, :, 0]
