@@ -42,3 +42,21 @@ def test_fast_lfre_matches_exact_on_wide_real_features(hienet_sevennet):
     dev = np.abs(fast - exact)
     assert dev.max() <= 1e-4, np.sort(dev)[-5:]
     assert abs(rms(fast) - rms(exact)) <= 1e-6
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_float32_preselected_neighbours_equal_the_float64_passes_on_real_features(hienet_sevennet, which):
+    """Both modes share the neighbour search, so fast vs exact cannot catch a ranking error: the
+    one-pass search (float32 values decide separated candidates, float64 distances the groups of
+    overlapping bounds) must return the two float64 passes' neighbours, in order, on real atoms."""
+    from mlipspace.metrics._knn import knn_indices
+    from mlipspace.metrics.reconstruction import _scaled
+
+    A = hienet_sevennet[which]
+    test = np.arange(0, len(A), 4)
+    train = np.setdiff1d(np.arange(len(A)), test)
+    Atr, Ate = _scaled(A, train, test, "X")
+    for k in (32, 128):
+        two_pass = knn_indices(Atr, Ate, k, train)
+        one_pass = knn_indices(Atr, Ate, k, train, train_f32=Atr.astype(np.float32))
+        np.testing.assert_array_equal(one_pass, two_pass)
