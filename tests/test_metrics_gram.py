@@ -168,3 +168,17 @@ def test_float32_preselection_equals_the_exact_two_pass_neighbours():
     two_pass = knn_indices(Xtr, Xte, 20, key, chunk=700)
     one_pass = knn_indices(Xtr, Xte, 20, key, chunk=700, train_f32=Xtr.astype(np.float32), extra=8)
     np.testing.assert_array_equal(one_pass, two_pass)
+
+
+def test_gfre_wider_than_its_folds_goes_straight_to_tsqr(monkeypatch):
+    """Structure-level features (cumulants: K x d columns, few structures) give folds with fewer
+    rows than X has columns: their Gram matrices are singular and never certifiable, so no
+    d_x x d_x eigendecomposition is spent on them (values: scikit-matter's)."""
+    skm = pytest.importorskip("skmatter.metrics")
+    X, Y = correlated(n=90, dx=120, dy=30, noise=0.3)
+    calls = count_qr(monkeypatch)
+    tried = []
+    gram_fit = glob._gram_fit
+    monkeypatch.setattr(glob, "_gram_fit", lambda *a, **kw: tried.append(1) or gram_fit(*a, **kw))
+    assert abs(gfre(X, Y) - skm.global_reconstruction_error(X, Y)) <= TOL
+    assert len(calls) == 1 and not tried

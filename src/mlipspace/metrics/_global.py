@@ -288,7 +288,9 @@ def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
         my, scly = sty.mean, sty.scale(names[1])
 
     ridge = None
-    if GLOBAL_ENGINE == "gram" and kind == "gfre":
+    # a fold with fewer rows than X has columns (wide features, e.g. cumulants of few structures)
+    # has a singular Gram matrix that the certificate always rejects: go straight to TSQR
+    if GLOBAL_ENGINE == "gram" and kind == "gfre" and min(f1.size, f2.size) >= d_x:
         ridge = _gram_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
     if ridge is None:
         ridge = _qr_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
