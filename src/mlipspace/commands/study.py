@@ -98,7 +98,7 @@ def run(
     data: str = typer.Argument("builtin:mad-mini", help="Dataset: path, glob or builtin:mad-mini[?size=N&seed=S]."),
     models: str = typer.Option(None, "--models", "-m", help="Models, comma-separated (default: every bundled model available here)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder: index.html, results.json, figures, store."),
-    size: int = typer.Option(None, "--size", help="Structures of the builtin dataset (default 200: about 3 min on 2 CPU cores)."),
+    size: int = typer.Option(None, "--size", help="Structures of the builtin dataset (default 200: about 6 min on 2 CPU cores, store included)."),
     seeds: int = _SEEDS,
     store: Path = typer.Option(None, "--store", "-s", help="Feature store (default OUT/features.zarr); reused across runs."),
     order: int = typer.Option(3, "--order", help="Cumulant order of the structure-level features."),
