@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_metrics import correlated  # noqa: E402  (the same data as the main benchmark)
+# beside this script: the same data as the main benchmark
+from bench_metrics import correlated
 
 
 def cpu_per_call(f, *a, repeat: int = 3, **kw) -> float:
@@ -66,7 +66,7 @@ def floor_ms(Xn, Yn, Xtr, Xte, torch) -> dict:
     F2 = np.ascontiguousarray(K[:, h:, h:])
     K32 = K.astype(np.float32)
     if torch is not None:
-        eig = lambda A: torch.linalg.eigh(torch.from_numpy(A))  # noqa: E731
+        eig = lambda A: torch.linalg.eigh(torch.from_numpy(A))
     else:
         eig = np.linalg.eigh
     U = np.linalg.eigh(F1)[1]

@@ -33,8 +33,9 @@ def knn_indices(X_train: np.ndarray, X_test: np.ndarray, k: int, tie_key: np.nda
     smallest distances per row; every training row within the k-th distance plus a rigorous bound
     on the float32 rounding is a candidate, ranked exactly (same result as the float64 passes):
     by its float32 value where the per-pair bounds separate it from every other candidate, by its
-    float64 distance and tie key within groups of overlapping bounds (:func:`_rank_intervals`). Rows whose candidate set may be incomplete (more than ``extra`` rows within
-    the bound of the k-th distance, e.g. many duplicated rows) take the two float64 passes."""
+    float64 distance and tie key within groups of overlapping bounds (:func:`_rank_intervals`).
+    Rows whose candidate set may be incomplete (more than ``extra`` rows within the bound of the
+    k-th distance, e.g. many duplicated rows) take the two float64 passes."""
     n_train = X_train.shape[0]
     if tie_key is None:
         tie_key = np.arange(n_train)
@@ -90,9 +91,7 @@ def _rank_intervals(X_train, X_test, approx, cols, tol, cand, tie_key, k):
     exact = np.zeros((n, m))
     r, c = np.nonzero(need)
     if r.size:
-        diff = np.take(X_train, cols[r, c], axis=0)  # np.take: ~2x faster than fancy indexing here
-        diff -= np.take(X_test, r, axis=0)
-        exact[r, c] = np.einsum("ij,ij->i", diff, diff)
+        exact[r, c] = _exact_sq(X_train, X_test, r, cols[r, c])
     group = np.cumsum(start, axis=1) + (np.arange(n) * (m + 1))[:, None]
     key = np.where(need, tie_key[cols], 0)
     final = np.lexsort((key.ravel(), exact.ravel(), group.ravel())).reshape(n, m)
@@ -128,15 +127,21 @@ def _preselect32(train_f32, s32, T32, t32, m, chunk):
 
 def _rank(X_train, X_test, rows, cols, tie_key, k, nt):
     """The k first candidates of each test row by (exact distance, tie key)."""
-    diff = np.take(X_train, cols, axis=0)  # np.take: ~2x faster than fancy indexing here
-    diff -= np.take(X_test, rows, axis=0)
-    exact = np.einsum("ij,ij->i", diff, diff)
+    exact = _exact_sq(X_train, X_test, rows, cols)
     order = np.lexsort((tie_key[cols], exact, rows))
     rows, cols = rows[order], cols[order]
     counts = np.bincount(rows, minlength=nt)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     take = starts[:, None] + np.arange(k)[None, :]
     return cols[take]
+
+
+def _exact_sq(X_train, X_test, rows, cols):
+    r"""Squared distances :math:`\sum_j (t_j - x_j)^2` of the pairs (``X_test[rows]``,
+    ``X_train[cols]``), computed directly: bitwise equal for identical rows."""
+    diff = np.take(X_train, cols, axis=0)  # np.take: ~2x faster than fancy indexing here
+    diff -= np.take(X_test, rows, axis=0)
+    return np.einsum("ij,ij->i", diff, diff)
 
 
 def _knn_two_pass(X_train, X_test, k, tie_key, train_sq, chunk):
