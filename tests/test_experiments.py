@@ -9,7 +9,7 @@ from mlipspace.data import builtin, row_table
 from mlipspace.errors import AlignmentError, InputError
 from mlipspace.experiments import cross_model as cm
 from mlipspace.experiments import finetune, layers, probe, variants
-from mlipspace.experiments._common import RECORD_KEYS, record, select
+from mlipspace.records import RECORD_KEYS, matrix, mean_off_diagonal, record, select
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,12 @@ def test_cross_model_structure_level_uses_cumulants(rows):
 def test_matrix_and_mean_off_diagonal():
     recs = [record("cross-model", a, b, "gfre", [v]) for a, b, v in
             (("A", "B", 0.2), ("B", "A", 0.4), ("A", "C", 0.6), ("C", "A", 0.8), ("B", "C", 1.0), ("C", "B", 0.0))]
-    names, M, S = cm.matrix(recs, "gfre")
+    names, M, S = matrix(recs, "gfre")
     assert names == ["A", "B", "C"]
     assert np.isnan(M[0, 0]) and M[0, 1] == 0.2 and M[1, 0] == 0.4
-    assert cm.mean_off_diagonal(recs, "gfre") == pytest.approx(0.5)
+    assert mean_off_diagonal(recs, "gfre") == pytest.approx(0.5)
     fam = {"A": "x", "B": "x", "C": "y"}
-    assert cm.mean_off_diagonal(recs, "gfre", families=fam, across_families=True) == pytest.approx(0.6)
+    assert mean_off_diagonal(recs, "gfre", families=fam, across_families=True) == pytest.approx(0.6)
 
 
 def test_cross_model_checks_rows(rows):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import record
+from mlipspace.records import record
 from mlipspace.report import findings, load_results, make_results, write_report, write_results
 from mlipspace.report.results import dumps
 

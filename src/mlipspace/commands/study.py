@@ -69,7 +69,7 @@ def _emit(records: list[dict], as_json: bool, output: Path | None, table) -> Non
 
 
 def _matrix_tables(records: list[dict], console: Console) -> None:
-    from mlipspace.experiments.cross_model import matrix, mean_off_diagonal
+    from mlipspace.records import matrix, mean_off_diagonal
 
     combos = list(dict.fromkeys((r["metric"], r["level"]) for r in records))
     for metric, level in combos:

@@ -1,133 +1,16 @@
-"""Shared pieces of the study's analyses: tidy records, seeded splits, structure features, one FRE.
+"""Shared pieces of the study's analyses: seeded splits, structure features, one FRE, outliers.
 
-Every analysis returns a list of *records*: flat dicts with one number each (``value``, with its
-``spread`` over split seeds) and the context needed to read it (analysis, source, target, metric,
-level, layer, sizes, dataset, model fingerprints). Records are plain JSON types so that
-``results.json`` is a faithful, deterministic dump of them.
+The records the analyses return are built with :mod:`mlipspace.records`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mlipspace.errors import InputError
-
-#: Keys every record carries, in this order (extra keys follow, sorted).
-RECORD_KEYS = (
-    "analysis",
-    "source",
-    "target",
-    "metric",
-    "level",
-    "layer",
-    "value",
-    "spread",
-    "n_train",
-    "n_test",
-    "n_seeds",
-    "dataset",
-    "source_fingerprint",
-    "target_fingerprint",
-)
-
-#: Metrics the analyses know how to compute (name -> function in :mod:`mlipspace.metrics`).
-FRE_METRICS = ("gfre", "lfre", "gfrd")
-#: Similarity measures of :data:`mlipspace.metrics.similarity.SIMILARITY_MEASURES` (no fit: computed
-#: on the test rows of each split, with a permutation null).
-SIMILARITY_METRICS = ("cka", "cka_debiased", "rbf_cka", "mknn", "procrustes")
-#: Everything a cross-model comparison accepts.
-COMPARE_METRICS = FRE_METRICS + SIMILARITY_METRICS
-
-
-def fingerprint_id(fingerprint: Mapping | None) -> str:
-    """A short, stable id (12 hex digits of a sha256) of a model's fingerprint dict ("" if none)."""
-    if not fingerprint:
-        return ""
-    blob = json.dumps(_jsonable(fingerprint), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _jsonable(obj):
-    """Plain-JSON copy of ``obj`` (numpy scalars/arrays, tuples, sets made serialisable)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        return sorted(_jsonable(v) for v in obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def record(
-    analysis: str,
-    source: str,
-    target: str,
-    metric: str,
-    values: Sequence[float] | float,
-    *,
-    level: str = "atom",
-    layer: str = "last",
-    n_train: int = 0,
-    n_test: int = 0,
-    dataset: str = "",
-    fingerprints: Mapping[str, Mapping] | None = None,
-    **extra,
-) -> dict:
-    """One tidy record: ``value`` = mean of ``values`` (one per seed), ``spread`` = their sample std.
-
-    ``spread`` is 0.0 for a single value. ``fingerprints`` maps model name -> fingerprint dict; the
-    record keeps a short id of the source's and target's (see :func:`fingerprint_id`).
-    """
-    vals = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if vals.size == 0:
-        raise InputError(f"{analysis}: no values for {source} -> {target} ({metric})")
-    fps = fingerprints or {}
-    rec = {
-        "analysis": analysis,
-        "source": source,
-        "target": target,
-        "metric": metric,
-        "level": level,
-        "layer": layer,
-        "value": float(vals.mean()),
-        "spread": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
-        "n_train": int(n_train),
-        "n_test": int(n_test),
-        "n_seeds": int(vals.size),
-        "dataset": dataset,
-        "source_fingerprint": fingerprint_id(fps.get(source)),
-        "target_fingerprint": fingerprint_id(fps.get(target)),
-    }
-    for key in sorted(extra):
-        rec[key] = _jsonable(extra[key])
-    return rec
-
-
-def select(records: Sequence[Mapping], **where) -> list[Mapping]:
-    """The records whose fields equal every ``where`` item (a tuple/list value means "one of")."""
-    out = []
-    for rec in records:
-        ok = True
-        for key, want in where.items():
-            have = rec.get(key)
-            if isinstance(want, (tuple, list, set, frozenset)):
-                ok = have in want
-            else:
-                ok = have == want
-            if not ok:
-                break
-        if ok:
-            out.append(rec)
-    return out
-
+from mlipspace.records import FRE_METRICS
 
 # --- splits -------------------------------------------------------------------------------------
 
@@ -196,6 +79,15 @@ def structure_features(X: np.ndarray, rows: Mapping[str, np.ndarray], order: int
     return np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64)
 
 
+def subsample(test: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """At most ``max_rows`` of ``test`` (sorted, seeded draw without replacement)."""
+    test = np.asarray(test)
+    if max_rows is None or len(test) <= max_rows:
+        return test
+    return np.sort(np.random.default_rng(seed).choice(test, size=int(max_rows), replace=False))
+
+
+
 # --- one reconstruction error -----------------------------------------------------------------------
 
 
@@ -221,8 +113,6 @@ def fre(
         raise InputError(f"unknown metric {metric!r}; choose from {', '.join(FRE_METRICS)}")
     test = np.asarray(test_idx)
     if metric == "lfre":
-        from mlipspace.experiments.cross_model import subsample
-
         test = subsample(test, lfre_max_test, seed)
         k = int(min(X.shape[1], Y.shape[1], len(train_idx)))
         value = metrics.lfre(X, Y, k, train_idx=train_idx, test_idx=test)

@@ -14,15 +14,8 @@ import numpy as np
 
 from mlipspace.data.rows import check_aligned
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import (
-    COMPARE_METRICS,
-    SIMILARITY_METRICS,
-    atom_splits,
-    record,
-    select,
-    structure_features,
-    structure_splits,
-)
+from mlipspace.experiments._common import atom_splits, structure_features, structure_splits, subsample
+from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, record, select
 
 
 def pair_errors(
@@ -133,14 +126,6 @@ def similarity_values(
     return out
 
 
-def subsample(test: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
-    """At most ``max_rows`` of ``test`` (sorted, seeded draw without replacement)."""
-    test = np.asarray(test)
-    if max_rows is None or len(test) <= max_rows:
-        return test
-    return np.sort(np.random.default_rng(seed).choice(test, size=int(max_rows), replace=False))
-
-
 def level_features(
     features: Mapping[str, np.ndarray],
     rows: Mapping[str, np.ndarray],
@@ -213,52 +198,6 @@ def cross_model(
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra, progress=progress,
         n_local_points="half" if level == "structure" else None,
     )
-
-
-def matrix(records: Sequence[Mapping], metric: str, level: str = "atom", *, analysis: str = "cross-model",
-           names: Sequence[str] | None = None, layer: str | None = None):
-    """``(names, M, S)``: value and spread matrices (rows = source, columns = target, NaN diagonal)."""
-    recs = select(records, analysis=analysis, metric=metric, level=level)
-    if layer is not None:
-        recs = select(recs, layer=layer)
-    if names is None:
-        seen = {}
-        for r in recs:
-            seen.setdefault(r["source"], None)
-            seen.setdefault(r["target"], None)
-        names = list(seen)
-    index = {n: i for i, n in enumerate(names)}
-    M = np.full((len(names), len(names)), np.nan)
-    S = np.full_like(M, np.nan)
-    for r in recs:
-        if r["source"] in index and r["target"] in index:
-            M[index[r["source"]], index[r["target"]]] = r["value"]
-            S[index[r["source"]], index[r["target"]]] = r["spread"]
-    return list(names), M, S
-
-
-def mean_off_diagonal(
-    records: Sequence[Mapping],
-    metric: str,
-    level: str = "atom",
-    *,
-    analysis: str = "cross-model",
-    families: Mapping[str, str] | None = None,
-    across_families: bool = False,
-) -> float:
-    """Mean of the off-diagonal entries; with ``across_families`` only pairs of different families.
-
-    NaN if there is no such pair.
-    """
-    vals = []
-    for r in select(records, analysis=analysis, metric=metric, level=level):
-        if r["source"] == r["target"]:
-            continue
-        if across_families and families is not None:
-            if families.get(r["source"], r["source"]) == families.get(r["target"], r["target"]):
-                continue
-        vals.append(r["value"])
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def relabel(records: Sequence[Mapping], extra: Mapping[tuple[str, str], Mapping], analysis: str,

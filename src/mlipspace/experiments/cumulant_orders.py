@@ -20,7 +20,7 @@ import numpy as np
 
 from mlipspace.aggregate.cumulants import cumulants, frame_values
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import record
+from mlipspace.records import record
 
 ANALYSIS = "cumulant-orders"
 METRICS = ("gfre", "lfre")

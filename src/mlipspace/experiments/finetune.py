@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.experiments._common import atom_splits, fre, record, select
+from mlipspace.experiments._common import atom_splits, fre
 from mlipspace.experiments.cross_model import check_features, pair_errors
+from mlipspace.records import record, select
 
 #: (fine-tuned model, [(other model, relation)]): the comparison the bundled models allow.
 BUNDLED_FINETUNE = (

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import atom_splits, fingerprint_id, fre, record
+from mlipspace.experiments._common import atom_splits, fre
 from mlipspace.experiments.cross_model import check_features, pair_errors
+from mlipspace.records import fingerprint_id, record
 
 
 def layer_pairs(

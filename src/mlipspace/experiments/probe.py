@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import frame_subsets, record, structure_features
+from mlipspace.experiments._common import frame_subsets, structure_features
+from mlipspace.records import record
 
 ALPHAS = np.logspace(-6, 4, 21)
 

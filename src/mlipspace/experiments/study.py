@@ -445,7 +445,7 @@ def representatives(models: Sequence[str], families: Mapping[str, str]) -> list[
 
 
 def cm_fp(fp: Mapping) -> str:
-    from mlipspace.experiments._common import fingerprint_id
+    from mlipspace.records import fingerprint_id
 
     return fingerprint_id(fp)
 

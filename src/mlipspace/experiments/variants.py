@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import select
+from mlipspace.records import select
 from mlipspace.experiments.cross_model import check_features, level_features, pair_errors
 
 #: (label, model A, model B): the same-architecture comparisons the bundled models allow.

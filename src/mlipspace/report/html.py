@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlipspace.experiments._common import COMPARE_METRICS, SIMILARITY_METRICS, select
-from mlipspace.experiments.cross_model import matrix
+from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, matrix, select
 from mlipspace.report import figures
 from mlipspace.report.summary import findings
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlipspace.experiments._common import select
+from mlipspace.records import select
 
 #: "large" for finding (i): the mean cross-family GFRE exceeds this (the study reports 0.66).
 LARGE_GFRE = 0.3
