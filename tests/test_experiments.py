@@ -14,7 +14,7 @@ from mlipspace.records import RECORD_KEYS, matrix, mean_off_diagonal, record, se
 
 @pytest.fixture(scope="module")
 def frames():
-    return builtin("mad-mini", size=24, seed=1)
+    return builtin("mad-mini", size=60, seed=1)  # >= 10 test structures per split (the regime rule)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_cross_model_structure_level_uses_cumulants(rows):
 
 
 def test_matrix_and_mean_off_diagonal():
-    recs = [record("cross-model", a, b, "gfre", [v]) for a, b, v in
+    recs = [record("cross-model", a, b, "gfre", [v], ci=(v - 0.1, v + 0.1)) for a, b, v in
             (("A", "B", 0.2), ("B", "A", 0.4), ("A", "C", 0.6), ("C", "A", 0.8), ("B", "C", 1.0), ("C", "B", 0.0))]
     names, M, S = matrix(recs, "gfre")
     assert names == ["A", "B", "C"]
@@ -127,8 +127,8 @@ def test_layer_pairs_and_cross_model_layers(rows):
 
 def test_probe_recovers_energy_encoded_in_features():
     rng = np.random.default_rng(3)
-    sizes = rng.integers(3, 12, size=40)
-    rows = {"frame": np.repeat(np.arange(40), sizes), "Z": rng.choice([1, 8, 14], size=sizes.sum()),
+    sizes = rng.integers(3, 12, size=60)  # 5 folds of 12 structures (the regime rule asks >= 10)
+    rows = {"frame": np.repeat(np.arange(60), sizes), "Z": rng.choice([1, 8, 14], size=sizes.sum()),
             "atom": np.concatenate([np.arange(s) for s in sizes]), "subset": np.full(sizes.sum(), "")}
     n = len(rows["frame"])
     X = rng.normal(size=(n, 5))
@@ -141,8 +141,13 @@ def test_probe_recovers_energy_encoded_in_features():
     assert by["informative"] < 0.05 * by["composition"]
     assert by["noise"] > 0.5 * by["composition"]
     assert all(r["metric"] == "rmse_mev_per_atom" and r["n_seeds"] == 2 for r in recs)
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in recs)
     srecs = probe.probe({"informative": X}, rows, E, level="structure", order=2, seeds=(0,))
     assert srecs[1]["order"] == 2 and srecs[1]["level"] == "structure"
+    # 40 structures in 5 folds: 8 test structures per fold, outside the valid regime -> no number
+    few = rows["frame"] < 40
+    small = probe.probe({"informative": X[few]}, {k: v[few] for k, v in rows.items()}, E[:40], seeds=(0,))
+    assert all(r["value"] is None and r["reason"].startswith("not enough data (need 10, have 8)") for r in small)
     with pytest.raises(InputError, match="energies for"):
         probe.probe({"x": X}, rows, E[:-1])
 

@@ -37,12 +37,12 @@ def synthetic_results(cross=0.7, variant=0.3, parent=0.05, other=0.2, forward=0.
                                        n_train=100, n_test=30))
     for a, b, g in (("sevennet-0-22may2024", "sevennet-0", "SevenNet-0"), ("chgnet-0.2.0", "chgnet-0.3.0", "CHGNet")):
         for s, t in ((a, b), (b, a)):
-            recs.append(record("variants", s, t, "gfre", [variant], group=g))
+            recs.append(record("variants", s, t, "gfre", [variant, variant + 0.01], group=g))
     for ref, rel, v in (("chgnet-0.3.0", "parent (pre-trained)", parent),
                         ("chgnet-0.2.0", "same architecture, trained independently", other),
                         ("diep-r2scan", "trained from scratch on r2SCAN data", other * 1.5)):
         for s, t in (("chgnet-r2scan", ref), (ref, "chgnet-r2scan")):
-            recs.append(record("finetune", s, t, "gfre", [v], relation=rel))
+            recs.append(record("finetune", s, t, "gfre", [v, v + 0.01], relation=rel))
     for e in range(3):
         for run, v in (("finetune", 0.02 * e), ("scratch", 0.9 - 0.1 * e)):
             recs.append(record("finetune-track", run, "chgnet-0.3.0", "gfre", [v, v + 0.01], run=run, epoch=e,
@@ -50,18 +50,18 @@ def synthetic_results(cross=0.7, variant=0.3, parent=0.05, other=0.2, forward=0.
     for i, a in enumerate(["interaction.0", "interaction.1", "last"]):
         for j, b in enumerate(["interaction.0", "interaction.1", "last"]):
             if a != b:
-                recs.append(record("layers", "chgnet-0.3.0", "chgnet-0.3.0", "gfre", [0.1 * abs(i - j)], layer=a,
+                recs.append(record("layers", "chgnet-0.3.0", "chgnet-0.3.0", "gfre", [0.1 * abs(i - j)] * 2, layer=a,
                                    source_layer=a, target_layer=b, source_depth=i / 2, target_depth=j / 2))
-        recs.append(record("layers-cross", "chgnet-0.3.0", "diep-r2scan", "gfre", [0.9 - 0.1 * i], layer=a,
+        recs.append(record("layers-cross", "chgnet-0.3.0", "diep-r2scan", "gfre", [0.9 - 0.1 * i] * 2, layer=a,
                            source_layer=a, target_layer="last", source_depth=i / 2))
     for a in (1, 2, 3):
         for b in (1, 2, 3):
             if a != b:
                 recs.append(record("cumulant-orders", "chgnet-0.3.0", "chgnet-0.3.0", "gfre",
-                                   [forward if b > a else 1e-4], level="structure", model="chgnet-0.3.0",
+                                   [forward if b > a else 1e-4] * 2, level="structure", model="chgnet-0.3.0",
                                    source_order=a, target_order=b))
     for m in ["composition"] + names:
-        recs.append(record("probe", m, "energy", "rmse_mev_per_atom", [50.0 + rng.random()], level="atom"))
+        recs.append(record("probe", m, "energy", "rmse_mev_per_atom", [50.0 + rng.random()] * 2, level="atom"))
     meta = {"dataset": {"name": "synthetic", "n_frames": n_frames, "n_atoms": 10 * n_frames},
             "models": {m: {"family": f, "fingerprint": {"name": m}, "layers": ["last"]} for m, f in FAMILIES.items()},
             "map_colour": rng.normal(size=n_frames).tolist(), "map_colour_label": "energy"}
@@ -213,7 +213,7 @@ def test_similarity_matrices_and_rank_agreement_in_report(tmp_path):
     from mlipspace.data.rows import row_table
     from mlipspace.experiments.cross_model import cross_model
 
-    rows = row_table(builtin("mad-mini", size=30, seed=0))
+    rows = row_table(builtin("mad-mini", size=60, seed=0))  # >= 10 test structures per split
     rng = np.random.default_rng(0)
     n = len(rows["frame"])
     a = rng.normal(size=(n, 16))

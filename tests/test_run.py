@@ -40,7 +40,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    first = invoke("run", "--models", MODELS, "--size", 14, "--seeds", 2, "--out", out)
+    first = invoke("run", "--models", MODELS, "--size", 44, "--seeds", 2, "--out", out)  # >= 10 test structures
     return out, first
 
 
@@ -56,7 +56,7 @@ def test_run_writes_report_results_and_chemiscope(study):
     assert levels == {"atom", "atom-ungrouped", "structure"}
     assert {r["metric"] for r in res["records"] if r["analysis"] == "cross-model"} == {"gfre", "lfre", "cka", "mknn", "procrustes"}
     assert all(r["n_seeds"] == 2 for r in res["records"] if r["analysis"] == "cross-model")
-    assert res["meta"]["dataset"]["name"] == "builtin:mad-mini?size=14"
+    assert res["meta"]["dataset"]["name"] == "builtin:mad-mini?size=44"
     assert set(res["meta"]["models"]) == set(MODELS.split(","))
     assert "no DFT energy labels" in res["meta"]["probe_note"]  # mad-mini is unlabelled: probe skipped
     assert set(res["maps"]) == set(MODELS.split(","))
@@ -69,12 +69,12 @@ def test_run_writes_report_results_and_chemiscope(study):
 def test_rerun_reuses_store_and_is_byte_identical(study):
     out, _ = study
     before = (out / "results.json").read_bytes()
-    second = invoke("run", "--models", MODELS, "--size", 14, "--seeds", 2, "--out", out)
+    second = invoke("run", "--models", MODELS, "--size", 44, "--seeds", 2, "--out", out)
     assert "reusing stored dataset" in second.output
     assert (out / "results.json").read_bytes() == before
     # without the analysis cache the numbers are recomputed and still byte-identical
     shutil.rmtree(out / "cache")
-    invoke("run", "--models", MODELS, "--size", 14, "--seeds", 2, "--out", out)
+    invoke("run", "--models", MODELS, "--size", 44, "--seeds", 2, "--out", out)
     assert (out / "results.json").read_bytes() == before
 
 

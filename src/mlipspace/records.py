@@ -28,6 +28,8 @@ RECORD_KEYS = (
     "layer",
     "value",
     "spread",
+    "ci_low",
+    "ci_high",
     "n_train",
     "n_test",
     "n_seeds",
@@ -81,17 +83,33 @@ def record(
     n_test: int = 0,
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
+    ci: tuple[float, float] | None = None,
+    ci_method: str | None = None,
+    reason: str | None = None,
     **extra,
 ) -> dict:
-    """One tidy record: ``value`` = mean of ``values`` (one per seed), ``spread`` = their sample std.
+    """One tidy record: ``value`` = mean of ``values`` (one per seed), ``spread`` = their sample std,
+    ``ci_low``/``ci_high`` = its 95 % interval.
 
-    ``spread`` is 0.0 for a single value. ``fingerprints`` maps model name -> fingerprint dict; the
-    record keeps a short id of the source's and target's (see :func:`fingerprint_id`).
+    ``ci`` comes from the analysis (a cluster bootstrap, :class:`mlipspace.intervals.Estimate`); when
+    it is not given, a Student-t interval over the seeds is used (``ci_method="t-seeds"``), which
+    needs two or more values. With a ``reason`` (the method is outside its valid regime, see
+    :mod:`mlipspace.intervals`) the record carries ``value``/``spread``/``ci_*`` = ``None`` and the
+    reason instead of a number. ``spread`` is 0.0 for a single value. ``fingerprints`` maps model
+    name -> fingerprint dict; the record keeps a short id of the source's and target's.
     """
-    vals = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if vals.size == 0:
+    from mlipspace.intervals import seeds_interval
+
+    vals = np.atleast_1d(np.asarray([] if reason else values, dtype=np.float64))
+    if vals.size == 0 and not reason:
         raise InputError(f"{analysis}: no values for {source} -> {target} ({metric})")
+    if not reason and ci is None:
+        ci = seeds_interval(vals)
+        ci_method = "t-seeds"
+        if ci is None:
+            raise InputError(f"{analysis}: {source} -> {target} ({metric}) has one value and no interval")
     fps = fingerprints or {}
+    value = float(vals.mean()) if vals.size else None
     rec = {
         "analysis": analysis,
         "source": source,
@@ -99,8 +117,10 @@ def record(
         "metric": metric,
         "level": level,
         "layer": layer,
-        "value": float(vals.mean()),
-        "spread": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+        "value": value,
+        "spread": (float(vals.std(ddof=1)) if vals.size > 1 else 0.0) if vals.size else None,
+        "ci_low": float(ci[0]) if ci is not None else None,
+        "ci_high": float(ci[1]) if ci is not None else None,
         "n_train": int(n_train),
         "n_test": int(n_test),
         "n_seeds": int(vals.size),
@@ -108,6 +128,10 @@ def record(
         "source_fingerprint": fingerprint_id(fps.get(source)),
         "target_fingerprint": fingerprint_id(fps.get(target)),
     }
+    if reason:
+        extra["reason"] = reason
+    elif ci_method:
+        extra["ci_method"] = ci_method
     for key in sorted(extra):
         rec[key] = _jsonable(extra[key])
     return rec
@@ -132,8 +156,9 @@ def select(records: Sequence[Mapping], **where) -> list[Mapping]:
 
 
 def matrix(records: Sequence[Mapping], metric: str, level: str = "atom", *, analysis: str = "cross-model",
-           names: Sequence[str] | None = None, layer: str | None = None):
-    """``(names, M, S)``: value and spread matrices (rows = source, columns = target, NaN diagonal)."""
+           names: Sequence[str] | None = None, layer: str | None = None, fields: Sequence[str] = ("value", "spread")):
+    """``(names, M_value, M_spread)``: one matrix per field of ``fields`` (rows = source, columns =
+    target; NaN on the diagonal and where a record has no number, e.g. ``value: None`` with a reason)."""
     recs = select(records, analysis=analysis, metric=metric, level=level)
     if layer is not None:
         recs = select(recs, layer=layer)
@@ -144,13 +169,50 @@ def matrix(records: Sequence[Mapping], metric: str, level: str = "atom", *, anal
             seen.setdefault(r["target"], None)
         names = list(seen)
     index = {n: i for i, n in enumerate(names)}
-    M = np.full((len(names), len(names)), np.nan)
-    S = np.full_like(M, np.nan)
+    mats = [np.full((len(names), len(names)), np.nan) for _ in fields]
     for r in recs:
         if r["source"] in index and r["target"] in index:
-            M[index[r["source"]], index[r["target"]]] = r["value"]
-            S[index[r["source"]], index[r["target"]]] = r["spread"]
-    return list(names), M, S
+            for M, f in zip(mats, fields):
+                v = r.get(f)
+                M[index[r["source"]], index[r["target"]]] = np.nan if v is None else v
+    return (list(names), *mats)
+
+
+def off_diagonal(
+    records: Sequence[Mapping],
+    metric: str,
+    level: str = "atom",
+    *,
+    analysis: str = "cross-model",
+    families: Mapping[str, str] | None = None,
+    across_families: bool = False,
+    within_families: bool = False,
+) -> list[Mapping]:
+    """The off-diagonal records with a number; only pairs of different (or, with ``within_families``,
+    the same) families when asked."""
+    out = []
+    for r in select(records, analysis=analysis, metric=metric, level=level):
+        if r["source"] == r["target"] or r.get("value") is None:
+            continue
+        if families is not None and (across_families or within_families):
+            same = families.get(r["source"], r["source"]) == families.get(r["target"], r["target"])
+            if (across_families and same) or (within_families and not same):
+                continue
+        out.append(r)
+    return out
+
+
+def mean_interval(records: Sequence[Mapping]) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of the records' values, the interval being the mean of their intervals.
+
+    The mean of the bounds is the interval of the mean when the records' errors move together
+    (they share test structures and splits), and wider otherwise: conservative. NaNs without records.
+    """
+    if not records:
+        return float("nan"), float("nan"), float("nan")
+    v = np.array([[r["value"], r.get("ci_low", r["value"]), r.get("ci_high", r["value"])] for r in records],
+                 dtype=np.float64)
+    return tuple(float(x) for x in v.mean(axis=0))
 
 
 def mean_off_diagonal(
@@ -162,16 +224,9 @@ def mean_off_diagonal(
     families: Mapping[str, str] | None = None,
     across_families: bool = False,
 ) -> float:
-    """Mean of the off-diagonal entries; with ``across_families`` only pairs of different families.
+    """Mean of the off-diagonal values; with ``across_families`` only pairs of different families.
 
     NaN if there is no such pair.
     """
-    vals = []
-    for r in select(records, analysis=analysis, metric=metric, level=level):
-        if r["source"] == r["target"]:
-            continue
-        if across_families and families is not None:
-            if families.get(r["source"], r["source"]) == families.get(r["target"], r["target"]):
-                continue
-        vals.append(r["value"])
-    return float(np.mean(vals)) if vals else float("nan")
+    recs = off_diagonal(records, metric, level, analysis=analysis, families=families, across_families=across_families)
+    return mean_interval(recs)[0]

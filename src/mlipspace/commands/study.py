@@ -103,7 +103,7 @@ def run(
     store: Path = typer.Option(None, "--store", "-s", help="Feature store (default OUT/features.zarr); reused across runs."),
     order: int = typer.Option(3, "--order", help="Cumulant order of the structure-level features."),
     lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
-    lfre_max_test: int = typer.Option(50, "--lfre-max-test", help="Test rows LFRE is evaluated on per seed (one local fit each)."),
+    lfre_max_test: int = typer.Option(500, "--lfre-max-test", help="Test rows LFRE is evaluated on per seed (one local fit each)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
     finetune: str = typer.Option(None, "--finetune", help="Also fine-tune CHGNet live on this labelled data (e.g. ../shared/data/mlearn/Si_training.json) and track every epoch (slow: minutes per epoch)."),
     finetune_epochs: int = typer.Option(3, "--finetune-epochs", help="Epochs of the live fine-tuning."),
@@ -132,7 +132,8 @@ def run(
         res = load_results(summary["results"])
         console.rule("findings")
         for f in findings(res):
-            tag = {True: "[green]holds[/]", False: "[red]does not hold[/]", None: "[dim]not tested[/]"}[f.holds]
+            tag = {"holds": "[green]holds[/]", "does not hold": "[red]does not hold[/]",
+                   "inconclusive": "[yellow]inconclusive[/]"}.get(f.verdict, "[dim]not tested[/]")
             console.print(f"{tag} [bold]{f.title}[/]: {f.text}", highlight=False)
         console.print(f"report: [bold]{summary['report']}[/]  ({summary['timing']['total']:.0f} s in total)",
                       highlight=False)
@@ -152,7 +153,7 @@ def compare(
     order: int = typer.Option(3, "--order", help="Cumulant order for --level structure."),
     seeds: int = _SEEDS,
     layer: str = typer.Option("last", "--layer", help="Layer to compare."),
-    lfre_max_test: int = typer.Option(100, "--lfre-max-test", help="Test rows LFRE is evaluated on."),
+    lfre_max_test: int = typer.Option(500, "--lfre-max-test", help="Test rows LFRE is evaluated on."),
     as_json: bool = _JSON,
     output: Path = _OUTPUT,
 ) -> None:

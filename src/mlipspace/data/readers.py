@@ -68,20 +68,45 @@ def _select(n: int, index: int | slice) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------- labels
-def normalise_labels(atoms: Atoms) -> Atoms:
+#: Where labels are looked for when no key is given, in order (the MACE layout last).
+ENERGY_FALLBACK = ("energy", "calculator", "REF_energy")
+FORCES_FALLBACK = ("forces", "calculator", "REF_forces")
+
+
+def _label(atoms: Atoms, results: dict, key: str | None, fallback: tuple[str, ...], where: str, what: str):
+    """``(value, key used)`` of one label: ``key`` if given (an error if absent), else the first of
+    ``fallback`` present (``"calculator"``: the attached calculator's results)."""
+    store = atoms.info if what == "energy" else atoms.arrays
+    calc = results.get(what, results.get("free_energy") if what == "energy" else None)
+    if key is not None:
+        value = calc if key == "calculator" else store.get(key)
+        if value is None:
+            raise StructureError(f"no {what} label under key {key!r} (--{what}-key)", source=atoms.info.get("source"),
+                                 frame=atoms.info.get("source_index"))
+        return value, key
+    for k in fallback:
+        value = calc if k == "calculator" else store.get(k)
+        if value is not None:
+            return value, k
+    return None, None
+
+
+def normalise_labels(atoms: Atoms, *, energy_key: str | None = None, forces_key: str | None = None) -> Atoms:
     """Put the DFT labels of ``atoms`` into ``info["energy"]``, ``arrays["forces"]``, ``info["stress"]``.
 
-    Labels are taken from the attached calculator's results first (the extxyz reader puts them
-    there), then from ``info``/``arrays``. Stress is stored as a Voigt 6-vector. The calculator is
-    kept; modified in place and returned.
+    ``energy_key``/``forces_key`` name where the labels are (an ``info``/``arrays`` key, or
+    ``"calculator"``); without them the first found of :data:`ENERGY_FALLBACK` /
+    :data:`FORCES_FALLBACK` is used (``energy``, then the attached calculator's results, then the
+    MACE layout ``REF_energy``/``REF_forces``), and the key used is kept in ``info["energy_key"]`` /
+    ``info["forces_key"]`` so a run can say which it was. Stress is stored as a Voigt 6-vector. The
+    calculator is kept; modified in place and returned.
     """
     results = dict(atoms.calc.results) if atoms.calc is not None and hasattr(atoms.calc, "results") else {}
-    energy = results.get("energy", atoms.info.get("energy"))
-    if energy is None and "free_energy" in results:
-        energy = results["free_energy"]
+    energy, used = _label(atoms, results, energy_key, ENERGY_FALLBACK, "info", "energy")
     if energy is not None:
         atoms.info["energy"] = float(np.asarray(energy).reshape(()))
-    forces = results.get("forces", atoms.arrays.get("forces"))
+        atoms.info["energy_key"] = used
+    forces, used = _label(atoms, results, forces_key, FORCES_FALLBACK, "arrays", "forces")
     if forces is not None:
         forces = np.asarray(forces, dtype=np.float64)
         if forces.shape != (len(atoms), 3):
@@ -91,6 +116,7 @@ def normalise_labels(atoms: Atoms) -> Atoms:
                 frame=atoms.info.get("source_index"),
             )
         atoms.arrays["forces"] = forces
+        atoms.info["forces_key"] = used
     stress = results.get("stress", atoms.info.get("stress"))
     if stress is not None:
         stress = np.asarray(stress, dtype=np.float64)
@@ -243,7 +269,7 @@ def _sniff(path: Path) -> str:
     return "json" if head[:1] in (b"[", b"{") else "ase"
 
 
-def _read_file(path: Path, index: int | slice) -> list[Atoms]:
+def _read_file(path: Path, index: int | slice, labels: dict | None = None) -> list[Atoms]:
     """Read one file (extxyz, any ASE format, or mlearn JSON) and normalise every frame."""
     source = str(path)
     try:
@@ -288,7 +314,7 @@ def _read_file(path: Path, index: int | slice) -> list[Atoms]:
                 atoms.info["original_source_index"] = atoms.info["source_index"]
         atoms.info["source"] = source
         atoms.info["source_index"] = i
-        normalise_labels(atoms)
+        normalise_labels(atoms, **(labels or {}))
         _attach_calculator(atoms)
         _default_subset(atoms, path.stem)
         out.append(atoms)
@@ -340,7 +366,8 @@ def parse_builtin(spec: str) -> tuple[str, dict[str, int]]:
     return name or "mad-mini", kwargs
 
 
-def read_with_report(spec: Any, *, index: Any = ":", on_error: str = "raise") -> tuple[list[Atoms], list[dict]]:
+def read_with_report(spec: Any, *, index: Any = ":", on_error: str = "raise", energy_key: str | None = None,
+                     forces_key: str | None = None) -> tuple[list[Atoms], list[dict]]:
     """Like :func:`read` but also return the report of skipped files/frames (``on_error="skip"``).
 
     Each report entry is a dict with ``frame`` (index in the returned order it would have had, or
@@ -365,7 +392,7 @@ def read_with_report(spec: Any, *, index: Any = ":", on_error: str = "raise") ->
             frames.extend(got[i] for i in chosen)
             continue
         try:
-            frames.extend(_read_file(item, sel))
+            frames.extend(_read_file(item, sel, {"energy_key": energy_key, "forces_key": forces_key}))
         except StructureError as exc:
             if on_error == "raise":
                 raise
@@ -380,7 +407,8 @@ def read_with_report(spec: Any, *, index: Any = ":", on_error: str = "raise") ->
     return kept, report
 
 
-def read(spec: Any, *, index: Any = ":", on_error: str = "raise") -> list[Atoms]:
+def read(spec: Any, *, index: Any = ":", on_error: str = "raise", energy_key: str | None = None,
+         forces_key: str | None = None) -> list[Atoms]:
     """Read structures from ``spec`` into a list of labelled, validated ``ase.Atoms``.
 
     ``spec`` is a path (extxyz, mlearn JSON, anything ``ase.io.read`` knows, or a directory of
@@ -389,9 +417,10 @@ def read(spec: Any, *, index: Any = ":", on_error: str = "raise") -> list[Atoms]
     slice). Each frame is checked by :func:`mlipspace.data.validate`; ``on_error="raise"`` raises
     :class:`~mlipspace.errors.StructureError` naming file, frame and reason, ``"skip"`` drops bad
     frames and unreadable files with a warning (see :func:`read_with_report`). A path that does
-    not exist or a glob matching nothing always raises.
+    not exist or a glob matching nothing always raises. ``energy_key``/``forces_key`` say where the
+    labels are (see :func:`normalise_labels`; default: ``energy``, the calculator, ``REF_energy``).
     """
-    return read_with_report(spec, index=index, on_error=on_error)[0]
+    return read_with_report(spec, index=index, on_error=on_error, energy_key=energy_key, forces_key=forces_key)[0]
 
 
 def write(frames: Sequence[Atoms], path: str | os.PathLike) -> None:

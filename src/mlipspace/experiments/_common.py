@@ -67,16 +67,41 @@ def structure_splits(rows: Mapping[str, np.ndarray], seeds: Sequence[int], test_
     return out
 
 
-def structure_features(X: np.ndarray, rows: Mapping[str, np.ndarray], order: int) -> np.ndarray:
+#: Most principal components kept per model before structure-level cumulants (cost bound; the
+#: regime rule usually binds first: order x components <= n_train / 2).
+STRUCTURE_COMPONENTS_MAX = 32
+
+
+def structure_width(n_train: int, order: int, d: int) -> int:
+    """Principal components m per model so that the cumulant width ``order * m`` admits a ridge fit
+    on ``n_train`` structures (:func:`mlipspace.intervals.ridge_regime`), at most ``d`` and
+    :data:`STRUCTURE_COMPONENTS_MAX`; 0 when not even one component fits."""
+    from mlipspace.intervals import RIDGE_ROWS_PER_COLUMN
+
+    return int(max(0, min(d, STRUCTURE_COMPONENTS_MAX, (n_train // RIDGE_ROWS_PER_COLUMN) // int(order))))
+
+
+def cumulant_features(X: np.ndarray, rows: Mapping[str, np.ndarray], order: int, *,
+                      n_components: int | None = None, train: np.ndarray | None = None, root: bool = True
+                      ) -> np.ndarray:
     """Progressive cumulants κ1..κ``order`` of each structure's atom features (one row per frame).
 
-    Rows come out in sorted frame-id order, the order :func:`frame_subsets` uses.
+    With ``n_components`` the atom features are first projected on their leading principal
+    components, fitted on the atoms of the structures at positions ``train`` of the sorted frame ids
+    (all structures when None), so that the structure features stay narrower than the training set
+    (``order * n_components`` columns). Rows come out in sorted frame-id order, the order
+    :func:`frame_subsets` uses; ``root=False`` keeps the raw cumulants (no signed k-th root).
     """
-    from mlipspace.aggregate import cumulants
+    from mlipspace.aggregate import structure_features
 
     frames = np.asarray(rows["frame"])
-    out = cumulants(np.asarray(X), frames, order=int(order), root=True)
-    return np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    if n_components is not None and n_components < X.shape[1]:
+        fit = np.isin(frames, np.unique(frames)[train]) if train is not None else np.ones(len(frames), bool)
+        mean = X[fit].mean(axis=0)
+        _, _, vt = np.linalg.svd(X[fit] - mean, full_matrices=False)
+        X = (X - mean) @ vt[: int(n_components)].T
+    return np.asarray(structure_features((X, {"frame": frames}), order=int(order), root=root), dtype=np.float64)
 
 
 def subsample(test: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
@@ -86,6 +111,47 @@ def subsample(test: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
         return test
     return np.sort(np.random.default_rng(seed).choice(test, size=int(max_rows), replace=False))
 
+
+
+# --- where test atoms sit relative to the training atoms ----------------------------------------------
+
+#: A training atom closer than this (in the source's scaled space) is a symmetry twin of a test atom.
+TWIN_DISTANCE = 1e-6
+#: Coverage: a test atom is outside when its nearest training atom is farther than this percentile
+#: of the training atoms' own nearest-neighbour distances (to atoms of other structures).
+COVERAGE_PERCENTILE = 99.0
+
+
+def nearest_distance(Q: np.ndarray, R: np.ndarray, q_groups=None, r_groups=None, chunk: int = 512) -> np.ndarray:
+    """Euclidean distance of each row of ``Q`` to its nearest row of ``R``; with groups given, rows
+    of the same group (structure) are not counted as neighbours."""
+    r_sq = np.einsum("ij,ij->i", R, R)
+    out = np.empty(len(Q))
+    for a in range(0, len(Q), chunk):
+        q = Q[a:a + chunk]
+        d2 = np.einsum("ij,ij->i", q, q)[:, None] + r_sq[None, :] - 2.0 * (q @ R.T)
+        if q_groups is not None:
+            d2[np.asarray(q_groups[a:a + chunk])[:, None] == np.asarray(r_groups)[None, :]] = np.inf
+        out[a:a + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    return out
+
+
+def test_neighbourhood(X: np.ndarray, train: np.ndarray, test: np.ndarray, groups: np.ndarray, seed: int, *,
+                       max_reference: int = 1000) -> dict[str, np.ndarray]:
+    """Per test row of ``X`` (scaled on the training rows, as the FREs are): ``twin`` (a training row
+    within :data:`TWIN_DISTANCE`) and ``outside`` (nearest training row farther than the
+    :data:`COVERAGE_PERCENTILE` of the training rows' nearest distances to other structures,
+    estimated on at most ``max_reference`` seeded training rows)."""
+    X = np.asarray(X, dtype=np.float64)
+    Xtr = X[train]
+    mean = Xtr.mean(axis=0)
+    scale = np.sqrt(np.mean(np.einsum("ij,ij->i", Xtr - mean, Xtr - mean))) or 1.0
+    Xtr, Xte = (Xtr - mean) / scale, (X[test] - mean) / scale
+    d_test = nearest_distance(Xte, Xtr)
+    ref = subsample(np.arange(len(train)), max_reference, seed)
+    d_ref = nearest_distance(Xtr[ref], Xtr, groups[train][ref], groups[train])
+    cut = float(np.percentile(d_ref[np.isfinite(d_ref)], COVERAGE_PERCENTILE)) if np.isfinite(d_ref).any() else np.inf
+    return {"twin": d_test < TWIN_DISTANCE, "outside": d_test > cut}
 
 
 # --- one reconstruction error -----------------------------------------------------------------------

@@ -14,8 +14,75 @@ import numpy as np
 
 from mlipspace.data.rows import check_aligned
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import atom_splits, structure_features, structure_splits, subsample
+from mlipspace.experiments._common import (
+    atom_splits,
+    cumulant_features,
+    structure_splits,
+    structure_width,
+    subsample,
+    test_neighbourhood,
+)
+from mlipspace.intervals import (
+    LFRE_ROWS_PER_NEIGHBOUR,
+    MIN_TEST_GROUPS,
+    Estimate,
+    first_reason,
+    lfre_regime,
+    not_enough,
+    ridge_regime,
+    test_regime,
+)
 from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, record, select
+
+
+class TestSubsets:
+    """Subsets of each split's test atoms, defined in the source's space (see
+    :func:`~mlipspace.experiments._common.test_neighbourhood`), whose FREs are reported apart.
+
+    ``kinds`` maps an analysis name to ``"covered"`` (test atoms inside the training coverage: the
+    FRE without extrapolated atoms) or ``"no-twins"`` (test atoms with no symmetry twin among the
+    training atoms: the FRE without leaked atoms). Per source it also records the share of test
+    atoms *outside* the subset (``outside_share``, ``twin_share``), with its interval.
+    """
+
+    SHARE = {"covered": ("outside", "outside_share"), "no-twins": ("twin", "twin_share")}
+
+    def __init__(self, kinds: Mapping[str, str], groups: np.ndarray):
+        for kind in kinds.values():
+            if kind not in self.SHARE:
+                raise InputError(f"unknown test subset {kind!r}; choose from {', '.join(self.SHARE)}")
+        self.kinds = dict(kinds)
+        self.names = list(kinds)
+        self.groups = np.asarray(groups)
+        self._cache: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        self._shares: dict[tuple[str, str], Estimate] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}
+
+    def masks(self, seed: int, source: str, features, train, test, rows) -> dict[str, np.ndarray]:
+        """``{analysis: boolean mask over rows}`` for the test ``rows`` (all or some of ``test``) of one
+        split and source; the neighbourhoods are found once per split and source, on all of ``test``."""
+        key = (seed, source)
+        if key not in self._cache:
+            nb = test_neighbourhood(features[source], train, test, self.groups, seed)
+            self._cache[key] = (np.asarray(test), nb)
+            for name, kind in self.kinds.items():
+                flag = self.SHARE[kind][0]
+                self._shares.setdefault((source, name), Estimate("mean")).add(
+                    nb[flag].astype(float), self.groups[test], seed)
+            self._sizes[source] = (len(train), len(test))
+        full, nb = self._cache[key]
+        pos = np.searchsorted(full, rows)
+        return {name: ~nb[self.SHARE[kind][0]][pos] for name, kind in self.kinds.items()}
+
+    def share_records(self, common: Mapping) -> list[dict]:
+        """Per source and subset, the share of test atoms outside it (e.g. ``outside_share``)."""
+        out = []
+        for (source, name), e in self._shares.items():
+            f = e.fields()
+            n_train, n_test = self._sizes[source]
+            out.append(record(name, source, source, self.SHARE[self.kinds[name]][1], f.pop("values"), **f,
+                              n_train=n_train, n_test=n_test, **common))
+        return out
 
 
 def pair_errors(
@@ -23,80 +90,155 @@ def pair_errors(
     pairs: Sequence[tuple[str, str]],
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
+    groups: np.ndarray | None = None,
     metrics: Sequence[str] = ("gfre", "lfre"),
     analysis: str = "cross-model",
     level: str = "atom",
     layer: str = "last",
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
+    lfre_mode: str = "exact",
     extra: Mapping[tuple[str, str], Mapping] | None = None,
     progress=None,
-    n_local_points: int | str | None = None,
+    k: int | str | None = None,
+    subsets: TestSubsets | None = None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
-    ``features`` maps a name to a matrix whose rows the splits index; ``extra`` optionally maps
-    ``(source, target)`` to additional record fields. The errors come from
-    :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour search shared per source);
-    LFRE uses k = min(d_source, d_target) capped by the training size and at most ``lfre_max_test``
-    test rows (seeded subsample); ``n_local_points`` overrides k (``"half"``: half the training
-    rows, used for structure-level features whose width exceeds the number of structures).
+    ``features`` maps a name to a matrix whose rows the splits index (a split may carry its own
+    features as a third item); ``groups`` gives the structure of each row (default: every row its own
+    structure), the unit the intervals resample
+    (:mod:`mlipspace.intervals`); ``extra`` optionally maps ``(source, target)`` to additional record
+    fields. The errors come from :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour
+    search shared per source); LFRE uses k = min(d_source, d_target) capped by the training size and
+    at most ``lfre_max_test`` test rows (seeded subsample); ``k`` overrides it (``"quarter"``: a
+    quarter of the training rows, the largest neighbourhood the LFRE regime rule admits).
     Similarity measures (``cka``, ``mknn``, ``procrustes``, ...; :data:`SIMILARITY_METRICS`) need no
     fit: each is computed on the test rows of every split (:func:`similarity_values`), and the record
-    also carries ``null_mean``, the same measure with the target's rows shuffled (chance level at
-    these widths and this n).
-    ``progress`` is called once per (split, metric).
+    also carries ``null_mean``, the same measure with the target's rows shuffled (chance level).
+    A pair outside the method's valid regime (see :mod:`mlipspace.intervals`) gets a record with
+    ``value: None`` and the ``reason``. ``progress`` is called once per (split, metric).
+    ``subsets`` (:class:`TestSubsets`) adds, per pair, the FRE over a subset of the test atoms (e.g.
+    those inside the training coverage) as records of the subset's own ``analysis``, and per source
+    the share of test atoms in it.
     """
-    from mlipspace.metrics import pairwise
-
     for m in metrics:
         if m not in COMPARE_METRICS:
             raise InputError(f"unknown metric {m!r}; choose from {', '.join(COMPARE_METRICS)}")
     pairs = list(dict.fromkeys(pairs))
-    names = list(dict.fromkeys(n for p in pairs for n in p))
-    every = [(a, b) for a in names for b in names if a != b]
-    # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
-    groups = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
-    values: dict[tuple[str, str, str], list[float]] = {}
+    est: dict[tuple[str, str, str], Estimate | list] = {}
     nulls: dict[tuple[str, str, str], list[float]] = {}
     info: dict[tuple[str, str, str], dict] = {}
-    for seed, (train, test) in enumerate(splits):
+    reasons: dict[tuple[str, str, str], str] = {}
+    for seed, split in enumerate(splits):
+        train, test = split[0], split[1]
+        feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
+        rows_groups = np.arange(len(next(iter(feats.values())))) if groups is None else np.asarray(groups)
         for metric in metrics:
             te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
+            why_test = test_regime(len(np.unique(rows_groups[te])))
             if metric in SIMILARITY_METRICS:
-                for (a, b), (value, null) in similarity_values(features, pairs, metric, te, seed).items():
-                    values.setdefault((a, b, metric), []).append(value)
-                    nulls.setdefault((a, b, metric), []).append(null)
-                    info[(a, b, metric)] = {"n_train": 0, "n_test": len(te), "k": None}
-                if progress is not None:
-                    progress()
-                continue
-            for group in groups:
-                k = max(2, len(train) // 2) if n_local_points == "half" else n_local_points
-                recs = pairwise({g: features[g] for g in group}, metric, train_idx=train, test_idx=te,
-                                diagonal=False, n_local_points=None if metric != "lfre" else k)
-                for r in recs:
-                    key = (r["source"], r["target"], metric)
-                    values.setdefault(key, []).append(float(r["value"]))
-                    info[key] = {"n_train": r["n_train"], "n_test": r["n_test"], "k": r.get("k")}
+                _similarity_split(feats, pairs, metric, te, rows_groups[te], seed, est, nulls, info, reasons, why_test)
+            else:
+                masks = (lambda src, tr=train, t=test, r=te, f=feats: subsets.masks(seed, src, f, tr, t, r)) \
+                    if subsets is not None else None
+                _fre_split(feats, pairs, metric, train, te, rows_groups[te], seed, k, lfre_mode, est, info, reasons,
+                           why_test, masks)
             if progress is not None:
                 progress()
     out = []
+    common = dict(level=level, layer=layer, dataset=dataset, fingerprints=fingerprints)
     for source, target in pairs:
         for metric in metrics:
             key = (source, target, metric)
             more = dict(extra.get((source, target), {})) if extra else {}
-            if info[key]["k"] is not None:
+            if info[key].get("k") is not None:
                 more["k"] = int(info[key]["k"])
+            for name in subsets.names if subsets is not None and key not in reasons else ():
+                out.append(_subset_record(name, key, est.get(key + (name,)), info[key], more, common))
+            if key in reasons:
+                out.append(record(analysis, source, target, metric, [], level=level, layer=layer,
+                                  n_train=info[key]["n_train"], n_test=info[key]["n_test"], dataset=dataset,
+                                  fingerprints=fingerprints, reason=reasons[key], **more))
+                continue
             if key in nulls:
                 more["null_mean"] = float(np.mean(nulls[key]))
+            e = est[key]
+            fields = e.fields() if isinstance(e, Estimate) else {"values": e}
             out.append(record(
-                analysis, source, target, metric, values[key], level=level, layer=layer,
+                analysis, source, target, metric, fields.pop("values"), level=level, layer=layer,
                 n_train=info[key]["n_train"], n_test=info[key]["n_test"], dataset=dataset,
-                fingerprints=fingerprints, **more,
+                fingerprints=fingerprints, **fields, **more,
             ))
+    if subsets is not None:
+        out += subsets.share_records(common)
     return out
+
+
+def _subset_record(name: str, key, e: Estimate | None, info: Mapping, more: Mapping, common: Mapping) -> dict:
+    """The FRE of one pair over the test atoms of subset ``name`` (a record of analysis ``name``)."""
+    source, target, metric = key
+    sizes = dict(n_train=info["n_train"], n_test=info["n_test"])
+    if e is None or len(e.values) == 0:
+        return record(name, source, target, metric, [], reason=not_enough("test structures in the subset",
+                      MIN_TEST_GROUPS, 0), **sizes, **common, **more)
+    f = e.fields()
+    return record(name, source, target, metric, f.pop("values"), **f, **sizes, **common, **more)
+
+
+def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_mode, est, info, reasons, why_test,
+               masks=None):
+    """GFRE/GFRD/LFRE pointwise errors of every pair on one split, into ``est`` (or a reason)."""
+    from mlipspace.metrics import pairwise
+
+    names = list(dict.fromkeys(n for p in pairs for n in p))
+    every = [(a, b) for a in names for b in names if a != b]
+    # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
+    group_list = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
+    kk = max(2, len(train) // LFRE_ROWS_PER_NEIGHBOUR) if k == "quarter" else k
+    todo = []
+    for s, t in pairs:
+        key = (s, t, metric)
+        ks = (kk if kk is not None else min(features[s].shape[1], features[t].shape[1], len(train))) \
+            if metric == "lfre" else None
+        info[key] = {"n_train": len(train), "n_test": len(test), "k": ks}
+        why = first_reason(why_test, lfre_regime(len(train), ks) if metric == "lfre"
+                           else ridge_regime(len(train), features[s].shape[1]))
+        if why:
+            reasons[key] = why
+        elif key not in reasons:
+            todo.append((s, t))
+    for group in group_list:
+        wanted = [p for p in todo if p[0] in group and p[1] in group]
+        if not wanted:
+            continue
+        use = list(dict.fromkeys(n for p in wanted for n in p))
+        recs = pairwise({g: features[g] for g in use}, metric, train_idx=train, test_idx=test, diagonal=False,
+                        n_local_points=kk if metric == "lfre" else None, pointwise=True,
+                        mode=lfre_mode if metric == "lfre" else "exact")
+        for r in recs:
+            key = (r["source"], r["target"], metric)
+            if (r["source"], r["target"]) in wanted:
+                est.setdefault(key, Estimate("rms")).add(r["pointwise"], test_groups, seed)
+                for name, mask in (masks(r["source"]) if masks is not None else {}).items():
+                    if len(np.unique(test_groups[mask])) >= MIN_TEST_GROUPS:
+                        est.setdefault(key + (name,), Estimate("rms")).add(r["pointwise"][mask], test_groups[mask], seed)
+
+
+def _similarity_split(features, pairs, metric, rows, row_groups, seed, est, nulls, info, reasons, why_test):
+    """A similarity measure of every pair on one split's test rows, into ``est`` (or a reason)."""
+    for (a, b), (value, null, pw) in similarity_values(features, pairs, metric, rows, seed).items():
+        key = (a, b, metric)
+        info[key] = {"n_train": 0, "n_test": len(rows), "k": None}
+        if why_test:
+            reasons[key] = why_test
+            continue
+        if pw is not None:
+            est.setdefault(key, Estimate("mean")).add(pw, row_groups, seed)
+        else:
+            est.setdefault(key, []).append(value)
+        nulls.setdefault(key, []).append(null)
 
 
 def similarity_values(
@@ -105,24 +247,31 @@ def similarity_values(
     measure: str,
     rows: np.ndarray,
     seed: int,
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """``(source, target) -> (value, null)`` of a similarity measure on ``rows`` of both spaces.
+) -> dict[tuple[str, str], tuple[float, float, np.ndarray | None]]:
+    """``(source, target) -> (value, null, pointwise)`` of a similarity measure on ``rows`` of both spaces.
 
     The measures are symmetric, so each unordered pair is computed once and serves both orders.
     ``null`` is the measure after a seeded shuffle of the target's rows (same shuffle for every pair).
+    ``pointwise`` is the per-row value whose mean is the measure (mutual kNN), ``None`` for measures
+    with no such decomposition (CKA, Procrustes).
     """
-    from mlipspace.metrics.similarity import SIMILARITY_MEASURES
+    from mlipspace.metrics.similarity import SIMILARITY_MEASURES, pointwise_mutual_knn
 
     func = SIMILARITY_MEASURES[measure].func
     shuffle = np.random.default_rng(seed).permutation(len(rows))
-    out: dict[tuple[str, str], tuple[float, float]] = {}
+    out: dict[tuple[str, str], tuple[float, float, np.ndarray | None]] = {}
     for a, b in pairs:
         if (b, a) in out:
             out[(a, b)] = out[(b, a)]
             continue
         X = np.asarray(features[a][rows], dtype=np.float64)
         Y = np.asarray(features[b][rows], dtype=np.float64)
-        out[(a, b)] = (float(func(X, Y)), float(func(X, Y[shuffle])))
+        if measure == "mknn":
+            pw = pointwise_mutual_knn(X, Y)
+            value = float(np.mean(pw))
+        else:
+            pw, value = None, float(func(X, Y))
+        out[(a, b)] = (value, float(func(X, Y[shuffle])), pw)
     return out
 
 
@@ -135,14 +284,24 @@ def level_features(
     seeds: Sequence[int],
     n_test: int | None = None,
 ):
-    """Feature matrices and seeded splits for ``level`` ("atom": rows as given; "structure": cumulants)."""
-    if level == "atom":
-        return dict(features), atom_splits(rows, seeds, n_test)
-    if level == "atom-ungrouped":
-        return dict(features), atom_splits(rows, seeds, n_test, grouped=False)
+    """``(features, splits, groups)`` for ``level``.
+
+    "atom": rows as given, splits grouped by structure; "atom-ungrouped": the study's per-atom split;
+    "structure": progressive cumulants of each model's atom features compressed to
+    :func:`~mlipspace.experiments._common.structure_width` principal components fitted on the
+    training structures' atoms, so each split carries its own features (``(train, test, features)``).
+    ``groups`` is the structure of each row (the unit the intervals resample).
+    """
+    if level in ("atom", "atom-ungrouped"):
+        return dict(features), atom_splits(rows, seeds, n_test, grouped=level == "atom"), np.asarray(rows["frame"])
     if level == "structure":
-        feats = {name: structure_features(X, rows, order) for name, X in features.items()}
-        return feats, structure_splits(rows, seeds)
+        splits = []
+        for train, test in structure_splits(rows, seeds):
+            feats = {name: cumulant_features(X, rows, order, train=train,
+                                             n_components=max(1, structure_width(len(train), order, X.shape[1])))
+                     for name, X in features.items()}
+            splits.append((train, test, feats))
+        return dict(features), splits, None
     raise InputError(f"unknown level {level!r}; choose 'atom', 'structure' (or 'atom-ungrouped')")
 
 
@@ -170,7 +329,9 @@ def cross_model(
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
     row_tables: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
+    lfre_mode: str = "exact",
+    subsets: Mapping[str, str] | None = None,
     progress=None,
 ) -> list[dict]:
     """GFRE/LFRE of every ordered pair of models (source ≠ target) on ``layer`` features.
@@ -179,24 +340,32 @@ def cross_model(
     models' own row tables are given in ``row_tables`` they are checked against ``rows`` first.
     ``level="atom-ungrouped"`` uses the study's per-atom split instead of the grouped one (test atoms'
     structure-mates train: optimistic, for comparison). ``level="structure"`` compares progressive
-    cumulants of order ``order`` per structure (LFRE
-    then uses k = half the training structures: the cumulant width K·d exceeds their number, and
-    the study's k = min(d_X, d_Y) would make the neighbourhood the whole training set).
+    cumulants of order ``order`` per structure of each model's leading principal components
+    (``components`` in the record; see :func:`level_features`); LFRE then uses k = a quarter of the
+    training structures, the largest neighbourhood the LFRE regime rule admits.
+    ``subsets`` (atom levels) maps an analysis name to a test subset of :class:`TestSubsets`
+    (``"covered"``, ``"no-twins"``): the FREs over it and the share of test atoms outside it are
+    added as records of that analysis.
     Returns one record per (source, target, metric), ``analysis="cross-model"``.
     """
     names = list(features)
+    if subsets and level == "structure":
+        raise InputError("test subsets (coverage, twins) are defined for atom-level comparisons only")
     if len(names) < 2:
         raise InputError(f"cross-model comparison needs at least 2 models, got {names}")
     for name, table in (row_tables or {}).items():
         check_aligned(rows, table, ("dataset", name))
     check_features(features, rows)
-    feats, splits = level_features(features, rows, level=level, order=order, seeds=seeds, n_test=n_test)
+    feats, splits, groups = level_features(features, rows, level=level, order=order, seeds=seeds, n_test=n_test)
     pairs = [(a, b) for a in names for b in names if a != b]
-    extra = {p: {"order": int(order)} for p in pairs} if level == "structure" else None
+    extra = None
+    if level == "structure":
+        extra = {p: {"order": int(order), "components": int(splits[0][2][p[0]].shape[1] // order)} for p in pairs}
     return pair_errors(
-        feats, pairs, splits, metrics=metrics, level=level, layer=layer, dataset=dataset,
-        fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra, progress=progress,
-        n_local_points="half" if level == "structure" else None,
+        feats, pairs, splits, groups=groups, metrics=metrics, level=level, layer=layer, dataset=dataset,
+        fingerprints=fingerprints, lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, extra=extra,
+        progress=progress, k="quarter" if level == "structure" else None,
+        subsets=TestSubsets(subsets, rows["frame"]) if subsets else None,
     )
 
 

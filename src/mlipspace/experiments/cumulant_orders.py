@@ -13,13 +13,20 @@ one per seed; each record reports the mean and the sample standard deviation ove
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mlipspace.aggregate.cumulants import cumulants, frame_values
 from mlipspace.errors import InputError
+from mlipspace.intervals import (
+    LFRE_ROWS_PER_NEIGHBOUR,
+    Estimate,
+    first_reason,
+    lfre_regime,
+    ridge_regime,
+    test_regime,
+)
 from mlipspace.records import record
 
 ANALYSIS = "cumulant-orders"
@@ -27,14 +34,10 @@ METRICS = ("gfre", "lfre")
 
 
 def default_n_local_points(d_x: int, d_y: int, n_train: int) -> int:
-    """LFRE neighbourhood size: the study's ``min(d_X, d_Y)``, capped at half the training structures.
-
-    Structure datasets are small (hundreds of frames) while cumulant widths are K*d (hundreds to
-    thousands), so the study's k would often swallow the whole training set and LFRE would turn into
-    GFRE; half of the training structures keeps the neighbourhoods local. At least 2 (the local
-    2-fold cross-validation needs two rows).
-    """
-    return int(max(2, min(d_x, d_y, n_train // 2)))
+    """LFRE neighbourhood size: the study's ``min(d_X, d_Y)``, capped at a quarter of the training
+    structures (the LFRE regime rule of :mod:`mlipspace.intervals`); at least 2 (the local 2-fold
+    cross-validation needs two rows)."""
+    return int(max(2, min(d_x, d_y, n_train // LFRE_ROWS_PER_NEIGHBOUR)))
 
 
 def _subsets(subsets_per_frame, frame_index, n_frames: int) -> np.ndarray:
@@ -66,6 +69,7 @@ def order_table(
     dataset: str = "",
     lfre_max_test: int | None = None,
     progress: Callable[[], None] | None = None,
+    compress: bool = True,
 ) -> list[dict]:
     """GFRE/LFRE of order j -> order k progressive cumulants, all j != k in 1..``max_order``.
 
@@ -87,11 +91,14 @@ def order_table(
     std), ``seed_values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model``,
     ``source_width``/``target_width`` (columns) and, for LFRE, ``n_local_points``.
 
-    Warns when an order's width reaches 90 % of the training structures: the ridge fits then
-    interpolate and the table loses its meaning for those orders (see ``docs/cumulants.md``).
+    With ``compress`` (default) the atom features are first reduced to their leading principal
+    components (fitted on each split's training structures; ``components`` in the record) so that
+    the widest order still admits a ridge fit (n_train >= 2 x width): without it the fits
+    interpolate and the reverse (high -> low) errors, ideally ~0, grow (0.16 on the default run).
+    A pair outside the valid regime (:mod:`mlipspace.intervals`) gets ``value: None`` and a ``reason``.
     """
-    from mlipspace import metrics as fre_metrics
     from mlipspace.data.splits import structure_split
+    from mlipspace.experiments._common import cumulant_features, structure_width
 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
@@ -100,77 +107,66 @@ def order_table(
         raise InputError(f"max_order must be an integer >= 2 (an order table needs two orders), got {max_order!r}")
     if len(seeds) == 0:
         raise InputError("no seeds given")
-    phi, info = cumulants(features, frame_index, order=int(max_order), root=root, return_info=True)
-    n_frames = len(info.frames)
+    X = np.asarray(features, dtype=np.float64)
+    frame_index = np.asarray(frame_index)
+    n_frames = len(np.unique(frame_index))
     if n_frames < 4:
         raise InputError(f"an order table needs at least 4 structures, got {n_frames}")
     labels = _subsets(subsets_per_frame, frame_index, n_frames)
-    splits = [
-        structure_split(list(labels), n_test=n_test, test_fraction=test_fraction, seed=int(s)) for s in seeds
-    ]
-    w = info.block_width
-    n_train_min = min(len(tr) for tr, _ in splits)
-    # near width ~ n_train the ridge fits interpolate (double-descent peak): flag from 90 % on
-    wide = [k for k in range(1, max_order + 1) if k * w >= 0.9 * n_train_min]
-    if wide:
-        warnings.warn(
-            f"cumulants of order >= {wide[0]} have {wide[0] * w}+ columns for {n_train_min} training structures: "
-            "ridge fits there interpolate, so reverse (high -> low) errors are no longer ~0 and forward errors "
-            "into or out of those orders are inflated; use more structures or a lower max_order",
-            stacklevel=2,
-        )
+    rows = {"frame": frame_index}
+    splits = []
+    for s in seeds:
+        train, test = structure_split(list(labels), n_test=n_test, test_fraction=test_fraction, seed=int(s))
+        train, test = np.sort(np.asarray(train)), np.sort(np.asarray(test))
+        m = max(1, structure_width(len(train), max_order, X.shape[1]) if compress else X.shape[1])
+        phi = cumulant_features(X, rows, int(max_order), n_components=m, train=train, root=root)
+        splits.append((train, test, phi, phi.shape[1] // int(max_order)))
     pairs = [(j, k) for j in range(1, max_order + 1) for k in range(1, max_order + 1) if j != k]
     out = []
     for metric in metrics:
         for j, k in pairs:
-            X, Y = phi[:, : j * w], phi[:, : k * w]
-            values, n_tests, ks = [], [], []
-            for seed, (train, test) in zip(seeds, splits, strict=True):
-                if metric == "gfre":
-                    values.append(float(fre_metrics.gfre(X, Y, train_idx=train, test_idx=test)))
-                    n_tests.append(len(test))
-                else:
-                    if lfre_max_test is not None and len(test) > lfre_max_test:
-                        rng = np.random.default_rng(int(seed))
-                        test = np.sort(rng.choice(test, size=int(lfre_max_test), replace=False))
-                    kk = default_n_local_points(X.shape[1], Y.shape[1], len(train)) if n_local_points is None \
-                        else int(n_local_points)
-                    if kk > len(train):
-                        raise InputError(
-                            f"n_local_points={kk} exceeds the {len(train)} training structures; choose at most "
-                            f"{len(train)} (default: min(d_X, d_Y, n_train // 2))"
-                        )
-                    values.append(float(fre_metrics.lfre(X, Y, n_local_points=kk, train_idx=train, test_idx=test)))
-                    n_tests.append(len(test))
-                    ks.append(kk)
-            extra = {"n_local_points": int(ks[0])} if ks else {}
-            out.append(
-                record(
-                    ANALYSIS,
-                    model,
-                    model,
-                    metric,
-                    values,
-                    level="structure",
-                    layer=layer,
-                    n_train=len(splits[0][0]),
-                    n_test=int(n_tests[0]),
-                    dataset=dataset,
-                    model=model,
-                    source_order=int(j),
-                    target_order=int(k),
-                    seed_values=values,
-                    seeds=[int(s) for s in seeds],
-                    max_order=int(max_order),
-                    source_width=int(j * w),
-                    target_width=int(k * w),
-                    root=bool(root),
-                    **extra,
-                )
-            )
+            out.append(_order_record(metric, j, k, splits, seeds, n_local_points, lfre_max_test, model=model,
+                                     layer=layer, dataset=dataset, max_order=int(max_order), root=bool(root)))
             if progress is not None:
                 progress()
     return out
+
+
+def _order_record(metric, j, k, splits, seeds, n_local_points, lfre_max_test, **fields) -> dict:
+    """One record of the order table: ``metric`` of order j -> order k over the splits (or a reason)."""
+    from mlipspace import metrics as fre_metrics
+    from mlipspace.experiments._common import subsample
+
+    est, why, ks, n_tests = Estimate("rms"), None, [], []
+    for seed, (train, test, phi, w) in zip(seeds, splits, strict=True):
+        X, Y = phi[:, : j * w], phi[:, : k * w]
+        if metric == "lfre":
+            test = subsample(test, lfre_max_test, int(seed))
+            kk = default_n_local_points(X.shape[1], Y.shape[1], len(train)) if n_local_points is None \
+                else int(n_local_points)
+            ks.append(kk)
+            why = first_reason(test_regime(len(test)), lfre_regime(len(train), kk))
+        else:
+            why = first_reason(test_regime(len(test)), ridge_regime(len(train), X.shape[1], rows="training structures"))
+        n_tests.append(len(test))
+        if why:
+            break
+        if metric == "gfre":
+            pw = fre_metrics.pointwise_gfre(X, Y, train_idx=train, test_idx=test)
+        else:
+            pw = fre_metrics.pointwise_lfre(X, Y, n_local_points=ks[-1], train_idx=train, test_idx=test)
+        est.add(pw, np.arange(len(test)), int(seed))
+    w0 = splits[0][3]
+    extra = {"n_local_points": int(ks[0])} if ks else {}
+    f = {"reason": why} if why else est.fields()
+    values = f.pop("values", [])
+    return record(
+        ANALYSIS, fields["model"], fields["model"], metric, values, level="structure", layer=fields["layer"],
+        n_train=len(splits[0][0]), n_test=int(n_tests[0]), dataset=fields["dataset"], model=fields["model"],
+        source_order=int(j), target_order=int(k), seed_values=values, seeds=[int(s) for s in seeds],
+        max_order=fields["max_order"], source_width=int(j * w0), target_width=int(k * w0), components=int(w0),
+        root=fields["root"], **f, **extra,
+    )
 
 
 def order_matrix(records: Sequence[dict], metric: str = "gfre", model: str | None = None,

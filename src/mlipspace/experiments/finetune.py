@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.experiments._common import atom_splits, fre
+from mlipspace.experiments._common import atom_splits
 from mlipspace.experiments.cross_model import check_features, pair_errors
 from mlipspace.records import record, select
 
@@ -52,7 +52,7 @@ def finetune_bundled(
     layer: str = "last",
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
     spec=BUNDLED_FINETUNE,
 ) -> list[dict]:
     """Records (``analysis="finetune"``, field ``relation``) of the fine-tuned model vs each reference.
@@ -74,7 +74,7 @@ def finetune_bundled(
             pairs.append((s, t))
             extra[(s, t)] = {"relation": rel}
     return pair_errors(
-        sub, pairs, splits, metrics=metrics, analysis="finetune", level="atom", layer=layer,
+        sub, pairs, splits, groups=rows["frame"], metrics=metrics, analysis="finetune", level="atom", layer=layer,
         dataset=dataset, fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra,
     )
 
@@ -337,7 +337,7 @@ def finetune_track(
     n_test: int | None = None,
     layer: str = "last",
     dataset: str = "",
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
     progress=None,
 ) -> list[dict]:
     """FRE of every checkpoint vs the pre-trained ``reference`` features (and vs the control).
@@ -365,7 +365,7 @@ def finetune_track(
             pair = {run: X, model: reference}
             extra = {(a, b): {"run": run, "epoch": e, "checkpoint": p.name} for a, b in ((run, model), (model, run))}
             out += pair_errors(
-                pair, [(run, model), (model, run)], splits, metrics=metrics, analysis="finetune-track",
+                pair, [(run, model), (model, run)], splits, groups=rows["frame"], metrics=metrics, analysis="finetune-track",
                 layer=layer, dataset=dataset, lfre_max_test=lfre_max_test, extra=extra,
             )
     if control:
@@ -378,7 +378,7 @@ def finetune_track(
             extra = {k: {"run": "finetune-vs-scratch", "epoch": e, "checkpoint": p.name}
                      for k in (("finetune", "scratch"), ("scratch", "finetune"))}
             out += pair_errors(
-                pair, [("finetune", "scratch"), ("scratch", "finetune")], splits, metrics=metrics,
+                pair, [("finetune", "scratch"), ("scratch", "finetune")], splits, groups=rows["frame"], metrics=metrics,
                 analysis="finetune-track", layer=layer, dataset=dataset, lfre_max_test=lfre_max_test,
                 extra=extra,
             )

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import atom_splits, fre
+from mlipspace.experiments._common import atom_splits
 from mlipspace.experiments.cross_model import check_features, pair_errors
-from mlipspace.records import fingerprint_id, record
+from mlipspace.records import fingerprint_id
 
 
 def layer_pairs(
@@ -29,7 +29,7 @@ def layer_pairs(
     n_test: int | None = None,
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
 ) -> list[dict]:
     """Records (``analysis="layers"``) of every ordered pair of ``layers`` of ``model``.
 
@@ -44,8 +44,8 @@ def layer_pairs(
     splits = atom_splits(rows, seeds, n_test)
     depth = {n: (i / (len(names) - 1)) for i, n in enumerate(names)}
     pairs = [(a, b) for a in names for b in names if a != b]
-    recs = pair_errors(layers, pairs, splits, metrics=metrics, analysis="layers", dataset=dataset,
-                       lfre_max_test=lfre_max_test)
+    recs = pair_errors(layers, pairs, splits, groups=rows["frame"], metrics=metrics, analysis="layers",
+                       dataset=dataset, lfre_max_test=lfre_max_test)
     fid = fingerprint_id((fingerprints or {}).get(model))
     out = []
     for r in recs:
@@ -66,7 +66,7 @@ def cross_model_layers(
     n_test: int | None = None,
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
     targets: Sequence[str] | None = None,
     progress=None,
 ) -> list[dict]:
@@ -87,22 +87,17 @@ def cross_model_layers(
     out = []
     for src in models:
         names = list(model_layers[src])
+        tgts = [t for t in (models if targets is None else targets) if t in model_layers and t != src]
         for i, lay in enumerate(names):
-            X = model_layers[src][lay]
-            for tgt in (models if targets is None else [t for t in targets if t in model_layers]):
-                if tgt == src:
-                    continue
-                Y = model_layers[tgt][last]
-                for metric in metrics:
-                    vals, nt = [], 0
-                    for seed, (train, test) in enumerate(splits):
-                        v, nt = fre(metric, X, Y, train, test, lfre_max_test=lfre_max_test, seed=seed)
-                        vals.append(v)
-                    out.append(record(
-                        "layers-cross", src, tgt, metric, vals, layer=lay, n_train=len(splits[0][0]),
-                        n_test=nt, dataset=dataset, fingerprints=fingerprints, source_layer=lay,
-                        target_layer=last, source_depth=round(i / max(1, len(names) - 1), 6),
-                    ))
+            key = f"{src}\x00{lay}"  # the source layer's own name, apart from any model name
+            feats = {key: model_layers[src][lay], **{t: model_layers[t][last] for t in tgts}}
+            for r in pair_errors(feats, [(key, t) for t in tgts], splits, groups=rows["frame"], metrics=metrics,
+                                 analysis="layers-cross", layer=lay, dataset=dataset, fingerprints=fingerprints,
+                                 lfre_max_test=lfre_max_test):
+                r.update(source=src, source_fingerprint=fingerprint_id((fingerprints or {}).get(src)),
+                         source_layer=lay, target_layer=last, source_depth=round(i / max(1, len(names) - 1), 6))
+                out.append(r)
             if progress is not None:
                 progress()
     return out
+

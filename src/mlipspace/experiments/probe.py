@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.experiments._common import frame_subsets, structure_features
+from mlipspace.experiments._common import cumulant_features, frame_subsets, structure_width
+from mlipspace.intervals import Estimate, test_regime
 from mlipspace.records import record
 
 ALPHAS = np.logspace(-6, 4, 21)
@@ -80,9 +81,10 @@ def composition_fit(counts: np.ndarray, E: np.ndarray, train: np.ndarray) -> np.
     return reg.predict(frac) * n_atoms
 
 
-def _cv_rmse(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: np.ndarray, *,
-             extensive: bool, n_splits: int, seed: int) -> float:
-    """Cross-validated RMSE (eV/atom) of composition baseline + ridge on ``F`` (``None``: baseline only)."""
+def _cv_errors(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: np.ndarray, *,
+               extensive: bool, n_splits: int, seed: int) -> np.ndarray:
+    """Cross-validated error (eV/atom) of each structure, predicted by composition baseline + ridge on
+    ``F`` (``None``: baseline only) fitted on the folds it is not in."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -102,7 +104,7 @@ def _cv_rmse(F: np.ndarray | None, counts: np.ndarray, E: np.ndarray, n_atoms: n
             pred = reg.predict(G[test])
         diff = pred - target[test]
         err[test] = diff / n_atoms[test] if extensive else diff
-    return float(np.sqrt(np.mean(err**2)))
+    return err
 
 
 def probe(
@@ -121,8 +123,12 @@ def probe(
     """Records (``analysis="probe"``, ``metric="rmse_mev_per_atom"``) per model and the baseline.
 
     ``energy`` holds the total energy (eV) of each structure in sorted frame-id order. ``value`` is
-    the mean over ``seeds`` of the ``n_splits``-fold CV RMSE; the record also keeps ``target_std``
-    (std of the residual energy per atom after the full-data composition fit, meV/atom).
+    the mean over ``seeds`` of the ``n_splits``-fold CV RMSE, with a cluster-bootstrap interval over
+    the structures' CV errors (:mod:`mlipspace.intervals`); the record also keeps ``target_std`` (std
+    of the residual energy per atom after the full-data composition fit, meV/atom). Valid regime:
+    every CV fold holds at least :data:`~mlipspace.intervals.MIN_TEST_GROUPS` structures, and the
+    model's features enter the ridge as at most ``n_train // 2`` columns (their leading principal
+    components over all atoms: unsupervised, so no label leaks; ``components`` in the record).
     """
     counts, _ = composition(rows)
     E = np.asarray(energy, dtype=np.float64)
@@ -130,27 +136,48 @@ def probe(
         raise InputError(f"probe: {E.shape[0] if E.ndim else 0} energies for {counts.shape[0]} structures")
     if not np.all(np.isfinite(E)):
         raise InputError("probe: energies contain NaN or infinite values")
-    if len(E) < 2 * min(n_splits, len(E)) or len(E) < 6:
-        raise InputError(f"probe: {len(E)} labelled structures are too few for {n_splits}-fold CV")
+    if level not in ("atom", "structure"):
+        raise InputError(f"unknown level {level!r}; choose 'atom' or 'structure'")
+    folds = int(min(n_splits, len(E)))
     n_atoms = counts.sum(axis=1)
-    target_std = float(np.std((E - composition_fit(counts, E, np.arange(len(E)))) / n_atoms) * 1000)
-    n_test = len(E) // min(n_splits, len(E))
+    n_test = len(E) // max(folds, 1)
+    target_std = float(np.std((E - composition_fit(counts, E, np.arange(len(E)))) / n_atoms) * 1000) if len(E) else 0.0
     common = dict(level=level, layer=layer, n_train=len(E) - n_test, n_test=n_test, dataset=dataset,
-                  fingerprints=fingerprints, target_std=round(target_std, 6), folds=int(min(n_splits, len(E))))
-    out = [record("probe", "composition", "energy", "rmse_mev_per_atom",
-                  [1000 * _cv_rmse(None, counts, E, n_atoms, extensive=True, n_splits=n_splits, seed=s) for s in seeds],
-                  **common)]
+                  fingerprints=fingerprints, target_std=round(target_std, 6), folds=folds)
+    why = test_regime(n_test)
+    if why:
+        return [record("probe", name, "energy", "rmse_mev_per_atom", [], reason=why + f" ({folds}-fold CV)", **common)
+                for name in ["composition", *features]]
+    groups = np.arange(len(E))
+
+    def estimate(F, extensive):
+        est = Estimate("rms")
+        for s in seeds:
+            est.add(1000 * _cv_errors(F, counts, E, n_atoms, extensive=extensive, n_splits=n_splits, seed=s),
+                    groups, s)
+        return est.fields()
+
+    f = estimate(None, True)
+    out = [record("probe", "composition", "energy", "rmse_mev_per_atom", f.pop("values"), **f, **common)]
     for name, X in features.items():
-        if level == "atom":
-            F, ext = summed_features(X, rows), True
-        elif level == "structure":
-            F, ext = structure_features(X, rows, order), False
+        m = structure_width(len(E) - n_test, order if level == "structure" else 1, X.shape[1])
+        if level == "atom":  # the sum of projected atom features = projection of the summed features
+            F, ext = summed_features(_components(X, m), rows), True
         else:
-            raise InputError(f"unknown level {level!r}; choose 'atom' or 'structure'")
-        vals = [1000 * _cv_rmse(F, counts, E, n_atoms, extensive=ext, n_splits=n_splits, seed=s) for s in seeds]
-        out.append(record("probe", name, "energy", "rmse_mev_per_atom", vals,
-                          **common, **({"order": int(order)} if level == "structure" else {})))
+            F, ext = cumulant_features(X, rows, order, n_components=m), False
+        f = estimate(F, ext)
+        out.append(record("probe", name, "energy", "rmse_mev_per_atom", f.pop("values"), **f, **common,
+                          components=m, **({"order": int(order)} if level == "structure" else {})))
     return out
+
+
+def _components(X: np.ndarray, m: int) -> np.ndarray:
+    """The atom features projected on their ``m`` leading principal components (all of them if m >= d)."""
+    X = np.asarray(X, dtype=np.float64)
+    if m >= X.shape[1]:
+        return X
+    Xc = X - X.mean(axis=0)
+    return Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:m].T
 
 
 def residual_energy(rows: Mapping[str, np.ndarray], energy: np.ndarray) -> np.ndarray:
@@ -218,7 +245,7 @@ def maps(
         y = None
     out = {}
     for name, X in features.items():
-        F = structure_features(X, rows, order)
+        F = cumulant_features(X, rows, order)
         entry = {"pca": pca_map(F).tolist()}
         if y is not None and len(frames) >= 3:
             entry["pcovr"] = pcovr_map(F, y).tolist()

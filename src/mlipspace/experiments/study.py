@@ -57,7 +57,8 @@ class StudyConfig:
     order: int = 3
     n_test: int | None = None
     lfre: bool = True
-    lfre_max_test: int = 50
+    lfre_max_test: int = 500
+    lfre_mode: str = "fast"
     layers: bool = True
     orders: bool = True
     max_order: int = 4
@@ -71,7 +72,8 @@ class StudyConfig:
 
     def analysis_settings(self) -> dict:
         return {"seeds": list(range(self.seeds)), "order": self.order, "n_test": self.n_test,
-                "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "max_order": self.max_order,
+                "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "lfre_mode": self.lfre_mode,
+                "max_order": self.max_order,
                 "outlier_threshold": self.outlier_threshold, "finetune_data": self.finetune_data,
                 "finetune_epochs": self.finetune_epochs}
 
@@ -306,7 +308,8 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                 console.print(f"  [yellow]left out {len(outliers)} outlier structure(s)[/]: "
                               + ", ".join(map(str, outliers)), highlight=False)
         meta["outliers"] = sorted(outliers)
-    common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test)
+    common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test,
+                  lfre_mode=cfg.lfre_mode)
     n_pairs = len(models) * (len(models) - 1)
 
     if len(models) >= 2:
@@ -316,11 +319,13 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                 with stages.bar("splits × metrics", len(seeds) * len(metrics)) as adv:
                     recs, hit = cache.get(f"cross-{level}", _cache_key(base_key, level), lambda: cm.cross_model(
                         last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
-                        progress=adv, **common))
+                        progress=adv, subsets={"coverage": "covered"} if level == "atom" else None, **common))
                 records += recs
-        with stages.stage("cross-model (study split)", f"GFRE of {n_pairs} pairs with the study's per-atom split"):
+        with stages.stage("cross-model (study split)", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} pairs "
+                                                       "with the study's per-atom split (one seed, as the study)"):
             recs, _ = cache.get("cross-ungrouped", _cache_key(base_key, "ungrouped"), lambda: cm.cross_model(
-                last, rows, metrics=("gfre",), level="atom-ungrouped", n_test=cfg.n_test, **common))
+                last, rows, metrics=metrics, level="atom-ungrouped", n_test=cfg.n_test,
+                subsets={"leakage": "no-twins"}, **(common | {"seeds": seeds[:1]})))
             records += recs
         with stages.stage("similarity (atom)", f"{'/'.join(m.upper() for m in SIMILARITY_DEFAULT)} of "
                                                f"{n_pairs // 2} model pairs × {len(seeds)} seeds, permutation null"):

@@ -43,7 +43,7 @@ def variants(
     layer: str = "last",
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
-    lfre_max_test: int | None = 200,
+    lfre_max_test: int | None = 500,
 ) -> list[dict]:
     """Records (``analysis="variants"``, field ``group``) for each available pair, both directions.
 
@@ -55,14 +55,14 @@ def variants(
     used = sorted({m for _, a, b in todo for m in (a, b)})
     sub = {m: features[m] for m in used}
     check_features(sub, rows)
-    feats, splits = level_features(sub, rows, level=level, order=order, seeds=seeds, n_test=n_test)
+    feats, splits, groups = level_features(sub, rows, level=level, order=order, seeds=seeds, n_test=n_test)
     ordered, extra = [], {}
     for label, a, b in todo:
         for s, t in ((a, b), (b, a)):
             ordered.append((s, t))
             extra[(s, t)] = {"group": label} | ({"order": int(order)} if level == "structure" else {})
     return pair_errors(
-        feats, ordered, splits, metrics=metrics, analysis="variants", level=level, layer=layer,
+        feats, ordered, splits, groups=groups, metrics=metrics, analysis="variants", level=level, layer=layer,
         dataset=dataset, fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra,
     )
 
@@ -71,7 +71,8 @@ def group_means(records: Sequence[Mapping], metric: str = "gfre", level: str = "
     """Mean of both directions for each variant group: ``{group label: mean value}``."""
     out: dict[str, list[float]] = {}
     for r in select(records, analysis="variants", metric=metric, level=level):
-        out.setdefault(r["group"], []).append(r["value"])
+        if r["value"] is not None:
+            out.setdefault(r["group"], []).append(r["value"])
     if not out and select(records, analysis="variants"):
         raise InputError(f"no variant records for metric {metric!r} at level {level!r}")
     return {k: float(np.mean(v)) for k, v in out.items()}

@@ -124,7 +124,7 @@ def _cross_section(page: _Page, results):
                          "dataset lowers these numbers.</p>")
     if not any_:
         page.add('<p class="note">Not run (needs at least two models).</p>')
-    _rank_agreement(page, select(recs, analysis="cross-model", level="atom"))
+    _rank_agreement(page, [r for r in select(recs, analysis="cross-model", level="atom") if r["value"] is not None])
 
 
 def _rank_agreement(page, recs: Sequence[Mapping]) -> None:
@@ -314,7 +314,7 @@ def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mappin
     page.add("<h2>Summary</h2>")
     for f in findings(results):
         cls = {True: "yes", False: "no", None: "na"}[f.holds]
-        tag = {True: "holds", False: "does not hold", None: "not tested"}[f.holds]
+        tag = f.verdict
         page.add(f'<div class="finding {cls}"><span class="tag">{tag}</span><b>{_e(f.title)}</b><br>{_e(f.text)}</div>')
     for note in meta.get("notes", []):
         page.add(f'<p class="note">{_e(note)}</p>')
