@@ -14,6 +14,7 @@ Layout of a store directory (zarr v3, uncompressed chunks; see ``docs/store.md``
             structure/<name>                       structure-level arrays (e.g. cumulants) + attrs
     STORE/staging/<key>/<model>/shard_<start>_<stop>/   shards of an extraction in progress
     STORE/.tmp/                                    objects being built (invisible to readers)
+    STORE/.locks/<key>/<model>.lock                one writer per dataset × model (see store/_lock.py)
 
 Every object is built under ``.tmp`` and renamed into place, so what a reader sees is complete.
 """

@@ -393,35 +393,7 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
                       on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
                       spec: str | None = None, wait: bool = True) -> dict:
     """The body of :func:`extract_to_store` (which turns OS errors into a StoreError)."""
-    if on_unsupported not in ("raise", "skip"):
-        raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
-    if isinstance(frames, (str, os.PathLike)) or (isinstance(frames, (list, tuple)) and frames
-                                                  and not isinstance(frames[0], Atoms)):
-        from mlipspace.data import read
-
-        spec = spec if spec is not None else (str(frames) if not isinstance(frames, (list, tuple))
-                                              else ",".join(map(str, frames)))
-        frames = read(frames)  # validated by the reader
-    else:
-        from mlipspace.data.checks import validate
-
-        validate(list(frames))  # bad structures fail here, naming file and frame, before any work is done
-    frames = list(frames)
-    if not frames:
-        raise InputError("no frames to extract")
-    if isinstance(models, str):
-        models = [m.strip() for m in models.split(",") if m.strip()]
-    elif not isinstance(models, (list, tuple)):
-        models = [models]
-    if not models:
-        raise InputError("no model given")
-    names = [m for m in models if isinstance(m, str)]
-    if len(set(names)) != len(names):
-        raise InputError(f"a model is named twice in {names}")
-    shard_size = DEFAULT_SHARD_SIZE if shard_size is None else int(shard_size)
-    if shard_size < 1:
-        raise InputError(f"shard_size must be >= 1, got {shard_size}")
-
+    frames, models, shard_size, spec = _check_inputs(frames, models, shard_size, on_unsupported, spec)
     store = FeatureStore(store_path, mode="a")
     _io.clean_tmp(store.path)
     key = store.add_dataset(frames, spec)
@@ -467,6 +439,39 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
         if cluster is not None:
             cluster.close()
     return summary
+
+
+def _check_inputs(frames, models, shard_size, on_unsupported: str, spec):
+    """Validated ``(frames, models, shard_size, spec)`` of an extraction: frames read from a spec if need be."""
+    if on_unsupported not in ("raise", "skip"):
+        raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
+    if isinstance(frames, (str, os.PathLike)) or (isinstance(frames, (list, tuple)) and frames
+                                                  and not isinstance(frames[0], Atoms)):
+        from mlipspace.data import read
+
+        spec = spec if spec is not None else (str(frames) if not isinstance(frames, (list, tuple))
+                                              else ",".join(map(str, frames)))
+        frames = read(frames)  # validated by the reader
+    else:
+        from mlipspace.data.checks import validate
+
+        validate(list(frames))  # bad structures fail here, naming file and frame, before any work is done
+    frames = list(frames)
+    if not frames:
+        raise InputError("no frames to extract")
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    elif not isinstance(models, (list, tuple)):
+        models = [models]
+    if not models:
+        raise InputError("no model given")
+    names = [m for m in models if isinstance(m, str)]
+    if len(set(names)) != len(names):
+        raise InputError(f"a model is named twice in {names}")
+    shard_size = DEFAULT_SHARD_SIZE if shard_size is None else int(shard_size)
+    if shard_size < 1:
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
+    return frames, models, shard_size, spec
 
 
 def _lock_some(store: FeatureStore, key: str, pending: list, *, wait: bool) -> tuple[list, list]:
