@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +175,23 @@ def test_stale_lock_of_a_dead_process_is_taken_over(serial, tmp_path):
     rc, s, err = finish(start(store, RDF, tmp_path / "b", "--no-wait"), tmp_path / "b")
     assert rc == 0 and s["dataset"] == key and s["models"][RDF]["status"] == "extracted", err
     assert not lock_path(store, key, RDF).exists()
+
+
+def test_waiter_takes_over_from_a_killed_holder(serial, tmp_path):
+    """The holder is SIGKILLed mid-extraction while a second writer waits: the waiter takes the lock
+    over, does the work, and the store equals the serial run's."""
+    store, gate = tmp_path / "fs", tmp_path / "gate"
+    gate.mkdir()
+    holder = start(store, RDF, tmp_path / "a", gate=gate)
+    until(lambda: at_gate(gate) == 1, [holder], "the holder inside its extraction")
+    waiter = start(store, RDF, tmp_path / "b")  # not gated
+    until(lambda: "waiting" in Path(f"{tmp_path / 'b'}.err").read_text(), [holder, waiter], "the waiter waiting")
+    holder.kill()
+    assert holder.wait() == -signal.SIGKILL
+    rc, s, err = finish(waiter, tmp_path / "b")
+    assert rc == 0 and s["models"][RDF]["status"] == "extracted", err
+    assert tree(store / "datasets" / s["dataset"] / "models" / RDF) == tree(serial / "datasets" / s["dataset"] / "models" / RDF)
+    assert not list((store / ".locks").rglob("*.lock")) and not (store / "staging").exists()
 
 
 def _write_lock(path: Path, *, host: str, pid: int, proc_start=None, age: float = 0.0) -> None:
