@@ -36,6 +36,7 @@ def extract(
     env: str = typer.Option(None, "--env", help="Run checkpoint models (FAMILY:/path) in this environment: a family name, an environment directory or a python executable (default: the family's own environment)."),
     python: str = typer.Option(None, "--python", help="Python executable to run checkpoint models in (same as --env PATH)."),
     on_unsupported: str = typer.Option("raise", "--on-unsupported", help="'raise': fail naming frames with unsupported elements; 'skip': leave them out and record them."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="When another process is writing the same model into this store: wait for it (default; its work is then reused) or fail at once naming it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (atoms/s, ETA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -59,7 +60,7 @@ def extract(
     spec = data if len(data) > 1 else data[0]
     summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
-                               on_unsupported=on_unsupported, device=device, batch_size=batch_size)
+                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, wait=wait)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

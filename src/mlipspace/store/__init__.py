@@ -7,9 +7,10 @@ Public API::
                                     # layers, is_complete, put_structure / get_structure, summary
     load_aligned(store, ds, models, layer)   # -> ({model: array}, rows), rows checked identical
     extract_to_store(frames, models, store_path, layers="last", shard_size=None, workers=None,
-                     scheduler=None, progress=True, on_unsupported="raise")
+                     scheduler=None, progress=True, on_unsupported="raise", wait=True)
 
-See ``docs/store.md`` for the layout and the guarantees (atomic shards, resumable, bit-identical).
+See ``docs/store.md`` for the layout and the guarantees (atomic shards, resumable, bit-identical,
+one writer per dataset × model).
 """
 
 from mlipspace.store.core import (

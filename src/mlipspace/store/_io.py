@@ -65,11 +65,42 @@ def clean_tmp(root: Path) -> int:
     return removed
 
 
+def fsync_tree(path: Path) -> None:
+    """Flush every file and directory below ``path`` to disk, so that what is renamed into place
+    next is durable before it becomes visible (a crash never leaves a visible object with lost data)."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not fsync directories
+        pass
+    finally:
+        os.close(fd)
+
+
 def place(tmp: Path, final: Path) -> bool:
-    """Move the finished ``tmp`` to ``final`` atomically; ``False`` (and ``tmp`` removed) if ``final`` exists."""
+    """Move the finished ``tmp`` to ``final`` atomically; ``False`` (and ``tmp`` removed) if ``final`` exists.
+
+    ``tmp`` is flushed to disk first and the rename after, so a visible object is a durable one.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    fsync_tree(tmp)
     try:
         os.rename(tmp, final)
+        _fsync_dir(final.parent)
         return True
     except OSError:
         if final.exists():  # someone placed the same deterministic object first

@@ -14,6 +14,7 @@ Layout of a store directory (zarr v3, uncompressed chunks; see ``docs/store.md``
             structure/<name>                       structure-level arrays (e.g. cumulants) + attrs
     STORE/staging/<key>/<model>/shard_<start>_<stop>/   shards of an extraction in progress
     STORE/.tmp/                                    objects being built (invisible to readers)
+    STORE/.locks/<key>/<model>.lock                one writer per dataset × model (see store/_lock.py)
 
 Every object is built under ``.tmp`` and renamed into place, so what a reader sees is complete.
 """
@@ -130,7 +131,8 @@ class FeatureStore:
         else:
             if self.path.exists() and not self.path.is_dir():
                 raise StoreError(f"{self.path} is a file, not a feature store directory")
-            if self.path.exists() and any(self.path.iterdir()):
+            # .tmp/.locks alone: another process is creating this store right now (not foreign content)
+            if self.path.exists() and any(p.name not in (".tmp", ".locks") for p in self.path.iterdir()):
                 raise StoreError(f"{self.path} exists, is not empty and is not a feature store")
             self.path.mkdir(parents=True, exist_ok=True)
             tmp = _io.tmp_dir(self.path)
@@ -290,7 +292,11 @@ class FeatureStore:
         return sorted(have, key=lambda name: (order.get(name, len(order)), name))
 
     def is_complete(self, dataset, model: str | None = None, layers: Iterable[str] | None = None) -> bool:
-        """Whether the dataset (and, if given, the model and all ``layers``) are fully stored."""
+        """Whether the dataset (and, if given, the model and all ``layers``) are fully stored.
+
+        Without ``layers``, a model with an extraction in progress (or interrupted: shards staged)
+        is not complete, even if some of its layers are already placed.
+        """
         try:
             key = self.resolve(dataset)
         except StoreError:
@@ -301,8 +307,9 @@ class FeatureStore:
         if not (_io.is_node(path) and _io.is_node(path / "rows")):
             return False
         have = set(_io.children(path / "layers"))
-        want = set(layers) if layers is not None else set()
-        return bool(have) and want <= have
+        if layers is None:
+            return bool(have) and _io.staging_progress(self.path, key, model) is None
+        return bool(have) and set(layers) <= have
 
     def features(self, dataset, model: str, layer: str = "last", *, lazy: bool = False):
         """Features of ``model``'s ``layer`` on ``dataset``: float32 (n_rows, d).

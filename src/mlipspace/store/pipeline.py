@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,8 @@ from ase import Atoms
 from mlipspace.data.rows import check_aligned
 from mlipspace.errors import AlignmentError, InputError, StoreError, StructureError, UnsupportedElementsError
 from mlipspace.store import _io
-from mlipspace.store.core import FeatureStore, model_fingerprint_sha
+from mlipspace.store._lock import StoreLock, lock_path
+from mlipspace.store.core import RESERVED_MODEL_NAMES, FeatureStore, _check_name, model_fingerprint_sha
 
 #: Frames per shard when none is given: small enough to resume cheaply and to balance workers.
 DEFAULT_SHARD_SIZE = 32
@@ -336,7 +338,7 @@ def _client(workers: int | None, scheduler: str | None, device: str = "auto"):
 def extract_to_store(frames, models, store_path, layers="last", shard_size: int | None = None,
                      workers: int | None = None, scheduler: str | None = None, progress: bool = True,
                      on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
-                     spec: str | None = None) -> dict:
+                     spec: str | None = None, wait: bool = True) -> dict:
     """Extract ``layers`` of ``models`` for ``frames`` into the store at ``store_path``, resumably.
 
     ``frames``: a list of ``Atoms`` or a spec for :func:`mlipspace.data.read` (then recorded as the
@@ -351,10 +353,15 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
 
     A failing write (disk full, no permission) raises :class:`StoreError` naming the store and the
     cause; whatever was stored before stays, and a rerun with space resumes from the staged shards.
+
+    Each model is written under a lock of its own (dataset, model), so several processes may fill
+    one store: writers of other models proceed in parallel; a writer of the same model waits
+    (``wait=True``, printing who holds it) or raises :class:`StoreError` naming the holder
+    (``wait=False``), and once it gets the lock finds the work done. Locks of dead holders are taken over.
     """
     try:
         return _extract_to_store(frames, models, store_path, layers, shard_size, workers, scheduler, progress,
-                                 on_unsupported, device=device, batch_size=batch_size, spec=spec)
+                                 on_unsupported, device=device, batch_size=batch_size, spec=spec, wait=wait)
     except OSError as exc:
         err = _write_error(store_path, exc)
         if err is None:
@@ -384,8 +391,58 @@ def _write_error(store_path, exc: OSError) -> StoreError | None:
 def _extract_to_store(frames, models, store_path, layers="last", shard_size: int | None = None,
                       workers: int | None = None, scheduler: str | None = None, progress: bool = True,
                       on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
-                      spec: str | None = None) -> dict:
+                      spec: str | None = None, wait: bool = True) -> dict:
     """The body of :func:`extract_to_store` (which turns OS errors into a StoreError)."""
+    frames, models, shard_size, spec = _check_inputs(frames, models, shard_size, on_unsupported, spec)
+    store = FeatureStore(store_path, mode="a")
+    _io.clean_tmp(store.path)
+    key = store.add_dataset(frames, spec)
+    client, cluster = _client(workers, scheduler, device)
+    summary = {"dataset": key, "fingerprint": store.dataset_info(key)["fingerprint"], "models": {}}
+    try:
+        described = []
+        for model in models:
+            ref = model
+            if client is not None and not isinstance(model, str):
+                ref = client.scatter(model, broadcast=True)
+            info = (client.submit(describe, ref, device, pure=False).result() if client is not None
+                    else describe(model, device))
+            _check_name(info["name"], "model", RESERVED_MODEL_NAMES)  # it names the lock file too
+            described.append((ref, info))
+        pending = described
+        while pending:  # the models whose locks are free now; then wait for the others, one by one
+            batch, pending = _lock_some(store, key, pending, wait=wait)
+            try:
+                plans = []
+                for ref, info, _ in batch:
+                    plan = _plan_model(store, key, frames, ref, info, layers, shard_size, on_unsupported)
+                    if plan is None:
+                        summary["models"][info["name"]] = {"layers": _resolve_layers(layers, info),
+                                                           "extracted_shards": 0, "status": "already stored"}
+                    else:
+                        plans.append(plan)
+                _run_plans(store, key, frames, plans, client, progress=progress, device=device,
+                           batch_size=batch_size, on_unsupported=on_unsupported)
+                for plan in plans:
+                    summary["models"][plan.name] = {
+                        "layers": plan.layers, "extracted_shards": len(plan.todo), "status": "extracted",
+                        "skipped": len(store.skipped(key, plan.name)),
+                        "atoms": int(len(store.rows(key, plan.name)["frame"])),
+                    }
+            finally:
+                for *_, lock in batch:
+                    lock.release()
+        summary["models"] = {info["name"]: summary["models"][info["name"]] for _, info in described}
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return summary
+
+
+def _check_inputs(frames, models, shard_size, on_unsupported: str, spec):
+    """Validated ``(frames, models, shard_size, spec)`` of an extraction: frames read from a spec if need be."""
     if on_unsupported not in ("raise", "skip"):
         raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
     if isinstance(frames, (str, os.PathLike)) or (isinstance(frames, (list, tuple)) and frames
@@ -414,77 +471,83 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else int(shard_size)
     if shard_size < 1:
         raise InputError(f"shard_size must be >= 1, got {shard_size}")
+    return frames, models, shard_size, spec
 
-    store = FeatureStore(store_path, mode="a")
-    _io.clean_tmp(store.path)
-    key = store.add_dataset(frames, spec)
+
+def _lock_some(store: FeatureStore, key: str, pending: list, *, wait: bool) -> tuple[list, list]:
+    """Lock the models of ``pending`` (``(ref, info)`` pairs) whose writer locks are free.
+
+    Returns ``([(ref, info, lock), ...], still pending)``. When every one is held by another writer,
+    waits for the first (printing its holder once); with ``wait=False`` raises if any is held.
+    """
+    got, rest, held = [], [], []
+    for ref, info in pending:
+        lock = StoreLock(lock_path(store.path, key, info["name"]))
+        holder = lock.try_acquire()
+        if holder is None:
+            got.append((ref, info, lock))
+        else:
+            rest.append((ref, info))
+            held.append(holder)
+    if rest and not wait:
+        for *_, lock in got:
+            lock.release()
+        raise StoreError(f"{store.path}: dataset {key}, model {rest[0][1]['name']!r} is being written by "
+                         f"{held[0].describe()} (lock {lock_path(store.path, key, rest[0][1]['name'])}); "
+                         "rerun without --no-wait (wait=False) to wait for it")
+    if got:
+        return got, rest
+    ref, info = rest[0]
+    lock = StoreLock(lock_path(store.path, key, info["name"]))
+    lock.acquire(wait=True, on_wait=lambda holder: print(
+        f"{store.path}: dataset {key}, model {info['name']!r} is being written by {holder.describe()}; "
+        "waiting for it to finish", file=sys.stderr, flush=True))
+    return [(ref, info, lock)], rest[1:]
+
+
+def _run_plans(store: FeatureStore, key: str, frames: list, plans: list[_Plan], client, *, progress: bool,
+               device: str, batch_size: int, on_unsupported: str) -> None:
+    """Extract the shards to do of ``plans`` (here or on the Dask ``client``) and finalize each model."""
+    if not plans:
+        return
     counts = np.array([len(a) for a in frames], dtype=np.int64)
-    client, cluster = _client(workers, scheduler, device)
-    summary = {"dataset": key, "fingerprint": store.dataset_info(key)["fingerprint"], "models": {}}
-    try:
-        plans = []
-        for model in models:
-            ref = model
-            if client is not None and not isinstance(model, str):
-                ref = client.scatter(model, broadcast=True)
-            info = (client.submit(describe, ref, device, pure=False).result() if client is not None
-                    else describe(model, device))
-            plan = _plan_model(store, key, frames, ref, info, layers, shard_size, on_unsupported)
-            if plan is None:
-                summary["models"][info["name"]] = {"layers": _resolve_layers(layers, info), "extracted_shards": 0,
-                                                   "status": "already stored"}
-                continue
-            plans.append(plan)
-        total = sum(int(counts[plan.keep[s]].sum()) for plan in plans for s in plan.shards)
-        done_atoms = sum(int(counts[plan.keep[s]].sum()) for plan in plans for s in plan.shards
-                         if s not in plan.todo)
-        with _progress(progress) as bar:
-            task = bar.add_task(f"extract {len(frames)} frames", total=max(total, 1), completed=done_atoms)
-            remaining = {plan.name: len(plan.todo) for plan in plans}
-            by_name = {plan.name: plan for plan in plans}
+    total = sum(int(counts[plan.keep[s]].sum()) for plan in plans for s in plan.shards)
+    done_atoms = sum(int(counts[plan.keep[s]].sum()) for plan in plans for s in plan.shards if s not in plan.todo)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"extract {len(frames)} frames", total=max(total, 1), completed=done_atoms)
+        remaining = {plan.name: len(plan.todo) for plan in plans}
+        by_name = {plan.name: plan for plan in plans}
+        for plan in plans:
+            if not plan.todo:
+                _finalize(store, key, plan)
+
+        def args(plan, s, e):
+            idx = plan.keep[(s, e)]
+            return (str(store.path), key, plan.model, plan.name, device, s, e, idx,
+                    [frames[i] for i in idx], plan.layers, batch_size, on_unsupported,
+                    model_fingerprint_sha(plan.info["fingerprint"]))
+
+        if client is None:
             for plan in plans:
                 if not plan.todo:
-                    _finalize(store, key, plan)
-
-            def args(plan, s, e):
-                idx = plan.keep[(s, e)]
-                return (str(store.path), key, plan.model, plan.name, device, s, e, idx,
-                        [frames[i] for i in idx], plan.layers, batch_size, on_unsupported,
-                        model_fingerprint_sha(plan.info["fingerprint"]))
-
-            if client is None:
-                for plan in plans:
-                    if not plan.todo:
-                        continue  # finalized above
-                    for s, e in plan.todo:
-                        out = run_shard(*args(plan, s, e))
-                        bar.advance(task, out["atoms"])
-                    _finalize(store, key, plan)
-            else:
-                from distributed import as_completed
-
-                futures = {}
-                for plan in plans:
-                    for s, e in plan.todo:
-                        fut = client.submit(run_shard, *args(plan, s, e), pure=False,
-                                            key=f"shard-{plan.name}-{s}-{uuid.uuid4().hex[:8]}")
-                        futures[fut] = plan.name
-                for fut in as_completed(list(futures)):
-                    out = fut.result()
+                    continue  # finalized above
+                for s, e in plan.todo:
+                    out = run_shard(*args(plan, s, e))
                     bar.advance(task, out["atoms"])
-                    name = futures[fut]
-                    remaining[name] -= 1
-                    if remaining[name] == 0:
-                        _finalize(store, key, by_name[name])
+                _finalize(store, key, plan)
+            return
+        from distributed import as_completed
+
+        futures = {}
         for plan in plans:
-            summary["models"][plan.name] = {
-                "layers": plan.layers, "extracted_shards": len(plan.todo), "status": "extracted",
-                "skipped": len(store.skipped(key, plan.name)),
-                "atoms": int(len(store.rows(key, plan.name)["frame"])),
-            }
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    return summary
+            for s, e in plan.todo:
+                fut = client.submit(run_shard, *args(plan, s, e), pure=False,
+                                    key=f"shard-{plan.name}-{s}-{uuid.uuid4().hex[:8]}")
+                futures[fut] = plan.name
+        for fut in as_completed(list(futures)):
+            out = fut.result()
+            bar.advance(task, out["atoms"])
+            name = futures[fut]
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                _finalize(store, key, by_name[name])
