@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import app, store_app
+from mlipspace.commands._app import ENERGY_KEY, FORCES_KEY, app, store_app
 
 
 def _human(n: int | None) -> str:
@@ -36,6 +36,8 @@ def extract(
     env: str = typer.Option(None, "--env", help="Run checkpoint models (FAMILY:/path) in this environment: a family name, an environment directory or a python executable (default: the family's own environment)."),
     python: str = typer.Option(None, "--python", help="Python executable to run checkpoint models in (same as --env PATH)."),
     on_unsupported: str = typer.Option("raise", "--on-unsupported", help="'raise': fail naming frames with unsupported elements; 'skip': leave them out and record them."),
+    energy_key: str = ENERGY_KEY,
+    forces_key: str = FORCES_KEY,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="When another process is writing the same model into this store: wait for it (default; its work is then reused) or fail at once naming it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (atoms/s, ETA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -58,6 +60,10 @@ def extract(
         py = str(resolve_python(env if env is not None else python))
         models = [with_python(m, py) for m in models]
     spec = data if len(data) > 1 else data[0]
+    if energy_key is not None or forces_key is not None:  # the store keeps the labels read here
+        from mlipspace.data import read
+
+        spec = read(spec, energy_key=energy_key, forces_key=forces_key)
     summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
                                on_unsupported=on_unsupported, device=device, batch_size=batch_size, wait=wait)

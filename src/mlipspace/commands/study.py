@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import app
+from mlipspace.commands._app import ENERGY_KEY, FORCES_KEY, app
 
 _SEEDS = typer.Option(3, "--seeds", help="Number of seeded grouped splits (value = mean, spread = std over seeds).")
 _STORE = typer.Option(..., "--store", "-s", help="Feature store directory (filled by `mlipspace run` or `mlipspace extract`).")
@@ -104,6 +104,9 @@ def run(
     order: int = typer.Option(3, "--order", help="Cumulant order of the structure-level features."),
     lfre: bool = typer.Option(True, "--lfre/--no-lfre", help="Compute LFRE besides GFRE (the slower metric)."),
     lfre_max_test: int = typer.Option(500, "--lfre-max-test", help="Test rows LFRE is evaluated on per seed (one local fit each)."),
+    lfre_mode: str = typer.Option("fast", "--lfre-mode", help="'fast' (mixed precision, |LFRE - exact| <= 1e-4, see docs/metrics.md) or 'exact'."),
+    energy_key: str = ENERGY_KEY,
+    forces_key: str = FORCES_KEY,
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
     finetune: str = typer.Option(None, "--finetune", help="Also fine-tune CHGNet live on this labelled data (e.g. ../shared/data/mlearn/Si_training.json) and track every epoch (slow: minutes per epoch)."),
     finetune_epochs: int = typer.Option(3, "--finetune-epochs", help="Epochs of the live fine-tuning."),
@@ -121,7 +124,8 @@ def run(
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
-                      lfre_max_test=lfre_max_test, layers=layers, device=device,
+                      lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
+                      energy_key=energy_key, forces_key=forces_key,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs)
     console = None if (quiet or as_json) else Console()
     summary = run_study(cfg, console=console)

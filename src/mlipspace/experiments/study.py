@@ -59,6 +59,8 @@ class StudyConfig:
     lfre: bool = True
     lfre_max_test: int = 500
     lfre_mode: str = "fast"
+    energy_key: str | None = None
+    forces_key: str | None = None
     layers: bool = True
     orders: bool = True
     max_order: int = 4
@@ -73,6 +75,7 @@ class StudyConfig:
     def analysis_settings(self) -> dict:
         return {"seeds": list(range(self.seeds)), "order": self.order, "n_test": self.n_test,
                 "lfre": self.lfre, "lfre_max_test": self.lfre_max_test, "lfre_mode": self.lfre_mode,
+                "energy_key": self.energy_key, "forces_key": self.forces_key,
                 "max_order": self.max_order,
                 "outlier_threshold": self.outlier_threshold, "finetune_data": self.finetune_data,
                 "finetune_epochs": self.finetune_epochs}
@@ -226,7 +229,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
             if console is not None:
                 console.print(f"  reusing stored dataset {key} ({len(frames)} structures)")
         else:
-            frames = read(spec)
+            frames = read(spec, energy_key=cfg.energy_key, forces_key=cfg.forces_key)
             from mlipspace.store.pipeline import get_model
 
             with stages.bar("load models", len(models)) as adv:
@@ -239,6 +242,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
                 console.print(f"  {len(frames)} structures kept, {len(dropped)} dropped (unsupported by some model)")
         if len(frames) < 4:
             raise InputError(f"only {len(frames)} structures left after filtering: the study needs at least 4")
+        cfg.notes += label_notes(frames)
 
     with stages.stage("features", f"all layers of {len(models)} models into {store_path}"):
         store = FeatureStore(store_path, mode="a")
@@ -253,6 +257,18 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
             console.print("  all features already stored")
     return {"models": models, "spec": spec, "frames": frames, "store": store, "key": key,
             "dropped": dropped if isinstance(dropped, list) else []}
+
+
+def label_notes(frames) -> list[str]:
+    """One note per label kind saying where the DFT labels were read (a fallback such as ``REF_energy``)."""
+    out = []
+    for what in ("energy", "forces"):
+        used = sorted({str(a.info[f"{what}_key"]) for a in frames if f"{what}_key" in a.info})
+        if used:
+            n = sum(f"{what}_key" in a.info for a in frames)
+            out.append(f"DFT {what} labels of {n} of {len(frames)} structures read from "
+                       + ", ".join(repr(u) for u in used) + f" (--{what}-key to choose).")
+    return out
 
 
 def _all_layers(store, key, model) -> bool:
