@@ -115,7 +115,7 @@ def fre(
     if metric == "lfre":
         test = subsample(test, lfre_max_test, seed)
         k = int(min(X.shape[1], Y.shape[1], len(train_idx)))
-        value = metrics.lfre(X, Y, k, train_idx=train_idx, test_idx=test)
+        value = metrics.lfre(X, Y, k=k, train_idx=train_idx, test_idx=test)
     else:
         value = getattr(metrics, metric)(X, Y, train_idx=train_idx, test_idx=test)
     return float(value), int(len(test))
