@@ -12,7 +12,8 @@ from mlipspace import metrics as fre_metrics
 from mlipspace.aggregate import cumulants, stored_name, structure_features, structure_matrices
 from mlipspace.cli import app
 from mlipspace.errors import InputError, StoreError
-from mlipspace.experiments.cumulant_orders import default_n_local_points, order_matrix, order_table
+from mlipspace.experiments.cumulant_orders import order_matrix, order_table
+from mlipspace.metrics import default_k
 from mlipspace.models import FeatureSet
 
 needs_fre = pytest.mark.skipif(
@@ -173,9 +174,10 @@ def test_order_table_rejects_bad_options():
 
 
 def test_default_lfre_neighbourhood_stays_local():
-    assert default_n_local_points(64, 128, 400) == 64
-    assert default_n_local_points(512, 1024, 450) == 225
-    assert default_n_local_points(512, 1024, 3) == 2
+    assert default_k(64, 128, 400) == 64
+    assert default_k(512, 1024, 450) == 112
+    with pytest.raises(InputError, match="at least 8 training rows"):
+        default_k(512, 1024, 7)
 
 
 @needs_fre

@@ -32,16 +32,16 @@ def pair_errors(
     lfre_max_test: int | None = 200,
     extra: Mapping[tuple[str, str], Mapping] | None = None,
     progress=None,
-    n_local_points: int | str | None = None,
+    n_local_points: int | None = None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
     ``features`` maps a name to a matrix whose rows the splits index; ``extra`` optionally maps
     ``(source, target)`` to additional record fields. The errors come from
     :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour search shared per source);
-    LFRE uses k = min(d_source, d_target) capped by the training size and at most ``lfre_max_test``
-    test rows (seeded subsample); ``n_local_points`` overrides k (``"half"``: half the training
-    rows, used for structure-level features whose width exceeds the number of structures).
+    LFRE uses :func:`mlipspace.metrics.default_k` (k = min(d_source, d_target) capped at
+    n_train // 4, which keeps structure-level neighbourhoods local) and at most ``lfre_max_test``
+    test rows (seeded subsample); ``n_local_points`` overrides k.
     Similarity measures (``cka``, ``mknn``, ``procrustes``, ...; :data:`SIMILARITY_METRICS`) need no
     fit: each is computed on the test rows of every split (:func:`similarity_values`), and the record
     also carries ``null_mean``, the same measure with the target's rows shuffled (chance level at
@@ -73,9 +73,8 @@ def pair_errors(
                     progress()
                 continue
             for group in groups:
-                k = max(2, len(train) // 2) if n_local_points == "half" else n_local_points
                 recs = pairwise({g: features[g] for g in group}, metric, train_idx=train, test_idx=te,
-                                diagonal=False, n_local_points=None if metric != "lfre" else k)
+                                diagonal=False, k=None if metric != "lfre" else n_local_points)
                 for r in recs:
                     key = (r["source"], r["target"], metric)
                     values.setdefault(key, []).append(float(r["value"]))
@@ -196,7 +195,6 @@ def cross_model(
     return pair_errors(
         feats, pairs, splits, metrics=metrics, level=level, layer=layer, dataset=dataset,
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, extra=extra, progress=progress,
-        n_local_points="half" if level == "structure" else None,
     )
 
 

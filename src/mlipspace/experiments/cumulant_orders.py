@@ -26,17 +26,6 @@ ANALYSIS = "cumulant-orders"
 METRICS = ("gfre", "lfre")
 
 
-def default_n_local_points(d_x: int, d_y: int, n_train: int) -> int:
-    """LFRE neighbourhood size: the study's ``min(d_X, d_Y)``, capped at half the training structures.
-
-    Structure datasets are small (hundreds of frames) while cumulant widths are K*d (hundreds to
-    thousands), so the study's k would often swallow the whole training set and LFRE would turn into
-    GFRE; half of the training structures keeps the neighbourhoods local. At least 2 (the local
-    2-fold cross-validation needs two rows).
-    """
-    return int(max(2, min(d_x, d_y, n_train // 2)))
-
-
 def _subsets(subsets_per_frame, frame_index, n_frames: int) -> np.ndarray:
     s = np.asarray(subsets_per_frame)
     if s.shape == (n_frames,):
@@ -77,7 +66,7 @@ def order_table(
     max_order : highest order K; the table is K x K without the diagonal.
     seeds : one structure split per seed.
     metrics : any of ``"gfre"``, ``"lfre"``.
-    n_local_points : LFRE neighbours; default :func:`default_n_local_points` per pair (must not
+    n_local_points : LFRE neighbours; default :func:`mlipspace.metrics.default_k` per pair (must not
         exceed the training structures).
     test_fraction, n_test : size of the test side (structures).
     lfre_max_test : evaluate LFRE on at most this many test structures (seeded subsample).
@@ -133,14 +122,14 @@ def order_table(
                     if lfre_max_test is not None and len(test) > lfre_max_test:
                         rng = np.random.default_rng(int(seed))
                         test = np.sort(rng.choice(test, size=int(lfre_max_test), replace=False))
-                    kk = default_n_local_points(X.shape[1], Y.shape[1], len(train)) if n_local_points is None \
+                    kk = fre_metrics.default_k(X.shape[1], Y.shape[1], len(train)) if n_local_points is None \
                         else int(n_local_points)
                     if kk > len(train):
                         raise InputError(
                             f"n_local_points={kk} exceeds the {len(train)} training structures; choose at most "
-                            f"{len(train)} (default: min(d_X, d_Y, n_train // 2))"
+                            f"{len(train)} (default: mlipspace.metrics.default_k)"
                         )
-                    values.append(float(fre_metrics.lfre(X, Y, n_local_points=kk, train_idx=train, test_idx=test)))
+                    values.append(float(fre_metrics.lfre(X, Y, k=kk, train_idx=train, test_idx=test)))
                     n_tests.append(len(test))
                     ks.append(kk)
             extra = {"n_local_points": int(ks[0])} if ks else {}
