@@ -11,7 +11,7 @@ keywords of each call, with defaults from :func:`get_config` / :func:`config_con
 
 from mlipspace.metrics._config import config_context, get_config, set_config
 from mlipspace.metrics._pairwise import pairwise
-from mlipspace.metrics._registry import Measure
+from mlipspace.metrics._registry import TRANSFORMATIONS, Measure
 from mlipspace.metrics.reconstruction import (
     RECONSTRUCTION_MEASURES,
     default_k,
@@ -40,6 +40,7 @@ MEASURES: dict[str, Measure] = {**RECONSTRUCTION_MEASURES, **SIMILARITY_MEASURES
 __all__ = [
     "MEASURES",
     "Measure",
+    "TRANSFORMATIONS",
     "config_context",
     "default_k",
     "get_config",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 #: one space (``samples=True``) the same transformation is applied to both.
 TRANSFORMATIONS = {
     "rotation": "an orthogonal map of the feature columns",
+    "rotation_of_source": "an orthogonal map of the columns of X only (the reconstructing side)",
     "isotropic_scale": "multiplying every feature by one positive factor",
     "shift": "adding one constant vector to every row",
     "permutation_of_features": "reordering the feature columns",
