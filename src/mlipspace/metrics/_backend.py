@@ -64,6 +64,13 @@ class NumpyBackend:
     name = "numpy"
     device = "cpu"
     block_elements = BLOCK_ELEMENTS
+    arange = staticmethod(np.arange)
+    to_numpy = staticmethod(np.asarray)
+    eigh = staticmethod(np.linalg.eigh)
+    minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
+    nonzero = staticmethod(np.flatnonzero)
+    einsum = staticmethod(np.einsum)
 
     @staticmethod
     def asarray(a):
@@ -86,14 +93,6 @@ class NumpyBackend:
         return np.zeros(shape, dtype=np.float64)
 
     @staticmethod
-    def arange(start, stop):
-        return np.arange(start, stop)
-
-    @staticmethod
-    def to_numpy(a):
-        return np.asarray(a)
-
-    @staticmethod
     def exp(a):
         return np.exp(a, out=a)
 
@@ -106,24 +105,8 @@ class NumpyBackend:
         return np.linalg.svd(a, full_matrices=False)
 
     @staticmethod
-    def eigh(a):
-        return np.linalg.eigh(a)
-
-    @staticmethod
     def take(a, idx, axis):
         return np.take_along_axis(a, idx, axis=axis)
-
-    @staticmethod
-    def minimum(a, b):
-        return np.minimum(a, b)
-
-    @staticmethod
-    def maximum(a, b):
-        return np.maximum(a, b)
-
-    @staticmethod
-    def nonzero(mask):
-        return np.flatnonzero(mask)
 
     @staticmethod
     def unique(a):
@@ -132,11 +115,6 @@ class NumpyBackend:
     @staticmethod
     def flip(a, axis):
         return np.flip(a, axis=axis)
-
-    @staticmethod
-    def einsum(spec, *ops):
-        return np.einsum(spec, *ops)
-
 
 class TorchBackend:
     """Float64 torch arithmetic on one device; the input is moved there once.
