@@ -126,7 +126,7 @@ def main() -> None:
 
     res = {}
     with threadpool_limits(limits=1):
-        pointwise_lfre(X[:3000], Y[:3000], k, None, np.arange(50), mode="fast", n_jobs=1)  # warm up
+        pointwise_lfre(X[:3000], Y[:3000], k=k, test_idx=np.arange(50), mode="fast", n_jobs=1)  # warm up
         for mode in ("fast", "exact"):
             res[mode] = 1e3 * cpu_per_call(pointwise_lfre, X, Y, k, train, test, mode=mode, n_jobs=1,
                                            repeat=2) / n_test

@@ -104,29 +104,24 @@ def compare(n: int, d_x: int, d_y: int, n_test: int, k: int, n_jobs: int, device
         print("scikit-matter not importable: timing ours only")
 
     cpu: dict = {}
-    ours_g, t_g = timed(gfre, X, Y, train, test)
+    ours_g, t_g = timed(gfre, X, Y, train_idx=train, test_idx=test)
     cpu["ours gfre"] = CPU["last"]
-    ours_d, t_d = timed(gfrd, X, Y, train, test)
+    ours_d, t_d = timed(gfrd, X, Y, train_idx=train, test_idx=test)
     cpu["ours gfrd"] = CPU["last"]
-    pw_exact, t_l = timed(pointwise_lfre, X, Y, k, train, test, device=device, mode="exact")
+    pw_exact, t_l = timed(pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=device, mode="exact")
     cpu["ours lfre"] = CPU["last"]
-    pw_fast, t_f = timed(pointwise_lfre, X, Y, k, train, test, device=device, mode="fast")
+    pw_fast, t_f = timed(pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=device, mode="fast")
     cpu["ours lfre_fast"] = CPU["last"]
     res["ours"] = {"gfre": [ours_g, t_g], "gfrd": [ours_d, t_d], "lfre": [rms(pw_exact), t_l],
                    "lfre_fast": [rms(pw_fast), t_f]}
     if engines:  # the previous engines (TSQR GFRE, three SVDs per LFRE row, two float64 kNN passes)
-        import mlipspace.metrics._global as glob
-        import mlipspace.metrics.reconstruction as rec
+        from mlipspace.metrics import config_context
 
-        saved = glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32
-        glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32 = "qr", "svd", False
-        try:
-            old_g, to_g = timed(gfre, X, Y, train, test)
+        with config_context(engine="svd", knn_precision="float64"):
+            old_g, to_g = timed(gfre, X, Y, train_idx=train, test_idx=test)
             cpu["old gfre"] = CPU["last"]
-            pw_old, to_l = timed(pointwise_lfre, X, Y, k, train, test, device=device, mode="exact")
+            pw_old, to_l = timed(pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=device, mode="exact")
             cpu["old lfre"] = CPU["last"]
-        finally:
-            glob.GLOBAL_ENGINE, rec.CPU_ENGINE, rec.KNN_FLOAT32 = saved
         res["old"] = {"gfre": [old_g, to_g], "lfre": [rms(pw_old), to_l]}
         print("\nnew vs previous engines (TSQR GFRE; 3 SVDs per LFRE row, float64 two-pass kNN):")
         for key, new_t in (("gfre", t_g), ("lfre", t_l)):
@@ -186,7 +181,7 @@ def scale_lfre(n_train: int, n_test: int, d_x: int, d_y: int, k: int, device: st
 
     X, Y = correlated(n_train + n_test, d_x, d_y, seed=3)
     test = np.arange(n_train, n_train + n_test)
-    v, t = timed(lfre, X, Y, k, test_idx=test, device=device)
+    v, t = timed(lfre, X, Y, k=k, test_idx=test, device=device)
     return {"what": f"LFRE {n_test} test vs {n_train} train, {d_x}->{d_y}, k={k}", "value": v, "seconds": t}
 
 

@@ -132,7 +132,7 @@ def child(measure: str, impl: str, n: int, d: int, device: str, rbf_all: bool) -
         elif measure == "procrustes":
             f = lambda: sim.procrustes_distance(X, Y, device=device)  # noqa: E731
         elif measure == "mknn":
-            f = lambda: sim.mutual_knn(X, Y, K_NN, device=device)  # noqa: E731
+            f = lambda: sim.mutual_knn(X, Y, k=K_NN, device=device)  # noqa: E731
         else:
             max_rows = None if rbf_all else 10_000
             f = lambda: sim.rbf_cka(X, Y, sigma=(sx, sy), max_rows=max_rows, device=device)  # noqa: E731

@@ -10,7 +10,7 @@ is put on ``sys.path``). Designed to finish in well under 4 minutes on one GPU:
 What it does (correlated features, X 128 -> Y 256, 20,000 rows, k = 128):
 1. CPU exact LFRE (NumPy) on ``--n-test`` (300) test rows: the reference values and time;
 2. device exact LFRE on the same rows: max |pointwise diff| vs CPU (must be <= 1e-8), time;
-   also with each SVD choice of ``mlipspace.metrics._local.TORCH_SVD_DRIVER`` when on CUDA
+   also with each SVD choice of ``svd_driver`` (``mlipspace.metrics.config_context``) when on CUDA
    (cuSOLVER gesvd, gesvdj, gesvda; our batched Jacobi, plain and eigh-preconditioned);
 3. device fast mode (Gram eigh): deviation and time;
 4. scikit-matter LFRE (n_jobs = ``--sk-jobs``) on the same rows, if importable: time and parity;
@@ -68,7 +68,7 @@ def main() -> int:
 
     import torch
 
-    import mlipspace.metrics._local as local
+    from mlipspace.metrics import set_config
     from mlipspace.metrics import pointwise_lfre, rms
 
     dev = a.device
@@ -93,12 +93,12 @@ def main() -> int:
     print(f"data: {n} rows, X {dx} -> Y {dy}, k = {k}, {n_test} test rows")
 
     ok = True
-    cpu_pw, t_cpu = timed("cpu", pointwise_lfre, X, Y, k, train, test, device="cpu")
+    cpu_pw, t_cpu = timed("cpu", pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device="cpu")
     print(f"[cpu  exact ] LFRE {rms(cpu_pw):.10f}  {t_cpu:8.3f} s  (NumPy, batched LAPACK)")
 
     # warm-up: CUDA context, cuSOLVER/cuBLAS handles, kernels
-    pointwise_lfre(X, Y, k, train, test[:8], device=ours_dev)
-    dev_pw, t_dev = timed(dev, pointwise_lfre, X, Y, k, train, test, device=ours_dev)
+    pointwise_lfre(X, Y, k=k, train_idx=train, test_idx=test[:8], device=ours_dev)
+    dev_pw, t_dev = timed(dev, pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=ours_dev)
     diff = float(np.max(np.abs(dev_pw - cpu_pw)))
     status = "OK" if diff <= TOL else "FAIL"
     ok &= diff <= TOL
@@ -108,10 +108,10 @@ def main() -> int:
     driver_times = {"default": t_dev}
     if dev.startswith("cuda"):
         for driver in ("gesvd", "gesvdj", "gesvda", "jacobi", "jacobi-eigh"):
-            local.TORCH_SVD_DRIVER = driver
+            set_config(svd_driver=driver)
             try:
-                pointwise_lfre(X, Y, k, train, test[:8], device=ours_dev)
-                pw, t = timed(dev, pointwise_lfre, X, Y, k, train, test, device=ours_dev)
+                pointwise_lfre(X, Y, k=k, train_idx=train, test_idx=test[:8], device=ours_dev)
+                pw, t = timed(dev, pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=ours_dev)
                 d = float(np.max(np.abs(pw - cpu_pw)))
                 if d <= TOL:
                     driver_times[driver] = t
@@ -120,9 +120,9 @@ def main() -> int:
             except Exception as exc:  # a driver may not support these shapes
                 print(f"[cuda {driver:<11}] failed: {type(exc).__name__}: {str(exc)[:120]}")
             finally:
-                local.TORCH_SVD_DRIVER = None
+                set_config(svd_driver=None)
 
-    fast_pw, t_fast = timed(dev, pointwise_lfre, X, Y, k, train, test, device=ours_dev, mode="fast")
+    fast_pw, t_fast = timed(dev, pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device=ours_dev, mode="fast")
     print(f"[dev  fast  ] LFRE {rms(fast_pw):.10f}  {t_fast:8.3f} s  max|diff| vs exact {np.max(np.abs(fast_pw - cpu_pw)):.2e}"
           f"  speed-up vs our CPU exact {t_cpu / t_fast:.1f}x")
 
@@ -143,18 +143,18 @@ def main() -> int:
               + ", ".join(f"{k} {t_sk / v:.1f}x" for k, v in driver_times.items()) + f"  (best: {best})")
 
     best = min(driver_times, key=driver_times.get)
-    local.TORCH_SVD_DRIVER = None if best == "default" else best
+    set_config(svd_driver=None if best == "default" else best)
     if not a.small and time.perf_counter() - t_start < a.budget:
         print(f"larger runs use the fastest exact SVD choice: {best}")
         test2 = np.sort(np.random.default_rng(2).choice(n, 1000, replace=False))
         train2 = np.setdiff1d(np.arange(n), test2)
-        pw, t = timed(dev, pointwise_lfre, X, Y, k, train2, test2, device=ours_dev)
+        pw, t = timed(dev, pointwise_lfre, X, Y, k=k, train_idx=train2, test_idx=test2, device=ours_dev)
         print(f"[dev  exact ] 1,000 test rows vs {train2.size} train: {t:.3f} s ({t / 1000 * 1e3:.2f} ms/row)")
         est = t * 10 * 1.3
         if time.perf_counter() - t_start + est + 20 < a.budget:
             X3, Y3 = correlated(210_000, dx, dy, seed=3)
             test3 = np.arange(200_000, 210_000)
-            pw, t = timed(dev, pointwise_lfre, X3, Y3, k, None, test3, device=ours_dev)
+            pw, t = timed(dev, pointwise_lfre, X3, Y3, k=k, train_idx=None, test_idx=test3, device=ours_dev)
             print(f"[dev  exact ] 10,000 test rows vs 200,000 train: LFRE {rms(pw):.6f}, {t:.1f} s")
         else:
             print(f"[dev  exact ] 10,000 x 200,000 skipped (estimated {est:.0f} s exceeds the budget)")

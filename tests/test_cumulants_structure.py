@@ -12,7 +12,8 @@ from mlipspace import metrics as fre_metrics
 from mlipspace.aggregate import cumulants, stored_name, structure_features, structure_matrices
 from mlipspace.cli import app
 from mlipspace.errors import InputError, StoreError
-from mlipspace.experiments.cumulant_orders import default_n_local_points, order_matrix, order_table
+from mlipspace.experiments.cumulant_orders import order_matrix, order_table
+from mlipspace.metrics import default_k
 from mlipspace.models import FeatureSet
 
 needs_fre = pytest.mark.skipif(
@@ -173,9 +174,10 @@ def test_order_table_rejects_bad_options():
 
 
 def test_default_lfre_neighbourhood_stays_local():
-    assert default_n_local_points(64, 128, 400) == 64
-    assert default_n_local_points(512, 1024, 450) == 225
-    assert default_n_local_points(512, 1024, 3) == 2
+    assert default_k(64, 128, 400) == 64
+    assert default_k(512, 1024, 450) == 112
+    with pytest.raises(InputError, match="at least 8 training rows"):
+        default_k(512, 1024, 7)
 
 
 @needs_fre
@@ -191,9 +193,10 @@ def test_order_table_each_order_adds_information_and_reverse_is_zero():
     L, _ = order_matrix(recs, "lfre")
     assert np.all(np.isfinite(L[~np.eye(4, dtype=bool)]))
     lrec = [r for r in recs if r["metric"] == "lfre"]
-    assert all(2 <= r["n_local_points"] <= r["n_train"] // 2 for r in lrec)
-    with pytest.raises(InputError, match="exceeds the 60 training structures"):
-        order_table(x, rows["frame"], subsets, max_order=2, seeds=(0,), metrics=("lfre",), n_local_points=61)
+    assert all(2 <= r["k"] <= r["n_train"] // 4 for r in lrec)
+    # a neighbourhood larger than a quarter of the training structures is outside LFRE's valid regime
+    big = order_table(x, rows["frame"], subsets, max_order=2, seeds=(0,), metrics=("lfre",), k=16)
+    assert all(r["value"] is None and "need 64, have 60" in r["reason"] for r in big)
 
 
 @needs_fre

@@ -368,7 +368,7 @@ def test_zero_variance_feature_space(tmp_path, capsys):
         with pytest.raises(InputError, match="zero variance"):
             fn(const, X)
     with pytest.raises(InputError, match="zero variance"):
-        metrics.lfre(X, const, n_local_points=10)
+        metrics.lfre(X, const, k=10)
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "C.npy", const)
     code, _, err = cli(capsys, "metrics", tmp_path / "X.npy", tmp_path / "C.npy", "--metric", "gfre")

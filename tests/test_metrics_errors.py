@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mlipspace.errors import InputError
-from mlipspace.metrics import gfrd, gfre, lfre, pairwise
+from mlipspace.errors import AlignmentError, InputError
+from mlipspace.metrics import default_k, gfrd, gfre, lfre, pairwise
 
 
 def xy(n=60, seed=0):
@@ -19,14 +19,14 @@ def xy(n=60, seed=0):
 ALL = [
     pytest.param(lambda X, Y, **kw: gfre(X, Y, **kw), id="gfre"),
     pytest.param(lambda X, Y, **kw: gfrd(X, Y, **kw), id="gfrd"),
-    pytest.param(lambda X, Y, **kw: lfre(X, Y, 5, device="cpu", **kw), id="lfre"),
+    pytest.param(lambda X, Y, **kw: lfre(X, Y, k=5, device="cpu", **kw), id="lfre"),
 ]
 
 
 @pytest.mark.parametrize("f", ALL)
 def test_row_count_mismatch(f):
     X, Y = xy()
-    with pytest.raises(InputError, match="X has 60 rows but Y has 59"):
+    with pytest.raises(AlignmentError, match="X has 60 rows but Y has 59"):
         f(X, Y[:-1])
 
 
@@ -86,20 +86,21 @@ def test_float_indices_that_are_integers_are_accepted():
 
 def test_lfre_neighbours():
     X, Y = xy()
-    with pytest.raises(InputError, match="n_local_points=31 is larger than the training set \\(30 rows\\)"):
-        lfre(X, Y, 31)
+    with pytest.raises(InputError, match="k=31 is larger than the training set \\(30 rows\\)"):
+        lfre(X, Y, k=31)
     with pytest.raises(InputError, match="at least 2"):
-        lfre(X, Y, 1)
+        lfre(X, Y, k=1)
     with pytest.raises(InputError, match="must be an integer"):
-        lfre(X, Y, 4.5)
-    with pytest.raises(InputError, match="needs n_local_points"):
-        lfre(X, Y)
-    with pytest.raises(InputError, match="disagree"):
-        lfre(X, Y, 5, n_neighbors=6)
+        lfre(X, Y, k=4.5)
+    with pytest.raises(TypeError):
+        lfre(X, Y, 5)  # k is keyword-only: a positional k would bind to train_idx elsewhere
+    assert lfre(X, Y) == lfre(X, Y, k=default_k(X.shape[1], Y.shape[1], 30))
+    with pytest.raises(InputError, match="at least 8 training rows"):
+        lfre(X[:14], Y[:14])
     with pytest.raises(InputError, match="unknown mode"):
-        lfre(X, Y, 5, mode="approximately")
+        lfre(X, Y, k=5, mode="approximately")
     with pytest.raises(InputError, match="unknown device"):
-        lfre(X, Y, 5, device="tpu")
+        lfre(X, Y, k=5, device="tpu")
 
 
 def test_shapes_and_dtypes():
@@ -107,9 +108,9 @@ def test_shapes_and_dtypes():
     with pytest.raises(InputError, match="2-D"):
         gfre(X[:, 0], Y)
     with pytest.raises(InputError, match="2-D"):
-        lfre(X, Y[:, 0], 3)
+        lfre(X, Y[:, 0], k=3)
     with pytest.raises(InputError, match="numeric"):
-        lfre(X.astype(str), Y, 3)
+        lfre(X.astype(str), Y, k=3)
     with pytest.raises(InputError, match="empty"):
         gfre(X[:, :0], Y)
     assert issubclass(InputError, ValueError)
@@ -158,7 +159,7 @@ def test_cli_json(files, metric):
     out = json.loads(res.output)
     test = np.arange(0, 120, 4)
     ref = {"gfre": lambda: f_gfre(X, Y, test_idx=test), "gfrd": lambda: f_gfrd(X, Y, test_idx=test),
-           "lfre": lambda: f_lfre(X, Y, 10, test_idx=test, device="cpu")}[metric]()
+           "lfre": lambda: f_lfre(X, Y, k=10, test_idx=test, device="cpu")}[metric]()
     assert out["metric"] == metric and out["n_train"] == 90 and out["n_test"] == 30
     assert abs(out["value"] - ref) < 1e-12
     if metric == "lfre":

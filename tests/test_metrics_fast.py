@@ -9,7 +9,7 @@ import pytest
 
 import mlipspace.metrics._gram as gram
 import mlipspace.metrics.reconstruction as rec
-from mlipspace.metrics import pairwise, pointwise_lfre, rms
+from mlipspace.metrics import config_context, pairwise, pointwise_lfre, rms
 
 
 def structured(n=900, dx=40, dy=60, latent=12, seed=0):
@@ -36,7 +36,7 @@ def test_fast_float32_engine_agrees_with_exact_mode(k, max_redo):
     cutoffs and most rows are refitted in float64."""
     X, Y = structured()
     test = np.arange(0, 900, 6)
-    exact = pointwise_lfre(X, Y, k, test_idx=test, device="cpu")
+    exact = pointwise_lfre(X, Y, k=k, test_idx=test, device="cpu")
     fast, n_redo = fast_problem(X, Y, k, test, n_jobs=2)
     assert n_redo <= max_redo
     assert np.max(np.abs(fast - exact)) <= 1e-4
@@ -46,10 +46,10 @@ def test_fast_float32_engine_agrees_with_exact_mode(k, max_redo):
 def test_fast_without_torch_uses_numpy(monkeypatch):
     X, Y = structured(seed=1)
     test = np.arange(0, 900, 9)
-    with_torch = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu", mode="fast")
+    with_torch = pointwise_lfre(X, Y, k=32, test_idx=test, device="cpu", mode="fast")
     monkeypatch.setattr(rec, "_torch_eigh", lambda n_rows=None: None)
-    numpy_only = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu", mode="fast")
-    exact = pointwise_lfre(X, Y, 32, test_idx=test, device="cpu")
+    numpy_only = pointwise_lfre(X, Y, k=32, test_idx=test, device="cpu", mode="fast")
+    exact = pointwise_lfre(X, Y, k=32, test_idx=test, device="cpu")
     assert np.max(np.abs(numpy_only - exact)) <= 1e-4
     assert np.max(np.abs(numpy_only - with_torch)) <= 1e-4
 
@@ -63,7 +63,7 @@ def test_fast_small_cutoff_rows_are_redone_in_float64():
     test = np.arange(0, 400, 8)
     fast, n_redo = fast_problem(X, Y, 20, test)
     assert n_redo > 0
-    exact = pointwise_lfre(X, Y, 20, test_idx=test, device="cpu")
+    exact = pointwise_lfre(X, Y, k=20, test_idx=test, device="cpu")
     assert np.max(np.abs(fast - exact)) <= 1e-6
 
 
@@ -83,21 +83,22 @@ def test_fast_pairwise_targets_share_the_source():
     X, Y = structured(n=500, seed=2)
     feats = {"x": X, "y": Y, "y2": np.cos(Y[:, :45])}
     test = np.arange(0, 500, 5)
-    recs = pairwise(feats, "lfre", n_local_points=30, test_idx=test, device="cpu", mode="fast", pointwise=True)
+    recs = pairwise(feats, "lfre", k=30, test_idx=test, device="cpu", mode="fast", pointwise=True)
     for r in recs:
         if r["source"] != "x" or r["target"] == "x":
             continue
-        one = pointwise_lfre(X, feats[r["target"]], 30, test_idx=test, device="cpu")
+        one = pointwise_lfre(X, feats[r["target"]], k=30, test_idx=test, device="cpu")
         assert np.max(np.abs(r["pointwise"] - one)) <= 1e-4
 
 
-def test_fast_float64_engine_switch(monkeypatch):
-    """``FAST_ENGINE = "float64"`` keeps the previous fast path (Gram engine without certificate)."""
+def test_fast_float64_engine_switch():
+    """``fast_precision="float64"`` keeps the previous fast path (Gram engine without certificate)."""
     X, Y = structured(n=400, seed=4)
     test = np.arange(0, 400, 10)
-    monkeypatch.setattr(rec, "FAST_ENGINE", "float64")
-    a = pointwise_lfre(X, Y, 20, test_idx=test, device="cpu", mode="fast")
-    exact = pointwise_lfre(X, Y, 20, test_idx=test, device="cpu")
+    a = pointwise_lfre(X, Y, k=20, test_idx=test, device="cpu", mode="fast", fast_precision="float64")
+    with config_context(fast_precision="float64"):
+        assert np.array_equal(a, pointwise_lfre(X, Y, k=20, test_idx=test, device="cpu", mode="fast"))
+    exact = pointwise_lfre(X, Y, k=20, test_idx=test, device="cpu")
     assert np.max(np.abs(a - exact)) <= 1e-6
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import mlipspace.metrics._global as glob
 import mlipspace.metrics.reconstruction as rec
-from mlipspace.metrics import gfre, pairwise, pointwise_gfre, pointwise_lfre
+from mlipspace.metrics import config_context, gfre, pairwise, pointwise_gfre, pointwise_lfre
 from mlipspace.metrics._knn import knn_indices
 
 TOL = 1e-8
@@ -37,12 +37,9 @@ def lfre_problem(X, Y, k, train, test, mode="exact", batch_size=None):
     return prob.run([(Ytr, (Y[test] - my) / sy)])[0], prob.n_fallback
 
 
-def svd_engine(monkeypatch, f, *a, **kw):
-    monkeypatch.setattr(rec, "CPU_ENGINE", "svd")
-    try:
+def svd_engine(f, *a, **kw):
+    with config_context(engine="svd"):
         return f(*a, **kw)
-    finally:
-        monkeypatch.setattr(rec, "CPU_ENGINE", "gram")
 
 
 @pytest.mark.parametrize("k,dx", [(16, 10), (8, 30), (30, 30), (40, 12)])
@@ -55,7 +52,7 @@ def test_lfre_gram_path_certifies_well_conditioned_rows_and_matches(monkeypatch,
     assert n_fb < len(test)  # the Gram path really answered rows
     ref = skm.pointwise_local_reconstruction_error(X, Y, k, train_idx=train, test_idx=test)
     assert np.max(np.abs(got - ref)) <= TOL
-    svd = svd_engine(monkeypatch, pointwise_lfre, X, Y, k, train, test, device="cpu")
+    svd = svd_engine(pointwise_lfre, X, Y, k=k, train_idx=train, test_idx=test, device="cpu")
     assert np.max(np.abs(got - svd)) <= 1e-10
 
 
@@ -66,7 +63,7 @@ def test_lfre_rank_deficient_rows_fall_back_to_the_svd_path(monkeypatch):
     X = Z @ rng.standard_normal((3, 12))
     Y = np.hstack([Z**2, np.sin(Z)]) @ rng.standard_normal((6, 8))
     train, test = split(200)
-    svd = svd_engine(monkeypatch, pointwise_lfre, X, Y, 15, train, test, device="cpu")
+    svd = svd_engine(pointwise_lfre, X, Y, k=15, train_idx=train, test_idx=test, device="cpu")
     # one batch, and many small ones (after two uncertifiable batches the rest skip the Gram try)
     for bs in (None, 5):
         got, n_fb = lfre_problem(X, Y, 15, train, test, batch_size=bs)
@@ -84,11 +81,11 @@ def test_lfre_mixed_batches_and_pairwise_targets_share_the_fallback(monkeypatch)
     train = np.setdiff1d(np.arange(len(X)), test)
     got, n_fb = lfre_problem(X, Y, 20, train, test)
     assert 0 < n_fb < len(test)
-    svd = svd_engine(monkeypatch, pointwise_lfre, X, Y, 20, train, test, device="cpu")
+    svd = svd_engine(pointwise_lfre, X, Y, k=20, train_idx=train, test_idx=test, device="cpu")
     assert np.max(np.abs(got - svd)) <= 1e-10
     feats = {"x": X, "y": Y, "y2": Y2}
-    recs = pairwise(feats, "lfre", n_local_points=20, test_idx=test, device="cpu", pointwise=True)
-    ref = svd_engine(monkeypatch, pairwise, feats, "lfre", n_local_points=20, test_idx=test, device="cpu",
+    recs = pairwise(feats, "lfre", k=20, test_idx=test, device="cpu", pointwise=True)
+    ref = svd_engine(pairwise, feats, "lfre", k=20, test_idx=test, device="cpu",
                      pointwise=True)
     for a, b in zip(recs, ref):
         assert (a["source"], a["target"]) == (b["source"], b["target"])
@@ -137,8 +134,7 @@ def test_gfre_gram_path_matches_tsqr_and_skmatter(monkeypatch):
     got = pointwise_gfre(X, Y)
     assert not calls  # certified: no TSQR pass
     assert np.max(np.abs(got - skm.pointwise_global_reconstruction_error(X, Y))) <= TOL
-    monkeypatch.setattr(glob, "GLOBAL_ENGINE", "qr")
-    assert np.max(np.abs(got - pointwise_gfre(X, Y))) <= 1e-12
+    assert np.max(np.abs(got - pointwise_gfre(X, Y, engine="svd"))) <= 1e-12
 
 
 def test_gfre_uncertified_fits_take_the_tsqr_path(monkeypatch):

@@ -125,40 +125,36 @@ def test_lfre_matches_skmatter(kind, k, eigensolver, monkeypatch):
     test = rng.choice(len(X), 40, replace=False)
     train = np.setdiff1d(np.arange(len(X)), test)
     ref = skm.pointwise_local_reconstruction_error(X, Y, k, train_idx=train, test_idx=test)
-    ours = pointwise_lfre(X, Y, k, train_idx=train, test_idx=test, device="cpu")
+    ours = pointwise_lfre(X, Y, k=k, train_idx=train, test_idx=test, device="cpu")
     assert ours.shape == (40,)
     assert np.max(np.abs(ours - ref)) <= TOL
-    assert abs(lfre(X, Y, k, train_idx=train, test_idx=test, device="cpu") - np.sqrt(np.mean(ref**2))) <= TOL
+    assert abs(lfre(X, Y, k=k, train_idx=train, test_idx=test, device="cpu") - np.sqrt(np.mean(ref**2))) <= TOL
 
 
 def test_lfre_default_split_matches_skmatter():
     X, Y = make("correlated", n=120)
     ref = skm.local_reconstruction_error(X, Y, 15)
-    assert abs(lfre(X, Y, 15, device="cpu", batch_size=7, n_jobs=2) - ref) <= TOL
-    assert abs(lfre(X, Y, n_neighbors=15, device="cpu") - ref) <= TOL
+    assert abs(lfre(X, Y, k=15, device="cpu", batch_size=7, n_jobs=2) - ref) <= TOL
 
 
 def test_lfre_torch_code_path_equals_numpy():
     pytest.importorskip("torch")
     X, Y = make("correlated", n=200)
     test = np.arange(0, 200, 5)
-    a = pointwise_lfre(X, Y, 16, test_idx=test, device="cpu")
-    b = pointwise_lfre(X, Y, 16, test_idx=test, device="torch-cpu", batch_size=13)
+    a = pointwise_lfre(X, Y, k=16, test_idx=test, device="cpu")
+    b = pointwise_lfre(X, Y, k=16, test_idx=test, device="torch-cpu", batch_size=13)
     assert np.max(np.abs(a - b)) <= 1e-10
 
 
 @pytest.mark.parametrize("method", ["jacobi", "jacobi-eigh"])
 @pytest.mark.parametrize("kind,k", [("correlated", 16), ("lowrank", 25)])
-def test_lfre_torch_jacobi_svd_equals_numpy(method, kind, k, monkeypatch):
+def test_lfre_torch_jacobi_svd_equals_numpy(method, kind, k):
     """The batched Jacobi SVD (an option for CUDA) gives the LAPACK path's values."""
     pytest.importorskip("torch")
-    import mlipspace.metrics._local as local
-
     X, Y = make(kind, n=160)
     test = np.arange(0, 160, 8)
-    ref = pointwise_lfre(X, Y, k, test_idx=test, device="cpu")
-    monkeypatch.setattr(local, "TORCH_SVD_DRIVER", method)
-    got = pointwise_lfre(X, Y, k, test_idx=test, device="torch-cpu")
+    ref = pointwise_lfre(X, Y, k=k, test_idx=test, device="cpu")
+    got = pointwise_lfre(X, Y, k=k, test_idx=test, device="torch-cpu", svd_driver=method)
     assert np.max(np.abs(got - ref)) <= 1e-10
 
 
@@ -179,8 +175,8 @@ def test_jacobi_svd_factorises_rank_deficient_batches():
 def test_lfre_fast_mode_is_close_on_well_conditioned_data():
     X, Y = make("correlated", n=200)
     test = np.arange(0, 200, 5)
-    a = pointwise_lfre(X, Y, 16, test_idx=test, device="cpu")
-    b = pointwise_lfre(X, Y, 16, test_idx=test, device="cpu", mode="fast")
+    a = pointwise_lfre(X, Y, k=16, test_idx=test, device="cpu")
+    b = pointwise_lfre(X, Y, k=16, test_idx=test, device="cpu", mode="fast")
     assert np.max(np.abs(a - b)) <= 1e-6
 
 
@@ -198,11 +194,11 @@ def test_pairwise_records_equal_single_calls():
         assert r["n_test"] == 50 and r["n_train"] == 100
         if r["metric"] == "lfre":
             assert r["k"] == min(X.shape[1], Y.shape[1])
-            ref = lfre(X, Y, r["k"], test_idx=test, device="cpu")
+            ref = lfre(X, Y, k=r["k"], test_idx=test, device="cpu")
         else:
             ref = {"gfre": gfre, "gfrd": gfrd}[r["metric"]](X, Y, test_idx=test)
         assert abs(r["value"] - ref) <= 1e-12
     diag = [r["value"] for r in recs if r["source"] == r["target"] and r["metric"] == "gfre"]
     assert max(diag) < 1e-10
-    off = pairwise(feats, "lfre", n_local_points=5, diagonal=False, pointwise=True, test_idx=test, device="cpu")
+    off = pairwise(feats, "lfre", k=5, diagonal=False, pointwise=True, test_idx=test, device="cpu")
     assert len(off) == 6 and all(r["pointwise"].shape == (50,) and r["k"] == 5 for r in off)

@@ -38,8 +38,8 @@ def test_fast_lfre_matches_exact_on_wide_real_features(hienet_sevennet):
     X, Y = hienet_sevennet
     assert X.shape == (1311, 512) and Y.shape == (1311, 128)
     test = np.arange(0, len(X), 4)
-    exact = pointwise_lfre(X, Y, 128, test_idx=test, device="cpu")
-    fast = pointwise_lfre(X, Y, 128, test_idx=test, device="cpu", mode="fast")
+    exact = pointwise_lfre(X, Y, k=128, test_idx=test, device="cpu")
+    fast = pointwise_lfre(X, Y, k=128, test_idx=test, device="cpu", mode="fast")
     dev = np.abs(fast - exact)
     assert dev.max() <= 1e-4, np.sort(dev)[-5:]
     assert abs(rms(fast) - rms(exact)) <= 1e-6

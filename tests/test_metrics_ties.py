@@ -72,10 +72,10 @@ def test_lfre_does_not_depend_on_training_order(x_only):
     rng = np.random.default_rng(4)
     test = rng.choice(len(X), 30, replace=False)
     train = np.setdiff1d(np.arange(len(X)), test)
-    ref = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu")
+    ref = pointwise_lfre(X, Y, k=14, train_idx=train, test_idx=test, device="cpu")
     for seed in range(3):
         shuffled = np.random.default_rng(seed).permutation(train)
-        got = pointwise_lfre(X, Y, 14, train_idx=shuffled, test_idx=test, device="cpu")
+        got = pointwise_lfre(X, Y, k=14, train_idx=shuffled, test_idx=test, device="cpu")
         # only the rounding of the scaler's sums changes; another neighbour choice would move values by ~1e-2
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
@@ -91,12 +91,12 @@ def test_fast_lfre_does_not_depend_on_training_order():
     Y = np.vstack([Yd, np.tanh(X[len(Xd):, :6]) + 0.1 * rng.standard_normal((30, 6))])
     test = np.arange(len(Xd), len(X))
     train = np.arange(len(Xd))
-    ref = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu", mode="fast")
-    exact = pointwise_lfre(X, Y, 14, train_idx=train, test_idx=test, device="cpu")
+    ref = pointwise_lfre(X, Y, k=14, train_idx=train, test_idx=test, device="cpu", mode="fast")
+    exact = pointwise_lfre(X, Y, k=14, train_idx=train, test_idx=test, device="cpu")
     np.testing.assert_allclose(ref, exact, rtol=0, atol=1e-4)
     for seed in range(3):
         shuffled = np.random.default_rng(seed).permutation(train)
-        got = pointwise_lfre(X, Y, 14, train_idx=shuffled, test_idx=test, device="cpu", mode="fast")
+        got = pointwise_lfre(X, Y, k=14, train_idx=shuffled, test_idx=test, device="cpu", mode="fast")
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
 
 
@@ -108,19 +108,19 @@ def test_lfre_of_duplicated_rows_does_not_depend_on_row_order():
     rng = np.random.default_rng(6)
     test = rng.choice(n, 25, replace=False)
     train = np.setdiff1d(np.arange(n), test)
-    ref = pointwise_lfre(X, Y, 12, train_idx=train, test_idx=test, device="cpu")
+    ref = pointwise_lfre(X, Y, k=12, train_idx=train, test_idx=test, device="cpu")
     for seed in range(3):
         perm = np.random.default_rng(10 + seed).permutation(n)  # new row r holds old row perm[r]
         inv = np.argsort(perm)
         # same training sequence as before (so the same CV folds), new row labels
-        got = pointwise_lfre(X[perm], Y[perm], 12, train_idx=inv[train], test_idx=inv[test], device="cpu")
+        got = pointwise_lfre(X[perm], Y[perm], k=12, train_idx=inv[train], test_idx=inv[test], device="cpu")
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
 
 def test_duplicated_test_rows_get_identical_errors():
     X, Y = duplicated(seed=7)
     test = np.arange(0, 40)  # ten unique rows, four copies each, all on the test side
-    vals = pointwise_lfre(X, Y, 8, test_idx=test, device="cpu")
+    vals = pointwise_lfre(X, Y, k=8, test_idx=test, device="cpu")
     np.testing.assert_array_equal(vals.reshape(10, 4), np.repeat(vals.reshape(10, 4)[:, :1], 4, axis=1))
 
 
@@ -133,7 +133,7 @@ def test_neighbourhood_of_identical_rows_predicts_their_mean():
     Y = np.repeat(rng.standard_normal((20, 4)), 10, axis=0) + 0.01 * rng.standard_normal((200, 4))
     test = np.arange(0, 200, 7)
     train = np.setdiff1d(np.arange(200), test)
-    got = pointwise_lfre(X, Y, 5, train_idx=train, test_idx=test, device="cpu")
+    got = pointwise_lfre(X, Y, k=5, train_idx=train, test_idx=test, device="cpu")
     # the scaler is affine per space, so errors in scaled units = raw errors / Y's global scale
     Yt = Y[train]
     scale = np.sqrt(((Yt - Yt.mean(0)) ** 2).mean(0).sum())

@@ -146,17 +146,17 @@ def test_metrics_are_invariant_to_a_permutation_of_the_rows(data):
     """Shuffling the samples (the indices follow them, training rows in the same order) changes nothing;
     LFRE does not depend on the order of ``train_idx`` at all."""
     X, Y, train, test, rng = data
-    base = metrics.gfre(X, Y, train, test)
+    base = metrics.gfre(X, Y, train_idx=train, test_idx=test)
     assert np.isfinite(base) and base >= 0.0
     p = rng.permutation(len(X))
     inv = np.argsort(p)
-    assert metrics.gfre(X[p], Y[p], inv[train], inv[test]) == pytest.approx(base, rel=1e-9, abs=1e-12)
-    assert metrics.gfrd(X[p], Y[p], inv[train], inv[test]) == pytest.approx(
-        metrics.gfrd(X, Y, train, test), rel=1e-9, abs=1e-12)
+    assert metrics.gfre(X[p], Y[p], train_idx=inv[train], test_idx=inv[test]) == pytest.approx(base, rel=1e-9, abs=1e-12)
+    assert metrics.gfrd(X[p], Y[p], train_idx=inv[train], test_idx=inv[test]) == pytest.approx(
+        metrics.gfrd(X, Y, train_idx=train, test_idx=test), rel=1e-9, abs=1e-12)
     k = min(8, len(train))
-    ref = metrics.lfre(X, Y, k, train, test)
-    assert metrics.lfre(X[p], Y[p], k, inv[train], inv[test]) == pytest.approx(ref, rel=1e-9, abs=1e-12)
-    assert metrics.lfre(X, Y, k, rng.permutation(train), test) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    ref = metrics.lfre(X, Y, k=k, train_idx=train, test_idx=test)
+    assert metrics.lfre(X[p], Y[p], k=k, train_idx=inv[train], test_idx=inv[test]) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert metrics.lfre(X, Y, k=k, train_idx=rng.permutation(train), test_idx=test) == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.xfail(strict=True, reason="GFRE's 2-fold CV assigns folds by position in train_idx (scikit-matter's "
@@ -169,7 +169,7 @@ def test_gfre_ignores_the_order_of_train_idx():
     idx = rng.permutation(24)
     n_train = int(24 * rng.uniform(0.4, 0.7))
     train, test = np.sort(idx[:n_train]), np.sort(idx[n_train:])
-    assert metrics.gfre(X, Y, rng.permutation(train), test) == pytest.approx(metrics.gfre(X, Y, train, test),
+    assert metrics.gfre(X, Y, train_idx=rng.permutation(train), test_idx=test) == pytest.approx(metrics.gfre(X, Y, train_idx=train, test_idx=test),
                                                                             rel=1e-9)
 
 
@@ -177,38 +177,38 @@ def test_gfre_ignores_the_order_of_train_idx():
 @given(data=feature_pair(), a=st.floats(1e-4, 1e4), b=st.floats(1e-4, 1e4), shift=st.floats(-100, 100))
 def test_gfre_and_lfre_are_scale_and_shift_invariant(data, a, b, shift):
     X, Y, train, test, _ = data
-    assert metrics.gfre(a * X + shift, b * Y - shift, train, test) == pytest.approx(
-        metrics.gfre(X, Y, train, test), rel=1e-6, abs=1e-9)
+    assert metrics.gfre(a * X + shift, b * Y - shift, train_idx=train, test_idx=test) == pytest.approx(
+        metrics.gfre(X, Y, train_idx=train, test_idx=test), rel=1e-6, abs=1e-9)
     k = min(8, len(train))
-    assert metrics.lfre(a * X + shift, b * Y, k, train, test) == pytest.approx(
-        metrics.lfre(X, Y, k, train, test), rel=1e-6, abs=1e-9)
+    assert metrics.lfre(a * X + shift, b * Y, k=k, train_idx=train, test_idx=test) == pytest.approx(
+        metrics.lfre(X, Y, k=k, train_idx=train, test_idx=test), rel=1e-6, abs=1e-9)
 
 
 @FEW
 @given(data=feature_pair())
 def test_duplicated_rows(data):
     X, Y, train, test, rng = data
-    base = metrics.gfre(X, Y, train, test)
+    base = metrics.gfre(X, Y, train_idx=train, test_idx=test)
     # every test row twice: the RMS over test rows is unchanged
     n = len(X)
     X2, Y2 = np.vstack([X, X[test]]), np.vstack([Y, Y[test]])
     test2 = np.concatenate([test, np.arange(n, n + len(test))])
-    assert metrics.gfre(X2, Y2, train, test2) == pytest.approx(base, rel=1e-9, abs=1e-12)
+    assert metrics.gfre(X2, Y2, train_idx=train, test_idx=test2) == pytest.approx(base, rel=1e-9, abs=1e-12)
     # duplicated training rows: still a finite error in range
     dup = rng.choice(train, size=len(train) // 2)
     X3, Y3 = np.vstack([X, X[dup]]), np.vstack([Y, Y[dup]])
     train3 = np.concatenate([train, np.arange(n, n + len(dup))])
-    value = metrics.gfre(X3, Y3, train3, test)
+    value = metrics.gfre(X3, Y3, train_idx=train3, test_idx=test)
     assert np.isfinite(value) and value >= 0.0  # not bounded by 1: test rows may lie outside the training range
     # a repeated index is refused, not counted twice silently
     with pytest.raises(InputError, match="repeated"):
-        metrics.gfre(X, Y, train, np.repeat(test, 2))
+        metrics.gfre(X, Y, train_idx=train, test_idx=np.repeat(test, 2))
 
 
 @FEW
 @given(data=feature_pair())
 def test_a_space_reconstructs_itself(data):
     X, _, train, test, rng = data
-    assert metrics.gfre(X, X, train, test) < 1e-6
+    assert metrics.gfre(X, X, train_idx=train, test_idx=test) < 1e-6
     Q, _ = np.linalg.qr(rng.normal(size=(X.shape[1], X.shape[1])))
-    assert metrics.gfre(X, X @ Q, train, test) < 1e-6  # a rotation is linear: nothing lost
+    assert metrics.gfre(X, X @ Q, train_idx=train, test_idx=test) < 1e-6  # a rotation is linear: nothing lost

@@ -166,9 +166,9 @@ def test_rbf_cka_matches_dense_reference(debiased, sigma):
 def test_mutual_knn_matches_brute_force(metric, k):
     X, Y = related(n=150)
     expected = ref_mknn_pointwise(X, Y, k, metric)
-    got = pointwise_mutual_knn(X, Y, k, metric=metric, device="cpu", chunk_size=17)
+    got = pointwise_mutual_knn(X, Y, k=k, distance=metric, device="cpu", chunk_size=17)
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
-    assert abs(mutual_knn(X, Y, k, metric=metric, device="cpu") - expected.mean()) <= TOL
+    assert abs(mutual_knn(X, Y, k=k, distance=metric, device="cpu") - expected.mean()) <= TOL
 
 
 def test_mutual_knn_breaks_exact_ties_by_lower_index_like_a_stable_sort():
@@ -178,7 +178,7 @@ def test_mutual_knn_breaks_exact_ties_by_lower_index_like_a_stable_sort():
     Y = rng.integers(0, 3, size=(70, 3)).astype(float)
     for k in (1, 4, 9):
         expected = ref_mknn_pointwise(X, Y, k)
-        np.testing.assert_array_equal(pointwise_mutual_knn(X, Y, k, device="cpu", chunk_size=8), expected)
+        np.testing.assert_array_equal(pointwise_mutual_knn(X, Y, k=k, device="cpu", chunk_size=8), expected)
 
 
 @pytest.mark.parametrize("shape", [(7, 11), (11, 7), (9, 9)])
@@ -195,7 +195,7 @@ MEASURES = {
     "cka": lambda X, Y: linear_cka(X, Y, device="cpu"),
     "cka_debiased": lambda X, Y: linear_cka(X, Y, debiased=True, device="cpu"),
     "rbf_cka": lambda X, Y: rbf_cka(X, Y, device="cpu"),
-    "mknn": lambda X, Y: mutual_knn(X, Y, 8, device="cpu"),
+    "mknn": lambda X, Y: mutual_knn(X, Y, k=8, device="cpu"),
     "procrustes": lambda X, Y: procrustes_distance(X, Y, device="cpu"),
 }
 
@@ -234,8 +234,8 @@ def test_identical_inputs_are_perfect_and_measures_are_symmetric(name):
 def test_mutual_knn_exactly_invariant_neighbour_sets():
     X, Y = related(n=200)
     Q = random_orthogonal(X.shape[1], seed=5)
-    a = pointwise_mutual_knn(X, Y, 6, device="cpu")
-    b = pointwise_mutual_knn(0.2 * X @ Q, 5.0 * Y, 6, device="cpu")
+    a = pointwise_mutual_knn(X, Y, k=6, device="cpu")
+    b = pointwise_mutual_knn(0.2 * X @ Q, 5.0 * Y, k=6, device="cpu")
     np.testing.assert_array_equal(a, b)
 
 
@@ -359,7 +359,7 @@ def test_torch_knn_tie_breaking_matches_numpy():
     X = rng.integers(0, 3, size=(50, 2)).astype(float)
     Y = rng.integers(0, 4, size=(50, 2)).astype(float)
     np.testing.assert_array_equal(
-        pointwise_mutual_knn(X, Y, 5, device="torch-cpu"), pointwise_mutual_knn(X, Y, 5, device="cpu")
+        pointwise_mutual_knn(X, Y, k=5, device="torch-cpu"), pointwise_mutual_knn(X, Y, k=5, device="cpu")
     )
 
 
@@ -370,7 +370,7 @@ def test_chunked_kernels_stay_far_below_a_dense_n_by_n_matrix():
     Y = (X @ rng.normal(size=(6, 6))).astype(np.float32)
     tracemalloc.start()
     try:
-        v = mutual_knn(X, Y, 10, device="cpu", chunk_size=200)
+        v = mutual_knn(X, Y, k=10, device="cpu", chunk_size=200)
         rbf = rbf_cka(X, Y, max_rows=None, median_rows=500, device="cpu", chunk_size=200)
         cka = linear_cka(X, Y, debiased=True, device="cpu", chunk_size=500)
         peak = tracemalloc.get_traced_memory()[1]
@@ -394,8 +394,8 @@ def test_bad_input_raises_clear_errors():
         procrustes_distance(bad, Y)
     with pytest.raises(InputError, match="2-D"):
         mutual_knn(X[:, 0], Y[:, 0])
-    with pytest.raises(InputError, match="k must be between 1 and"):
-        mutual_knn(X, Y, 30)
+    with pytest.raises(InputError, match="k=30 is larger than the other rows \\(29 rows\\)"):
+        mutual_knn(X, Y, k=30)
     with pytest.raises(InputError, match="zero variance"):
         linear_cka(np.ones((30, 3)), Y, device="cpu")
     with pytest.raises(InputError, match="unknown similarity measure"):
@@ -408,14 +408,18 @@ def test_bad_input_raises_clear_errors():
         rbf_cka(np.vstack([np.zeros((20, 2)), np.ones((10, 2))]), Y, device="cpu")
 
 
-def test_knn_prefilter_on_wide_blocks_matches_brute_force_with_ties(monkeypatch):
-    """Above 4 × SAMPLE_COLS columns the NumPy kNN pre-filters candidates; it must not change the answer."""
-    from mlipspace.metrics import _similarity_backend as backend
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_mutual_knn_neighbours_are_the_exact_knn_search_with_its_tie_rule(precision):
+    """Mutual kNN uses the one exact search of ``_knn`` (LFRE's): neighbours nearest first, ties to
+    the lower row index, the row itself excluded even when duplicates at lower indices tie with it."""
+    from mlipspace.metrics._backend import get_backend
+    from mlipspace.metrics._knn import knn_self
 
-    monkeypatch.setattr(backend, "SAMPLE_COLS", 16)  # exercise the pre-filter at a test-sized n
     rng = np.random.default_rng(2)
     n = 700
-    for X in (rng.normal(size=(n, 3)), rng.integers(0, 4, size=(n, 2)).astype(float)):
+    dup = rng.normal(size=(n, 3))
+    dup[100:120] = dup[5]  # 21 identical rows: more than k + 1 for k = 12
+    for X in (rng.normal(size=(n, 3)), rng.integers(0, 4, size=(n, 2)).astype(float), dup):
         for k in (1, 12, 40):
-            got = backend.knn_indices(X, k, backend=backend.NumpyBackend(), chunk_size=90)
-            np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(ref_knn(X, k), axis=1))
+            got = knn_self(X, k, backend=get_backend("cpu"), block=90, knn_precision=precision)
+            np.testing.assert_array_equal(got, ref_knn(X, k))

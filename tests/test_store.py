@@ -289,6 +289,6 @@ def test_lazy_arrays_feed_streaming_gfre(filled):
     train = np.setdiff1d(np.arange(n), test)
     lazy = [st.features(key, MODEL, layer, lazy=True) for layer in ("radial", "last")]
     full = [st.features(key, MODEL, layer) for layer in ("radial", "last")]
-    streamed = gfre(*lazy, train, test, chunk_size=7)
-    assert streamed == pytest.approx(gfre(*full, train, test), rel=1e-8, abs=1e-10)
+    streamed = gfre(*lazy, train_idx=train, test_idx=test, chunk_size=7)
+    assert streamed == pytest.approx(gfre(*full, train_idx=train, test_idx=test), rel=1e-8, abs=1e-10)
     assert 0 <= streamed < 1.5

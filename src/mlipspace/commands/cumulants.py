@@ -82,7 +82,7 @@ def cumulants_table_cmd(
     max_order: int = typer.Option(8, "--max-order", "-k", help="Highest cumulant order."),
     seeds: int = typer.Option(3, "--seeds", help="Number of structure splits (seeds 0..N-1)."),
     metrics: str = typer.Option("gfre,lfre", "--metrics", help="Comma-separated: gfre, lfre."),
-    n_local_points: int = typer.Option(None, "--n-local-points", help="LFRE neighbours (default min(d_X, d_Y, n_train // 2))."),
+    k: int = typer.Option(None, "--k", help="LFRE neighbours (default: mlipspace.metrics.default_k, min(d_X, d_Y) capped at n_train // 4)."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of structures on the test side (stratified by subset)."),
     lfre_max_test: int = typer.Option(None, "--lfre-max-test", help="Evaluate LFRE on at most this many test structures."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the records as JSON to this file."),
@@ -110,7 +110,7 @@ def cumulants_table_cmd(
             rows = fs.rows(key, name)
             records += order_table(
                 fs.features(key, name, layer), rows["frame"], rows["subset"], max_order=max_order,
-                seeds=tuple(range(seeds)), metrics=metric_names, n_local_points=n_local_points,
+                seeds=tuple(range(seeds)), metrics=metric_names, k=k,
                 test_fraction=test_fraction, model=name, layer=layer, dataset=key,
                 lfre_max_test=lfre_max_test, progress=lambda: bar.advance(task),
             )

@@ -33,7 +33,7 @@ def run_metric(x_path: Path, y_path: Path, metric: str, *, test_idx: Path | None
     """Compute one measure between two .npy files; returns the JSON-able summary the CLI prints."""
     from mlipspace import metrics
     from mlipspace.errors import InputError
-    from mlipspace.metrics._checks import resolve_split
+    from mlipspace.metrics._checks import check_rows, resolve_split
 
     metric = metric.lower()
     if metric not in ("gfre", "gfrd", "lfre"):
@@ -44,18 +44,17 @@ def run_metric(x_path: Path, y_path: Path, metric: str, *, test_idx: Path | None
     tr = _load(train_idx, "--train-idx") if train_idx is not None else None
     if X.ndim != 2 or Y.ndim != 2:
         raise InputError(f"X and Y must be 2-D (rows, features); got shapes {X.shape} and {Y.shape}")
-    if X.shape[0] != Y.shape[0]:
-        raise InputError(f"{x_path} has {X.shape[0]} rows but {y_path} has {Y.shape[0]}: rows must be aligned")
+    check_rows(X.shape[0], Y.shape[0], (str(x_path), str(y_path)))
     train, test = resolve_split(X.shape[0], tr, te)
     t0 = time.perf_counter()
     out = {"metric": metric, "source": str(x_path), "target": str(y_path)}
     if metric == "lfre":
         if k is None:
-            k = int(min(X.shape[1], Y.shape[1], train.size))
-        value = metrics.lfre(X, Y, k, train, test, device=device, mode=mode)
+            k = metrics.default_k(X.shape[1], Y.shape[1], train.size)
+        value = metrics.lfre(X, Y, k=k, train_idx=train, test_idx=test, device=device, mode=mode)
         out.update(k=int(k), device=device, mode=mode)
     else:
-        value = getattr(metrics, metric)(X, Y, train, test)
+        value = getattr(metrics, metric)(X, Y, train_idx=train, test_idx=test)
     out.update(value=float(value), n_train=int(train.size), n_test=int(test.size),
                d_source=int(X.shape[1]), d_target=int(Y.shape[1]), seconds=round(time.perf_counter() - t0, 3))
     return out
@@ -68,7 +67,7 @@ def metrics_cmd(
     metric: str = typer.Option("gfre", "--metric", "-m", help="gfre, gfrd or lfre."),
     test_idx: Path = typer.Option(None, "--test-idx", help=".npy of test row indices; every other row trains."),
     train_idx: Path = typer.Option(None, "--train-idx", help=".npy of training row indices (default: complement of --test-idx, or scikit-matter's seeded 50/50 split)."),
-    k: int = typer.Option(None, "--k", "-k", help="LFRE neighbours (default min(d_X, d_Y))."),
+    k: int = typer.Option(None, "--k", "-k", help="LFRE neighbours (default: mlipspace.metrics.default_k, min(d_X, d_Y) capped at n_train // 4)."),
     device: str = typer.Option("auto", "--device", help="LFRE device: auto, cpu or cuda."),
     mode: str = typer.Option("exact", "--mode", help="LFRE mode: exact (scikit-matter values) or fast (Gram eigh approximation)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),

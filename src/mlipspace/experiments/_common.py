@@ -170,8 +170,8 @@ def fre(
     """One feature reconstruction error of ``Y`` from ``X`` and the number of test rows used.
 
     LFRE fits one local ridge per test row, so it is evaluated on at most ``lfre_max_test`` test rows
-    (a seeded subsample) and with k = min(d_X, d_Y, n_train - 1) neighbours (the study's k, bounded
-    by the training size), as :func:`mlipspace.metrics.pairwise` does.
+    (a seeded subsample) and with :func:`mlipspace.metrics.default_k` neighbours, as
+    :func:`mlipspace.metrics.pairwise` does.
     """
     from mlipspace import metrics
 
@@ -180,8 +180,8 @@ def fre(
     test = np.asarray(test_idx)
     if metric == "lfre":
         test = subsample(test, lfre_max_test, seed)
-        k = int(min(X.shape[1], Y.shape[1], len(train_idx)))
-        value = metrics.lfre(X, Y, k, train_idx=train_idx, test_idx=test)
+        k = metrics.default_k(X.shape[1], Y.shape[1], len(train_idx))
+        value = metrics.lfre(X, Y, k=k, train_idx=train_idx, test_idx=test)
     else:
         value = getattr(metrics, metric)(X, Y, train_idx=train_idx, test_idx=test)
     return float(value), int(len(test))

@@ -32,6 +32,7 @@ from mlipspace.intervals import (
     ridge_regime,
     test_regime,
 )
+from mlipspace.metrics import default_k
 from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, record, select
 
 
@@ -101,7 +102,7 @@ def pair_errors(
     lfre_mode: str = "exact",
     extra: Mapping[tuple[str, str], Mapping] | None = None,
     progress=None,
-    k: int | str | None = None,
+    k: int | None = None,
     subsets: TestSubsets | None = None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
@@ -112,8 +113,9 @@ def pair_errors(
     (:mod:`mlipspace.intervals`); ``extra`` optionally maps ``(source, target)`` to additional record
     fields. The errors come from :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour
     search shared per source); LFRE uses k = min(d_source, d_target) capped by the training size and
-    at most ``lfre_max_test`` test rows (seeded subsample); ``k`` overrides it (``"quarter"``: a
-    quarter of the training rows, the largest neighbourhood the LFRE regime rule admits).
+    at most ``lfre_max_test`` test rows (seeded subsample); LFRE's k is
+    :func:`mlipspace.metrics.default_k` (min(d_source, d_target), at most n_train // 4) unless ``k``
+    is given.
     Similarity measures (``cka``, ``mknn``, ``procrustes``, ...; :data:`SIMILARITY_METRICS`) need no
     fit: each is computed on the test rows of every split (:func:`similarity_values`), and the record
     also carries ``null_mean``, the same measure with the target's rows shuffled (chance level).
@@ -196,12 +198,13 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
     every = [(a, b) for a in names for b in names if a != b]
     # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
     group_list = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
-    kk = max(2, len(train) // LFRE_ROWS_PER_NEIGHBOUR) if k == "quarter" else k
     todo = []
     for s, t in pairs:
         key = (s, t, metric)
-        ks = (kk if kk is not None else min(features[s].shape[1], features[t].shape[1], len(train))) \
-            if metric == "lfre" else None
+        ks = None
+        if metric == "lfre":  # the one k policy; too few training rows are caught by the regime rule below
+            ks = k if k is not None else default_k(features[s].shape[1], features[t].shape[1],
+                                                     max(len(train), 2 * LFRE_ROWS_PER_NEIGHBOUR))
         info[key] = {"n_train": len(train), "n_test": len(test), "k": ks}
         why = first_reason(why_test, lfre_regime(len(train), ks) if metric == "lfre"
                            else ridge_regime(len(train), features[s].shape[1]))
@@ -215,7 +218,7 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
             continue
         use = list(dict.fromkeys(n for p in wanted for n in p))
         recs = pairwise({g: features[g] for g in use}, metric, train_idx=train, test_idx=test, diagonal=False,
-                        n_local_points=kk if metric == "lfre" else None, pointwise=True,
+                        k=k if metric == "lfre" else None, pointwise=True,
                         mode=lfre_mode if metric == "lfre" else "exact")
         for r in recs:
             key = (r["source"], r["target"], metric)
@@ -341,8 +344,8 @@ def cross_model(
     ``level="atom-ungrouped"`` uses the study's per-atom split instead of the grouped one (test atoms'
     structure-mates train: optimistic, for comparison). ``level="structure"`` compares progressive
     cumulants of order ``order`` per structure of each model's leading principal components
-    (``components`` in the record; see :func:`level_features`); LFRE then uses k = a quarter of the
-    training structures, the largest neighbourhood the LFRE regime rule admits.
+    (``components`` in the record; see :func:`level_features`). LFRE's k is
+    :func:`mlipspace.metrics.default_k` at both levels.
     ``subsets`` (atom levels) maps an analysis name to a test subset of :class:`TestSubsets`
     (``"covered"``, ``"no-twins"``): the FREs over it and the share of test atoms outside it are
     added as records of that analysis.
@@ -364,7 +367,7 @@ def cross_model(
     return pair_errors(
         feats, pairs, splits, groups=groups, metrics=metrics, level=level, layer=layer, dataset=dataset,
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, extra=extra,
-        progress=progress, k="quarter" if level == "structure" else None,
+        progress=progress,
         subsets=TestSubsets(subsets, rows["frame"]) if subsets else None,
     )
 

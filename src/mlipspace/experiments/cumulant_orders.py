@@ -27,17 +27,11 @@ from mlipspace.intervals import (
     ridge_regime,
     test_regime,
 )
+from mlipspace.metrics import default_k
 from mlipspace.records import record
 
 ANALYSIS = "cumulant-orders"
 METRICS = ("gfre", "lfre")
-
-
-def default_n_local_points(d_x: int, d_y: int, n_train: int) -> int:
-    """LFRE neighbourhood size: the study's ``min(d_X, d_Y)``, capped at a quarter of the training
-    structures (the LFRE regime rule of :mod:`mlipspace.intervals`); at least 2 (the local 2-fold
-    cross-validation needs two rows)."""
-    return int(max(2, min(d_x, d_y, n_train // LFRE_ROWS_PER_NEIGHBOUR)))
 
 
 def _subsets(subsets_per_frame, frame_index, n_frames: int) -> np.ndarray:
@@ -59,7 +53,7 @@ def order_table(
     max_order: int = 8,
     seeds: Sequence[int] = (0, 1, 2),
     metrics: Sequence[str] = METRICS,
-    n_local_points: int | None = None,
+    k: int | None = None,
     *,
     test_fraction: float = 0.25,
     n_test: int | None = None,
@@ -81,15 +75,14 @@ def order_table(
     max_order : highest order K; the table is K x K without the diagonal.
     seeds : one structure split per seed.
     metrics : any of ``"gfre"``, ``"lfre"``.
-    n_local_points : LFRE neighbours; default :func:`default_n_local_points` per pair (must not
-        exceed the training structures).
+    k : LFRE neighbours; default :func:`mlipspace.metrics.default_k` per pair.
     test_fraction, n_test : size of the test side (structures).
     lfre_max_test : evaluate LFRE on at most this many test structures (seeded subsample).
 
     Returns tidy records (``analysis="cumulant-orders"``, ``level="structure"``) with
     ``source_order``, ``target_order``, ``metric``, ``value`` (mean over seeds), ``spread`` (sample
     std), ``seed_values`` (per seed), ``seeds``, ``n_train``, ``n_test``, ``model``,
-    ``source_width``/``target_width`` (columns) and, for LFRE, ``n_local_points``.
+    ``source_width``/``target_width`` (columns) and, for LFRE, ``k``.
 
     With ``compress`` (default) the atom features are first reduced to their leading principal
     components (fitted on each split's training structures; ``components`` in the record) so that
@@ -124,26 +117,25 @@ def order_table(
     pairs = [(j, k) for j in range(1, max_order + 1) for k in range(1, max_order + 1) if j != k]
     out = []
     for metric in metrics:
-        for j, k in pairs:
-            out.append(_order_record(metric, j, k, splits, seeds, n_local_points, lfre_max_test, model=model,
+        for j, t in pairs:
+            out.append(_order_record(metric, j, t, splits, seeds, k, lfre_max_test, model=model,
                                      layer=layer, dataset=dataset, max_order=int(max_order), root=bool(root)))
             if progress is not None:
                 progress()
     return out
 
 
-def _order_record(metric, j, k, splits, seeds, n_local_points, lfre_max_test, **fields) -> dict:
+def _order_record(metric, j, t, splits, seeds, k, lfre_max_test, **fields) -> dict:
     """One record of the order table: ``metric`` of order j -> order k over the splits (or a reason)."""
     from mlipspace import metrics as fre_metrics
     from mlipspace.experiments._common import subsample
 
     est, why, ks, n_tests = Estimate("rms"), None, [], []
     for seed, (train, test, phi, w) in zip(seeds, splits, strict=True):
-        X, Y = phi[:, : j * w], phi[:, : k * w]
+        X, Y = phi[:, : j * w], phi[:, : t * w]
         if metric == "lfre":
             test = subsample(test, lfre_max_test, int(seed))
-            kk = default_n_local_points(X.shape[1], Y.shape[1], len(train)) if n_local_points is None \
-                else int(n_local_points)
+            kk = int(k) if k is not None else default_k(X.shape[1], Y.shape[1], max(len(train), 2 * LFRE_ROWS_PER_NEIGHBOUR))
             ks.append(kk)
             why = first_reason(test_regime(len(test)), lfre_regime(len(train), kk))
         else:
@@ -154,17 +146,17 @@ def _order_record(metric, j, k, splits, seeds, n_local_points, lfre_max_test, **
         if metric == "gfre":
             pw = fre_metrics.pointwise_gfre(X, Y, train_idx=train, test_idx=test)
         else:
-            pw = fre_metrics.pointwise_lfre(X, Y, n_local_points=ks[-1], train_idx=train, test_idx=test)
+            pw = fre_metrics.pointwise_lfre(X, Y, k=ks[-1], train_idx=train, test_idx=test)
         est.add(pw, np.arange(len(test)), int(seed))
     w0 = splits[0][3]
-    extra = {"n_local_points": int(ks[0])} if ks else {}
+    extra = {"k": int(ks[0])} if ks else {}
     f = {"reason": why} if why else est.fields()
     values = f.pop("values", [])
     return record(
         ANALYSIS, fields["model"], fields["model"], metric, values, level="structure", layer=fields["layer"],
         n_train=len(splits[0][0]), n_test=int(n_tests[0]), dataset=fields["dataset"], model=fields["model"],
-        source_order=int(j), target_order=int(k), seed_values=values, seeds=[int(s) for s in seeds],
-        max_order=fields["max_order"], source_width=int(j * w0), target_width=int(k * w0), components=int(w0),
+        source_order=int(j), target_order=int(t), seed_values=values, seeds=[int(s) for s in seeds],
+        max_order=fields["max_order"], source_width=int(j * w0), target_width=int(t * w0), components=int(w0),
         root=fields["root"], **f, **extra,
     )
 

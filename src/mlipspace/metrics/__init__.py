@@ -1,13 +1,20 @@
-"""Comparing feature spaces.
+"""Comparing feature spaces: every measure of the package, one import away.
 
 Reconstruction measures (:mod:`mlipspace.metrics.reconstruction`, scikit-matter semantics):
-:func:`gfre`, :func:`gfrd`, :func:`lfre` and their ``pointwise_*`` versions, plus :func:`pairwise`
-over a dict of spaces. Similarity measures (CKA, kNN overlap, ...) live in
-:mod:`mlipspace.metrics.similarity`.
+:func:`gfre`, :func:`gfrd`, :func:`lfre` and their ``pointwise_*`` versions, :func:`pairwise` over a
+dict of spaces, LFRE's neighbour count :func:`default_k`. Similarity measures
+(:mod:`mlipspace.metrics.similarity`): :func:`linear_cka`, :func:`rbf_cka`, :func:`mutual_knn`,
+:func:`procrustes_distance`, with :func:`similarity_with_uncertainty` and :func:`rank_agreement`.
+:data:`MEASURES` declares each measure's orientation, symmetry and invariances; engine settings are
+keywords of each call, with defaults from :func:`get_config` / :func:`config_context`.
 """
 
-from mlipspace.metrics.pairwise import pairwise
+from mlipspace.metrics._config import config_context, get_config, set_config
+from mlipspace.metrics._pairwise import pairwise
+from mlipspace.metrics._registry import TRANSFORMATIONS, Measure
 from mlipspace.metrics.reconstruction import (
+    RECONSTRUCTION_MEASURES,
+    default_k,
     gfrd,
     gfre,
     lfre,
@@ -16,5 +23,41 @@ from mlipspace.metrics.reconstruction import (
     pointwise_lfre,
     rms,
 )
+from mlipspace.metrics.similarity import (
+    SIMILARITY_MEASURES,
+    linear_cka,
+    mutual_knn,
+    pointwise_mutual_knn,
+    procrustes_distance,
+    rank_agreement,
+    rbf_cka,
+    similarity_with_uncertainty,
+)
 
-__all__ = ["gfre", "gfrd", "lfre", "pointwise_gfre", "pointwise_gfrd", "pointwise_lfre", "pairwise", "rms"]
+#: Every measure by name (reconstruction errors and similarity measures), see :class:`Measure`.
+MEASURES: dict[str, Measure] = {**RECONSTRUCTION_MEASURES, **SIMILARITY_MEASURES}
+
+__all__ = [
+    "MEASURES",
+    "Measure",
+    "TRANSFORMATIONS",
+    "config_context",
+    "default_k",
+    "get_config",
+    "gfrd",
+    "gfre",
+    "lfre",
+    "linear_cka",
+    "mutual_knn",
+    "pairwise",
+    "pointwise_gfrd",
+    "pointwise_gfre",
+    "pointwise_lfre",
+    "pointwise_mutual_knn",
+    "procrustes_distance",
+    "rank_agreement",
+    "rbf_cka",
+    "rms",
+    "set_config",
+    "similarity_with_uncertainty",
+]

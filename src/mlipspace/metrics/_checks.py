@@ -1,8 +1,10 @@
-"""Input validation and the scikit-matter defaults of the reconstruction measures, in one place.
+"""Input validation of every measure, and the scikit-matter defaults of the reconstruction measures.
 
-Every public measure goes through :func:`check_pair` and :func:`resolve_split`: they turn bad input
-into :class:`mlipspace.errors.InputError` with a message that says what is wrong, and fill the
-defaults exactly as scikit-matter 0.4 does (50/50 shuffled split with seed ``0x5F3759DF``).
+Every public measure (reconstruction and similarity) reads its matrices with :func:`as_matrix` /
+:func:`check_pair` and its neighbour count with :func:`check_k`: bad input becomes
+:class:`mlipspace.errors.InputError` (rows that do not match: :class:`~mlipspace.errors.AlignmentError`)
+with a message that says what is wrong. :func:`resolve_split` fills the train/test defaults exactly
+as scikit-matter 0.4 does (50/50 shuffled split with seed ``0x5F3759DF``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from mlipspace.errors import InputError
+from mlipspace.errors import AlignmentError, InputError
 
 #: Seed scikit-matter uses for its default train/test split and for the 2-fold CV of Ridge2FoldCV.
 SEED = 0x5F3759DF
@@ -25,8 +27,11 @@ ZERO_VARIANCE = 1e-12
 ZERO_VARIANCE_RELATIVE = 1e-20
 
 
-def as_matrix(A, name: str) -> np.ndarray:
-    """``A`` as a finite float64 (n, d) array; InputError naming ``name`` otherwise."""
+def as_matrix(A, name: str, *, keep_float: bool = False) -> np.ndarray:
+    """``A`` as a finite float64 (n, d) array; InputError naming ``name`` otherwise.
+
+    ``keep_float=True`` keeps a floating array in its dtype (float32 data stay float32 in memory;
+    the chunked similarity measures upcast one chunk at a time)."""
     try:
         arr = np.asarray(A)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -37,7 +42,8 @@ def as_matrix(A, name: str) -> np.ndarray:
         raise InputError(f"{name}: expected a 2-D (rows, features) array, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{name}: empty array of shape {arr.shape}")
-    arr = np.asarray(arr, dtype=np.float64)
+    if not (keep_float and np.issubdtype(arr.dtype, np.floating)):
+        arr = np.asarray(arr, dtype=np.float64)
     check_finite(arr, name)
     return arr
 
@@ -57,10 +63,21 @@ def check_finite(arr: np.ndarray, name: str, row_offset: int = 0) -> None:
 
 
 def check_rows(n_x: int, n_y: int, names=("X", "Y")) -> None:
+    """AlignmentError unless both spaces have the same number of rows."""
     if n_x != n_y:
-        raise InputError(
+        raise AlignmentError(
             f"{names[0]} has {n_x} rows but {names[1]} has {n_y}: rows must describe the same samples in the same order"
         )
+
+
+def check_pair(X, Y, *, min_rows: int = 2, keep_float: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two aligned feature matrices (see :func:`as_matrix`) with the same rows, at least ``min_rows``."""
+    X = as_matrix(X, "X", keep_float=keep_float)
+    Y = as_matrix(Y, "Y", keep_float=keep_float)
+    check_rows(X.shape[0], Y.shape[0])
+    if X.shape[0] < min_rows:
+        raise InputError(f"this measure needs at least {min_rows} rows, got {X.shape[0]}")
+    return X, Y
 
 
 def _as_index(idx, n: int, what: str) -> np.ndarray:
@@ -136,18 +153,17 @@ def kfold_halves(n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[~mask], idx[mask]
 
 
-def check_k(k, n_train: int) -> int:
-    """Validate the number of local neighbours against the training set."""
+def check_k(k, n_max: int, *, minimum: int = 1, why: str = "", pool: str = "the training set") -> int:
+    """The neighbour count ``k`` as an int in [minimum, n_max]; InputError saying what is wrong.
+
+    ``pool`` names where the neighbours come from (``n_max`` rows), ``why`` explains the minimum."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise InputError(f"n_local_points must be an integer, got {k!r}")
+        raise InputError(f"k (the number of neighbours) must be an integer, got {k!r}")
     k = int(k)
-    if k < 2:
-        raise InputError(f"n_local_points must be at least 2 (the local 2-fold CV needs two rows), got {k}")
-    if k > n_train:
-        raise InputError(
-            f"n_local_points={k} is larger than the training set ({n_train} rows): "
-            "choose fewer neighbours or more training rows"
-        )
+    if k < minimum:
+        raise InputError(f"k must be at least {minimum}{why}, got {k}")
+    if k > n_max:
+        raise InputError(f"k={k} is larger than {pool} ({n_max} rows): choose fewer neighbours or more rows")
     return k
 
 

@@ -130,8 +130,6 @@ class GlobalRidge:
         return U @ Vt
 
 
-#: Fit engine of GFRE: "gram" (fold Gram matrices, certified, else the QR path) or "qr" (TSQR only).
-GLOBAL_ENGINE = "gram"
 #: Largest accepted bound on |change of a test error| from the Gram path's rounding (scaled units;
 #: the parity tolerance is 1e-8). The bound uses an eigen-error constant 2(sqrt(n) + d) eps, some
 #: 500x the error observed against LAPACK's SVD at n = 10^5, d = 512.
@@ -237,13 +235,14 @@ class GramRidge:
 
 
 def global_measure(X, Y, train_idx=None, test_idx=None, *, kind: str = "gfre", chunk_size: int = 32768,
-                   names=("X", "Y"), scaled: bool = False) -> tuple[np.ndarray, int]:
+                   names=("X", "Y"), scaled: bool = False, engine: str = "gram") -> tuple[np.ndarray, int]:
     """Pointwise GFRE (``kind="gfre"``) or GFRD (``kind="gfrd"``) of the test rows, and n_train.
 
     ``X`` and ``Y`` are arrays, array-likes or re-iterable chunk sources (see :mod:`._sources`);
     they are read block by block, so nothing larger than a block and a few (d_X+d_Y)^2 matrices is
     ever held in memory. ``scaled=True`` declares X and Y already centred and scaled on the training
     rows (as :func:`mlipspace.metrics.pairwise` caches them) and skips the statistics pass.
+    ``engine``: "gram" (fold Gram matrices, certified, else the QR path) or "svd" (TSQR + SVD only).
     """
     import scipy.linalg.lapack  # noqa: F401  (load its BLAS before limiting the thread pools)
 
@@ -256,10 +255,10 @@ def global_measure(X, Y, train_idx=None, test_idx=None, *, kind: str = "gfre", c
             return nullcontext()
 
     with threadpool_limits(limits=1):  # small/tall blocks: threaded BLAS only thrashes on busy CPUs
-        return _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled)
+        return _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled, engine)
 
 
-def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
+def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled, engine):
     sx, sy = RowSource(X, names[0]), RowSource(Y, names[1])
     check_rows(sx.n_rows, sy.n_rows, names)
     n, d_x, d_y = sx.n_rows, sx.n_cols, sy.n_cols
@@ -290,7 +289,7 @@ def _global_measure(X, Y, train_idx, test_idx, kind, chunk_size, names, scaled):
     ridge = None
     # a fold with fewer rows than X has columns (wide features, e.g. cumulants of few structures)
     # has a singular Gram matrix that the certificate always rejects: go straight to TSQR
-    if GLOBAL_ENGINE == "gram" and kind == "gfre" and min(f1.size, f2.size) >= d_x:
+    if engine == "gram" and kind == "gfre" and min(f1.size, f2.size) >= d_x:
         ridge = _gram_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)
     if ridge is None:
         ridge = _qr_fit(sx, sy, role, f1.size, f2.size, d_x, d_y, mx, sclx, my, scly, chunk_size)

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlipspace.metrics._local import FAST_FLOOR, LocalSource, _exact_mean, namespace
+from mlipspace.metrics._backend import NumpyBackend
+from mlipspace.metrics._local import FAST_FLOOR, LocalSource, _exact_mean
 
 _EPS = np.spacing(1.0)
 #: Largest estimated error (norm of the prediction error, scaled units) of a certified refit.
@@ -293,7 +294,7 @@ class GramSource:
     def _fallback(self, bad, Yn, y):
         """SVD path for the rows in mask ``bad``, in row order. Rows that failed the source checks
         are decomposed once per batch and reused by every target (pairwise tables)."""
-        ns = namespace("numpy")
+        ns = NumpyBackend()
         out = np.empty(Yn.shape[0])
         src_bad = ~self.ok
         if src_bad.any():
@@ -508,7 +509,7 @@ class FastGramSource:
             if self.svd_rows.size:  # centred inputs (the SVD path's own centring changes nothing)
                 sel = self.svd_rows
                 if self._svd is None:  # shared by the targets of a pairwise table
-                    self._svd = LocalSource(namespace("numpy"), self.Xl[sel], self.xt[sel], n1, self.alphas, "exact")
+                    self._svd = LocalSource(NumpyBackend(), self.Xl[sel], self.xt[sel], n1, self.alphas, "exact")
                 out[sel] = self._svd.errors(Yl[sel], (y[sel] - y0[sel]) - dm[sel])
             return out
 

@@ -220,3 +220,36 @@ def knn_indices_torch(X_train, X_test, k: int, tie_key, *, chunk: int = 16384):
     starts = torch.cumsum(counts, 0) - counts
     take = starts[:, None] + torch.arange(k, device=rows.device)[None, :]
     return cols[take]
+
+
+def knn_self(X, k: int, *, backend, block: int | None = None, knn_precision: str = "float32") -> np.ndarray:
+    """Indices (n, k) of each row's ``k`` nearest *other* rows of ``X`` (float64), nearest first.
+
+    The same exact search and tie rule as :func:`knn_indices` (exact distance, then lower row index),
+    on blocks of ``block`` query rows: each row asks for k + 1 neighbours among all rows and drops
+    itself; when it is not among them (more than k rows coincide with it at lower indices), the
+    first k are the answer. ``backend``: a :mod:`._backend` object (torch: :func:`knn_indices_torch`).
+    """
+    n = X.shape[0]
+    step = int(block) if block else max(1, min(n, backend.block_elements // min(n, 8192)))
+    out = np.empty((n, k), dtype=np.int64)
+    if backend.name == "torch":
+        Xd = backend.asarray(X)
+        key = backend.index(np.arange(n))
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            out[s:e] = _drop_self(backend.to_numpy(knn_indices_torch(Xd, Xd[s:e], k + 1, key)), s)
+        return out
+    sq = np.einsum("ij,ij->i", X, X)
+    f32 = X.astype(np.float32) if knn_precision == "float32" else None
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        out[s:e] = _drop_self(knn_indices(X, X[s:e], k + 1, train_sq=sq, train_f32=f32), s)
+    return out
+
+
+def _drop_self(nbr: np.ndarray, first: int) -> np.ndarray:
+    """(b, k+1) neighbours of rows first, first+1, ... without the row itself (else the last one)."""
+    drop = nbr == (first + np.arange(nbr.shape[0]))[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    return nbr[~drop].reshape(nbr.shape[0], nbr.shape[1] - 1)

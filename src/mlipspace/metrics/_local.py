@@ -14,8 +14,8 @@ batched mat-vecs. No Python loop runs per test row.
 :math:`\sqrt{10^{-13}}\,s_{max}` (about 3e-7 of the largest) are treated as zero because the Gram
 matrix cannot resolve them. It is an approximation; the benchmark prints its deviation.
 
-The code is written once against a tiny array namespace so that the same steps run with NumPy
-(CPU) or torch (CPU or CUDA).
+The code is written once against the array backend of :mod:`._backend`, so that the same steps run
+with NumPy (CPU) or torch (CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -25,138 +25,6 @@ import numpy as np
 _EPS = np.spacing(1.0)
 #: Eigenvalues of the Gram matrix below this fraction of the largest are zero in fast mode.
 FAST_FLOOR = 1e-13
-#: SVD used by the torch path: None or "linalg" (``torch.linalg.svd``, cuSOLVER's default driver on
-#: CUDA), "gesvd" / "gesvdj" / "gesvda" (that cuSOLVER driver), "jacobi" (batched one-sided Jacobi
-#: in plain torch ops, :mod:`._jacobi`) or "jacobi-eigh" (the same, preconditioned by a Gram eigh).
-#: None picks "jacobi-eigh" on CUDA (fastest exact choice measured on an H200: 1.2 s vs 2.6 s for
-#: cuSOLVER's default on 300 local fits of 128 x 128, parity 9e-15) and "linalg" elsewhere.
-TORCH_SVD_DRIVER: str | None = None
-
-
-class _NumpyNS:
-    name = "numpy"
-
-    @staticmethod
-    def asarray(a):
-        return np.asarray(a, dtype=np.float64)
-
-    @staticmethod
-    def index(a):
-        return np.asarray(a, dtype=np.int64)
-
-    @staticmethod
-    def svd(a):
-        return np.linalg.svd(a, full_matrices=False)
-
-    @staticmethod
-    def eigh(a):
-        return np.linalg.eigh(a)
-
-    @staticmethod
-    def take(a, idx, axis):
-        return np.take_along_axis(a, idx, axis=axis)
-
-    @staticmethod
-    def minimum(a, b):
-        return np.minimum(a, b)
-
-    @staticmethod
-    def maximum(a, b):
-        return np.maximum(a, b)
-
-    @staticmethod
-    def nonzero(mask):
-        return np.flatnonzero(mask)
-
-    @staticmethod
-    def unique(a):
-        return [int(v) for v in np.unique(a)]
-
-    @staticmethod
-    def arange(n, like):
-        return np.arange(n)
-
-    @staticmethod
-    def zeros(shape, like):
-        return np.zeros(shape)
-
-    @staticmethod
-    def flip(a, axis):
-        return np.flip(a, axis=axis)
-
-    @staticmethod
-    def to_numpy(a):
-        return np.asarray(a)
-
-    @staticmethod
-    def einsum(spec, *ops):
-        return np.einsum(spec, *ops)
-
-
-class _TorchNS:
-    name = "torch"
-
-    def __init__(self, device):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-
-    def asarray(self, a):
-        return self.torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
-
-    def index(self, a):
-        return self.torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
-
-    def svd(self, a):
-        method = TORCH_SVD_DRIVER or ("jacobi-eigh" if self.device.type == "cuda" else "linalg")
-        if method in ("jacobi", "jacobi-eigh"):
-            from mlipspace.metrics._jacobi import jacobi_svd
-
-            return jacobi_svd(a, precondition=method == "jacobi-eigh")
-        if method != "linalg" and self.device.type == "cuda":
-            return self.torch.linalg.svd(a, full_matrices=False, driver=method)
-        return self.torch.linalg.svd(a, full_matrices=False)
-
-    def eigh(self, a):
-        return self.torch.linalg.eigh(a)
-
-    def take(self, a, idx, axis):
-        return self.torch.take_along_dim(a, idx, dim=axis)
-
-    def minimum(self, a, b):
-        return self.torch.minimum(a, b)
-
-    def maximum(self, a, b):
-        return self.torch.maximum(a, b)
-
-    def nonzero(self, mask):
-        return self.torch.nonzero(mask).reshape(-1)
-
-    def unique(self, a):
-        return [int(v) for v in self.torch.unique(a).tolist()]
-
-    def arange(self, n, like):
-        return self.torch.arange(n, device=like.device)
-
-    def zeros(self, shape, like):
-        return self.torch.zeros(shape, dtype=like.dtype, device=like.device)
-
-    def flip(self, a, axis):
-        return self.torch.flip(a, dims=(axis,))
-
-    def to_numpy(self, a):
-        return a.detach().cpu().numpy()
-
-    def einsum(self, spec, *ops):
-        return self.torch.einsum(spec, *ops)
-
-
-def namespace(device: str):
-    """NumPy namespace for ``"numpy"``; torch namespace for a torch device string."""
-    return _NumpyNS() if device == "numpy" else _TorchNS(device)
-
-
 def _decompose(ns, A, mode: str, rcond: float):
     """Thin SVD pieces of a stack A (B, m, n): (U (B,m,r), s (B,r), Vt (B,r,n), n_valid (B,)).
 

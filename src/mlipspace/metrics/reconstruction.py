@@ -23,7 +23,8 @@ both zero-padded to :math:`m=\max(d_X, d_Y)` columns. scikit-matter pads the sam
 when :math:`d_X > d_Y` (its issue #269); with the padding the per-row distortion is well defined
 for any widths (for :math:`d_X > d_Y` it includes the part of :math:`x_i` that :math:`Q` must send
 to the padding columns). LFRE replaces the global ridge by one local ridge per test row, fitted on
-its ``n_local_points`` nearest training rows (in scaled X), centred on their means.
+its ``k`` nearest training rows (in scaled X), centred on their means (``k=None``:
+:func:`default_k`).
 
 All computations run in float64 (scikit-matter keeps float32 input in float32, so compare with it
 on float64 data). Exact neighbour-distance ties are broken by the lower row index (see
@@ -35,6 +36,7 @@ on float64 data). Exact neighbour-distance ties are broken by the lower row inde
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,12 +53,17 @@ from mlipspace.metrics._checks import (
     kfold_halves,
     resolve_split,
 )
+from mlipspace.metrics._backend import get_backend
+from mlipspace.metrics._config import resolve
 from mlipspace.metrics._global import global_measure
 from mlipspace.metrics._gram import FastGramSource, GramSource, _torch_eigh
 from mlipspace.metrics._knn import knn_indices
-from mlipspace.metrics._local import LocalSource, namespace
+from mlipspace.metrics._local import LocalSource
+from mlipspace.metrics._registry import Measure
 
 __all__ = [
+    "RECONSTRUCTION_MEASURES",
+    "default_k",
     "gfrd",
     "gfre",
     "lfre",
@@ -76,31 +83,34 @@ def rms(values: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------- global
 
 
-def pointwise_gfre(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> np.ndarray:
+def pointwise_gfre(X, Y, *, train_idx=None, test_idx=None, chunk_size: int = 32768,
+                   engine: str | None = None) -> np.ndarray:
     r"""Per test row :math:`\|y_i - \hat y_i\|` of the global ridge reconstruction of Y from X.
 
     ``X``, ``Y``: (n, d) arrays, or array-likes with ``shape`` and row slicing (``np.memmap``,
     zarr, h5py), or re-iterables of row chunks: rows are streamed ``chunk_size`` at a time and only
     (d_X+d_Y)^2-sized R factors are kept, so data larger than memory work.
+    ``engine``: "gram" or "svd" (None: :func:`mlipspace.metrics.get_config`).
     Returns one value per row of ``test_idx`` (in its order).
     """
-    return global_measure(X, Y, train_idx, test_idx, kind="gfre", chunk_size=chunk_size)[0]
+    return global_measure(X, Y, train_idx, test_idx, kind="gfre", chunk_size=chunk_size,
+                          engine=resolve(engine=engine)["engine"])[0]
 
 
-def gfre(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> float:
+def gfre(X, Y, *, train_idx=None, test_idx=None, chunk_size: int = 32768, engine: str | None = None) -> float:
     """Global feature reconstruction error: RMS over test rows of :func:`pointwise_gfre`."""
-    return rms(pointwise_gfre(X, Y, train_idx, test_idx, chunk_size=chunk_size))
+    return rms(pointwise_gfre(X, Y, train_idx=train_idx, test_idx=test_idx, chunk_size=chunk_size, engine=engine))
 
 
-def pointwise_gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> np.ndarray:
+def pointwise_gfrd(X, Y, *, train_idx=None, test_idx=None, chunk_size: int = 32768) -> np.ndarray:
     r"""Per test row :math:`\|\hat y_i - x_i Q\|`: distance between the ridge reconstruction and the
     best orthogonal map of X onto it (both zero-padded to max(d_X, d_Y) columns)."""
     return global_measure(X, Y, train_idx, test_idx, kind="gfrd", chunk_size=chunk_size)[0]
 
 
-def gfrd(X, Y, train_idx=None, test_idx=None, *, chunk_size: int = 32768) -> float:
+def gfrd(X, Y, *, train_idx=None, test_idx=None, chunk_size: int = 32768) -> float:
     """Global feature reconstruction distortion: RMS over test rows of :func:`pointwise_gfrd`."""
-    return rms(pointwise_gfrd(X, Y, train_idx, test_idx, chunk_size=chunk_size))
+    return rms(pointwise_gfrd(X, Y, train_idx=train_idx, test_idx=test_idx, chunk_size=chunk_size))
 
 
 # ---------------------------------------------------------------------------------------- local
@@ -118,31 +128,20 @@ def _scale(A: np.ndarray, train: np.ndarray, name: str) -> tuple[np.ndarray, np.
     return C, mean, scale
 
 
-def resolve_backend(device: str) -> str:
-    """``"numpy"`` for the CPU path, else a torch device string. ``"auto"`` picks CUDA if visible.
+def default_k(d_x: int, d_y: int, n_train: int) -> int:
+    """LFRE's neighbour count, the one policy of the package: the study's k = min(d_X, d_Y), capped
+    at n_train // 4 so that the neighbourhoods stay local (the valid regime of LFRE: with k near
+    n_train every local fit sees the whole training set and LFRE turns into GFRE).
 
-    ``"torch-cpu"`` runs the torch implementation on the CPU (for testing the GPU code path)."""
-    if device == "auto":
-        import sys
-
-        if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
-            return "numpy"  # no NVIDIA driver: skip the (slow) torch import
-        from mlipspace._device import resolve_device
-
-        device = resolve_device("auto")
-    if device == "cpu":
-        return "numpy"
-    if device == "torch-cpu":
-        return "cpu"
-    if str(device).startswith("cuda"):
-        try:
-            import torch
-        except ImportError as exc:
-            raise InputError(f"device={device!r} needs torch, which is not installed") from exc
-        if not torch.cuda.is_available():
-            raise InputError(f"device={device!r} requested but no CUDA GPU is visible")
-        return str(device)
-    raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    InputError when n_train // 4 < 2: the local 2-fold CV needs two rows, so LFRE needs 8 training
+    rows at least."""
+    cap = int(n_train) // 4
+    if cap < 2:
+        raise InputError(
+            f"LFRE needs at least 8 training rows (k <= n_train // 4 and k >= 2), got {n_train}; "
+            "use more training rows or GFRE"
+        )
+    return int(min(d_x, d_y, cap))
 
 
 def _n_workers(n_jobs: int | None) -> int:
@@ -154,27 +153,20 @@ def _n_workers(n_jobs: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-#: CPU engine of the LFRE: "gram" (Gram eigendecompositions, rows certified and the rest refitted by
-#: SVD in exact mode; see :mod:`._gram`) or "svd" (three SVDs per row, :class:`._local.LocalSource`).
-CPU_ENGINE = "gram"
-#: Pre-select neighbours in float32 (one pass, exact float64 re-ranking; see :mod:`._knn`).
-KNN_FLOAT32 = True
-#: ``mode="fast"`` CPU engine when k <= d: "mixed" (:class:`._gram.FastGramSource`: float64 CV,
-#: float32 refit where well conditioned, torch's eigensolver when torch is installed) or "float64"
-#: (the Gram engine without certificate).
-FAST_ENGINE = "mixed"
-
-
 class LocalProblem:
     """A source space prepared for LFRE: scaled training/test rows of X, neighbours, batches.
 
     Built once per source and reused for every target (see :func:`mlipspace.metrics.pairwise`).
     """
 
-    def __init__(self, Xtr, Xte, train, k, *, device="auto", mode="exact", batch_size=None, n_jobs=None):
+    def __init__(self, Xtr, Xte, train, k, *, device="auto", mode="exact", batch_size=None, n_jobs=None,
+                 settings=None):
         if mode not in ("exact", "fast"):
             raise InputError(f"unknown mode {mode!r}; use 'exact' or 'fast'")
-        self.backend = resolve_backend(device)
+        self.settings = settings = settings or resolve()
+        self.bk = get_backend(device, driver=settings["svd_driver"])
+        self.backend = "numpy" if self.bk.name == "numpy" else str(self.bk.device)
+        self.engine = settings["engine"]
         self.mode = mode
         self.k = k
         self.Xtr, self.Xte = Xtr, Xte
@@ -190,9 +182,10 @@ class LocalProblem:
         self.batches = [(a, min(a + self.batch_size, nt)) for a in range(0, nt, self.batch_size)]
         self._train_sq = np.einsum("ij,ij->i", Xtr, Xtr)
         # float32 copy for the one-pass neighbour pre-selection (exact re-ranking in float64)
-        self._train_f32 = Xtr.astype(np.float32) if self.backend == "numpy" and KNN_FLOAT32 else None
-        self.fast_gram = (self.backend == "numpy" and mode == "fast" and FAST_ENGINE == "mixed"
-                       and CPU_ENGINE == "gram" and k <= Xtr.shape[1])
+        f32 = self.backend == "numpy" and settings["knn_precision"] == "float32"
+        self._train_f32 = Xtr.astype(np.float32) if f32 else None
+        self.fast_gram = (self.backend == "numpy" and mode == "fast" and settings["fast_precision"] == "mixed"
+                          and self.engine == "gram" and k <= Xtr.shape[1])
 
     def run(self, targets: list) -> list[np.ndarray]:
         """Pointwise LFRE for each target given as (scaled Y train, scaled Y test), or as a
@@ -210,8 +203,9 @@ class LocalProblem:
                 def threadpool_limits(limits=None):
                     return nullcontext()
 
-            ns = namespace("numpy")
-            torch = _torch_eigh(self.Xte.shape[0]) if CPU_ENGINE == "gram" else None
+            ns = self.bk
+            engine = self.engine
+            torch = _torch_eigh(self.Xte.shape[0]) if engine == "gram" else None
             fallbacks = []
             skipped = [0, 0]  # batches (not certifiable, Gram-certified)
 
@@ -228,7 +222,7 @@ class LocalProblem:
                         out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                         fallbacks.append(src.n_redo)
                     return
-                svd = CPU_ENGINE == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
+                svd = engine == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
                 if svd:
                     src = LocalSource(ns, np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, self.mode)
                 else:
@@ -237,7 +231,7 @@ class LocalProblem:
                     skipped[0 if src.skip else 1] += 1
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
-                    fallbacks.append(b - a if svd and CPU_ENGINE != "svd" else getattr(src, "n_fallback", 0))
+                    fallbacks.append(b - a if svd and engine != "svd" else getattr(src, "n_fallback", 0))
 
             torch_threads = torch.get_num_threads() if torch is not None else None
             try:
@@ -260,7 +254,7 @@ class LocalProblem:
     def _run_torch(self, targets, outs):
         from mlipspace.metrics._knn import knn_indices_torch
 
-        ns = namespace(self.backend)
+        ns = self.bk
         Xtr = ns.asarray(self.Xtr)
         Xte = ns.asarray(self.Xte)
         key = ns.index(self.tie_key)
@@ -300,50 +294,71 @@ def _scaled(A: np.ndarray, train: np.ndarray, test: np.ndarray, name: str):
     return Atr, (A[test] - mean) / scale
 
 
-def _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx):
-    if n_local_points is None:
-        n_local_points = n_neighbors
-    elif n_neighbors is not None and n_neighbors != n_local_points:
-        raise InputError(f"n_local_points={n_local_points} and n_neighbors={n_neighbors} disagree")
-    if n_local_points is None:
-        raise InputError("lfre needs n_local_points (the number of neighbours k)")
+def _lfre_args(X, Y, k, train_idx, test_idx):
     X = as_matrix(X, "X")
     Y = as_matrix(Y, "Y")
     check_rows(X.shape[0], Y.shape[0])
     train, test = resolve_split(X.shape[0], train_idx, test_idx)
-    k = check_k(n_local_points, train.size)
+    k = default_k(X.shape[1], Y.shape[1], train.size) if k is None else check_lfre_k(k, train.size)
     return X, Y, train, test, k
 
 
-def pointwise_lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, n_neighbors=None,
-                   device: str = "auto", mode: str = "exact", batch_size: int | None = None,
-                   n_jobs: int | None = None) -> np.ndarray:
+def check_lfre_k(k, n_train: int) -> int:
+    """LFRE's k: at least 2 (the local 2-fold CV), at most the training rows."""
+    return check_k(k, n_train, minimum=2, why=" (the local 2-fold CV needs two rows)")
+
+
+def pointwise_lfre(X, Y, *, k: int | None = None, train_idx=None, test_idx=None, device: str = "auto",
+                   mode: str = "exact", batch_size: int | None = None, n_jobs: int | None = None,
+                   engine: str | None = None, fast_precision: str | None = None,
+                   knn_precision: str | None = None, svd_driver: str | None = None) -> np.ndarray:
     r"""Per test row error of the local ridge reconstruction of Y from X (one value per test row).
 
-    For each test row: its ``n_local_points`` (alias ``n_neighbors``) nearest training rows in scaled
-    X, nearest first and exact ties by lower row index; both neighbourhoods centred on their means;
+    For each test row: its ``k`` nearest training rows in scaled X (None: :func:`default_k`),
+    nearest first and exact ties by lower row index; both neighbourhoods centred on their means;
     ``Ridge2FoldCV`` fitted on them; :math:`\|y_i - \bar y - (x_i-\bar x)W_i\|`.
 
     ``device``: ``"cpu"`` (NumPy, batched LAPACK on ``n_jobs`` threads), ``"cuda"`` (torch) or
     ``"auto"``. ``mode="fast"`` uses Gram-matrix eigendecompositions (approximation, see
-    :mod:`mlipspace.metrics._local`).
+    :mod:`mlipspace.metrics._local`). ``engine``, ``fast_precision``, ``knn_precision``,
+    ``svd_driver``: see :mod:`mlipspace.metrics._config` (None: :func:`mlipspace.metrics.get_config`).
     """
-    X, Y, train, test, k = _lfre_args(X, Y, n_local_points, n_neighbors, train_idx, test_idx)
+    settings = resolve(engine=engine, fast_precision=fast_precision, knn_precision=knn_precision,
+                       svd_driver=svd_driver)
+    X, Y, train, test, k = _lfre_args(X, Y, k, train_idx, test_idx)
     with ThreadPoolExecutor(1) as pool:  # Y is scaled while X is, and while the first neighbours are found
         target = pool.submit(_scaled, Y, train, test, "Y")
         try:
             Xtr, Xte = _scaled(X, train, test, "X")
             prob = LocalProblem(Xtr, Xte, train, k, device=device, mode=mode, batch_size=batch_size,
-                                n_jobs=n_jobs)
+                                n_jobs=n_jobs, settings=settings)
         except BaseException:
             target.cancel()
             raise
         return prob.run([target])[0]
 
 
-def lfre(X, Y, n_local_points=None, train_idx=None, test_idx=None, *, n_neighbors=None,
-         device: str = "auto", mode: str = "exact", batch_size: int | None = None,
-         n_jobs: int | None = None) -> float:
-    """Local feature reconstruction error: RMS over test rows of :func:`pointwise_lfre`."""
-    return rms(pointwise_lfre(X, Y, n_local_points, train_idx, test_idx, n_neighbors=n_neighbors,
-                              device=device, mode=mode, batch_size=batch_size, n_jobs=n_jobs))
+def lfre(X, Y, *, k: int | None = None, train_idx=None, test_idx=None, **options) -> float:
+    """Local feature reconstruction error: RMS over test rows of :func:`pointwise_lfre` (same options)."""
+    return rms(pointwise_lfre(X, Y, k=k, train_idx=train_idx, test_idx=test_idx, **options))
+
+
+_FRE_INVARIANT = frozenset({"rotation_of_source", "isotropic_scale", "shift", "permutation_of_features"})
+_FRE_NOT = frozenset({"invertible_linear"})
+
+#: The reconstruction measures: asymmetric (X reconstructs Y), lower is better; invariant to
+#: isotropic scale and shift of either side (global scaling on the training rows), to reordering
+#: features, and to rotations of X. A rotation of Y can change the CV's cutoff choice (its score
+#: averages the RMSE per column of Y, a basis-dependent quantity): LFRE shows it on random data,
+#: GFRE only when its one global choice flips, so neither declares Y rotations.
+RECONSTRUCTION_MEASURES: dict[str, Measure] = {
+    m.name: m
+    for m in (
+        Measure("gfre", gfre, False, (0.0, math.inf), 0.0, False, "global feature reconstruction error",
+                None, _FRE_INVARIANT, _FRE_NOT),
+        Measure("gfrd", gfrd, False, (0.0, math.inf), 0.0, False, "global feature reconstruction distortion",
+                None, _FRE_INVARIANT, _FRE_NOT),
+        Measure("lfre", lfre, False, (0.0, math.inf), 0.0, False, "local feature reconstruction error",
+                None, _FRE_INVARIANT, _FRE_NOT | {"rotation"}),
+    )
+}

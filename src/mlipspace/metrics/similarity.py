@@ -39,23 +39,21 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mlipspace.errors import AlignmentError, InputError
-from mlipspace.metrics._similarity_backend import (
-    block_rows,
-    chunk_rows,
-    get_backend,
-    knn_indices,
-    sq_dists_block,
-)
+from mlipspace.errors import InputError
+from mlipspace.metrics._backend import get_backend
+from mlipspace.metrics._checks import check_k, check_pair
+from mlipspace.metrics._config import resolve
+from mlipspace.metrics._knn import knn_self
+from mlipspace.metrics._registry import Measure
+from mlipspace.metrics.reconstruction import RECONSTRUCTION_MEASURES
 
 __all__ = [
     "SIMILARITY_MEASURES",
-    "SimilarityMeasure",
+    "Measure",
     "linear_cka",
     "mutual_knn",
     "pointwise_mutual_knn",
@@ -67,39 +65,36 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------
-# input checks
+# chunking
+
+#: Elements (float64) of one row chunk x d in the linear measures (32 MiB).
+CHUNK_ELEMENTS = 1 << 22
 
 
-def _check_matrix(A, name: str) -> np.ndarray:
-    try:
-        A = np.asarray(A)
-    except Exception as exc:  # pragma: no cover - exotic inputs
-        raise InputError(f"{name} cannot be read as an array: {exc}") from exc
-    if A.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array (n_atoms, n_features), got shape {A.shape}")
-    if not (np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)):
-        raise InputError(f"{name} must hold real numbers, got dtype {A.dtype}")
-    if A.shape[1] < 1:
-        raise InputError(f"{name} has no feature columns")
-    finite = np.isfinite(A).all(axis=1)
-    if not finite.all():
-        bad = int(np.nonzero(~finite)[0][0])
-        raise InputError(f"{name} has NaN or infinite values (first in row {bad})")
-    return A
+def chunk_rows(n_cols: int, chunk_size: int | None) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else as many as fit in :data:`CHUNK_ELEMENTS`."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise InputError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        return int(chunk_size)
+    return max(64, CHUNK_ELEMENTS // max(1, n_cols))
 
 
-def _check_pair(X, Y, *, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Validate two aligned feature matrices: 2-D, finite, same number of rows, enough rows."""
-    X = _check_matrix(X, "X")
-    Y = _check_matrix(Y, "Y")
-    if X.shape[0] != Y.shape[0]:
-        raise AlignmentError(
-            f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: the rows of both must describe the same "
-            "atoms in the same order"
-        )
-    if X.shape[0] < min_rows:
-        raise InputError(f"this measure needs at least {min_rows} rows, got {X.shape[0]}")
-    return X, Y
+def block_rows(n: int, chunk_size: int | None, elements: int) -> int:
+    """Rows per block for block x N work arrays (kernel rows)."""
+    if chunk_size is not None:
+        return chunk_rows(0, chunk_size)
+    return max(1, min(n, elements // max(1, n)))
+
+
+def sq_dists_block(A_blk, B, sqA_blk, sqB):
+    """Squared Euclidean distances between a block of rows and all rows, clipped at 0."""
+    d = A_blk @ B.T
+    d *= -2.0
+    d += sqA_blk[:, None]
+    d += sqB[None, :]
+    d[d < 0] = 0.0
+    return d
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,7 +219,7 @@ def linear_cka(X, Y, *, debiased: bool = False, device: str = "auto", chunk_size
     invariant to general invertible linear maps. Range [0, 1] (debiased: [-1, 1]); higher = more
     similar. Needs n ≥ 2 rows (debiased: n ≥ 4).
     """
-    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=4 if debiased else 2)
     st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
     C, ab = st.cross()
     return _cka_from_terms(st, C, ab, debiased=debiased)
@@ -252,7 +247,7 @@ def procrustes_distance(X, Y, *, device: str = "auto", chunk_size: int | None = 
     to rotation, translation and isotropic scale; π/2 = nothing in common. Lower = more similar.
     Precision: ``arccos`` near 1 turns rounding of order 1e-16 into angles of order 1e-8.
     """
-    X, Y = _check_pair(X, Y, min_rows=2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=2)
     st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
     C, _ = st.cross()
     return _procrustes_from_terms(st, C)
@@ -262,15 +257,6 @@ def procrustes_distance(X, Y, *, device: str = "auto", chunk_size: int | None = 
 # mutual k nearest neighbours
 
 
-def _check_k(k, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InputError(f"k must be an integer, got {k!r}")
-    k = int(k)
-    if not 1 <= k <= n - 1:
-        raise InputError(f"k must be between 1 and n_rows - 1 = {n - 1}, got {k}")
-    return k
-
-
 def _overlap(nx: np.ndarray, ny: np.ndarray) -> np.ndarray:
     """Number of shared entries per row of two (n, k) index arrays whose rows hold distinct values."""
     both = np.concatenate([nx, ny], axis=1)
@@ -278,14 +264,33 @@ def _overlap(nx: np.ndarray, ny: np.ndarray) -> np.ndarray:
     return (both[:, 1:] == both[:, :-1]).sum(axis=1)
 
 
+DISTANCES = ("euclidean", "cosine")
+
+
+def _neighbours(A, k: int, *, distance: str, backend, chunk_size: int | None, knn_precision: str) -> np.ndarray:
+    """(n, k) nearest other rows of ``A`` by the exact search of :mod:`._knn` (ties: lower row index)."""
+    A = np.asarray(A, dtype=np.float64)
+    if distance == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", A, A))
+        if (norms == 0).any():
+            raise InputError(f"row {int(np.flatnonzero(norms == 0)[0])} is all zeros: its cosine distance is undefined")
+        A = A / norms[:, None]
+    return knn_self(A, k, backend=backend, block=chunk_size, knn_precision=knn_precision)
+
+
 class _KnnState:
     """k-NN index arrays of X and Y; a row permutation of Y only relabels Y's neighbour graph."""
 
-    def __init__(self, X, Y, k, *, metric: str, device: str, chunk_size: int | None):
-        self.k = _check_k(k, X.shape[0])
+    def __init__(self, X, Y, k, *, distance: str, device: str, chunk_size: int | None,
+                 knn_precision: str | None = None):
+        if distance not in DISTANCES:
+            raise InputError(f"unknown distance {distance!r}: use 'euclidean' or 'cosine'")
+        self.k = check_k(k, X.shape[0] - 1, pool="the other rows")
         bk = get_backend(device)
-        self.nx = knn_indices(X, self.k, backend=bk, metric=metric, chunk_size=chunk_size)
-        self.ny = knn_indices(Y, self.k, backend=bk, metric=metric, chunk_size=chunk_size)
+        kw = dict(distance=distance, backend=bk, chunk_size=chunk_size,
+                  knn_precision=resolve(knn_precision=knn_precision)["knn_precision"])
+        self.nx = _neighbours(X, self.k, **kw)
+        self.ny = _neighbours(Y, self.k, **kw)
 
     def pointwise(self, perm: np.ndarray | None = None) -> np.ndarray:
         ny = self.ny
@@ -298,29 +303,34 @@ class _KnnState:
 
 
 def pointwise_mutual_knn(
-    X, Y, k: int = 10, *, metric: str = "euclidean", device: str = "auto", chunk_size: int | None = None
+    X, Y, *, k: int = 10, distance: str = "euclidean", device: str = "auto", chunk_size: int | None = None,
+    knn_precision: str | None = None,
 ) -> np.ndarray:
     r"""Per row, the fraction of its ``k`` nearest neighbours in X that are also among its k in Y.
 
-    :math:`m_i = |N^X_k(i)\cap N^Y_k(i)|/k`, the row itself excluded from its own neighbours. Ties at
-    the k-th distance go to the lower row index. Returns an array of shape (n,).
+    :math:`m_i = |N^X_k(i)\cap N^Y_k(i)|/k`, the row itself excluded from its own neighbours. The
+    neighbours come from the exact search of :mod:`mlipspace.metrics._knn` (the one LFRE uses): exact
+    distances, ties at the k-th distance to the lower row index. Returns an array of shape (n,).
     """
-    X, Y = _check_pair(X, Y, min_rows=2)
-    return _KnnState(X, Y, k, metric=metric, device=device, chunk_size=chunk_size).pointwise()
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=2)
+    return _KnnState(X, Y, k, distance=distance, device=device, chunk_size=chunk_size,
+                     knn_precision=knn_precision).pointwise()
 
 
 def mutual_knn(
-    X, Y, k: int = 10, *, metric: str = "euclidean", device: str = "auto", chunk_size: int | None = None
+    X, Y, *, k: int = 10, distance: str = "euclidean", device: str = "auto", chunk_size: int | None = None,
+    knn_precision: str | None = None,
 ) -> float:
     r"""Mutual k-nearest-neighbour alignment: mean over rows of :func:`pointwise_mutual_knn`.
 
-    The neighbour sets come from squared Euclidean distances (``metric="euclidean"``) or, as in
-    Huh et al. 2024, from cosine similarity of the rows (``metric="cosine"``). Chunked: one block of
-    rows × n distances at a time (64 MiB by default), never the n×n matrix. Cost O(n² d).
+    The neighbour sets come from Euclidean distances (``distance="euclidean"``) or, as in
+    Huh et al. 2024, from cosine similarity of the rows (``distance="cosine"``: rows scaled to unit
+    length first). Blocked: ``chunk_size`` query rows at a time, never the n×n matrix. Cost O(n² d).
     Invariant to orthogonal transforms and isotropic scaling of either side (Euclidean also to
     translation); range [0, 1], chance level k/(n−1); higher = more similar.
     """
-    return float(pointwise_mutual_knn(X, Y, k, metric=metric, device=device, chunk_size=chunk_size).mean())
+    return float(pointwise_mutual_knn(X, Y, k=k, distance=distance, device=device, chunk_size=chunk_size,
+                                      knn_precision=knn_precision).mean())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -429,7 +439,7 @@ class _RbfState:
 
 def _rbf_prepare(X, Y, *, sigma=None, debiased=False, max_rows=10_000, median_rows=2_000,
                  random_state=0, device="auto", chunk_size=None) -> _RbfState:
-    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=4 if debiased else 2)
     rng = np.random.default_rng(random_state)
     if max_rows is not None and X.shape[0] > max_rows:
         rows = np.sort(rng.choice(X.shape[0], int(max_rows), replace=False))
@@ -482,7 +492,7 @@ class _Prepared:
 
 
 def _prep_linear_cka(X, Y, *, debiased=False, device="auto", chunk_size=None) -> _Prepared:
-    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=4 if debiased else 2)
     st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
     return _Prepared(lambda perm=None: _cka_from_terms(st, *st.cross(perm), debiased=debiased), st.n)
 
@@ -492,14 +502,14 @@ def _prep_debiased_cka(X, Y, **kw) -> _Prepared:
 
 
 def _prep_procrustes(X, Y, *, device="auto", chunk_size=None) -> _Prepared:
-    X, Y = _check_pair(X, Y, min_rows=2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=2)
     st = _LinearState(X, Y, device=device, chunk_size=chunk_size)
     return _Prepared(lambda perm=None: _procrustes_from_terms(st, st.cross(perm)[0]), st.n)
 
 
-def _prep_mknn(X, Y, k=10, *, metric="euclidean", device="auto", chunk_size=None) -> _Prepared:
-    X, Y = _check_pair(X, Y, min_rows=2)
-    st = _KnnState(X, Y, k, metric=metric, device=device, chunk_size=chunk_size)
+def _prep_mknn(X, Y, *, k=10, distance="euclidean", device="auto", chunk_size=None, knn_precision=None) -> _Prepared:
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=2)
+    st = _KnnState(X, Y, k, distance=distance, device=device, chunk_size=chunk_size, knn_precision=knn_precision)
     return _Prepared(lambda perm=None: float(st.pointwise(perm).mean()), X.shape[0])
 
 
@@ -513,43 +523,29 @@ def _debiased_cka(X, Y, **kw) -> float:
     return linear_cka(X, Y, debiased=True, **kw)
 
 
-@dataclass(frozen=True)
-class SimilarityMeasure:
-    """A registered measure: the function, how to read it, and a fast path for permutation nulls.
+_EUCLIDEAN = frozenset({"rotation", "isotropic_scale", "shift", "permutation_of_features"})
+_LINEAR_ONLY = frozenset({"invertible_linear"})
 
-    ``perfect`` is the value of identical inputs (1 for similarities, 0 for distances); ``symmetric``
-    says f(X, Y) == f(Y, X), so one model pair's value serves both orders.
-    """
-
-    name: str
-    func: Callable[..., float]
-    higher_is_better: bool
-    range: tuple[float, float]
-    perfect: float
-    symmetric: bool
-    description: str
-    prepare: Callable[..., _Prepared] = field(repr=False)
-
-
-SIMILARITY_MEASURES: dict[str, SimilarityMeasure] = {
+#: The similarity measures (aligned rows, no fit), each with a fast path for permutation nulls.
+SIMILARITY_MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
-        SimilarityMeasure("cka", linear_cka, True, (0.0, 1.0), 1.0, True,
-                          "linear CKA (Kornblith et al. 2019)", _prep_linear_cka),
-        SimilarityMeasure("cka_debiased", _debiased_cka, True, (-1.0, 1.0), 1.0, True,
-                          "linear CKA with unbiased HSIC (Song et al. 2012)", _prep_debiased_cka),
-        SimilarityMeasure("rbf_cka", rbf_cka, True, (0.0, 1.0), 1.0, True,
-                          "Gaussian-kernel CKA, median-heuristic bandwidth", _prep_rbf),
-        SimilarityMeasure("mknn", mutual_knn, True, (0.0, 1.0), 1.0, True,
-                          "mutual k-nearest-neighbour overlap (Huh et al. 2024)", _prep_mknn),
-        SimilarityMeasure("procrustes", procrustes_distance, False, (0.0, math.pi / 2), 0.0, True,
-                          "angular Procrustes distance (Williams et al. 2021)", _prep_procrustes),
+        Measure("cka", linear_cka, True, (0.0, 1.0), 1.0, True, "linear CKA (Kornblith et al. 2019)",
+                _prep_linear_cka, _EUCLIDEAN, _LINEAR_ONLY),
+        Measure("cka_debiased", _debiased_cka, True, (-1.0, 1.0), 1.0, True,
+                "linear CKA with unbiased HSIC (Song et al. 2012)", _prep_debiased_cka, _EUCLIDEAN, _LINEAR_ONLY),
+        Measure("rbf_cka", rbf_cka, True, (0.0, 1.0), 1.0, True,
+                "Gaussian-kernel CKA, median-heuristic bandwidth", _prep_rbf, _EUCLIDEAN, _LINEAR_ONLY),
+        Measure("mknn", mutual_knn, True, (0.0, 1.0), 1.0, True,
+                "mutual k-nearest-neighbour overlap (Huh et al. 2024)", _prep_mknn, _EUCLIDEAN, _LINEAR_ONLY),
+        Measure("procrustes", procrustes_distance, False, (0.0, math.pi / 2), 0.0, True,
+                "angular Procrustes distance (Williams et al. 2021)", _prep_procrustes, _EUCLIDEAN, _LINEAR_ONLY),
     )
 }
 
 
-def _get_measure(measure) -> SimilarityMeasure:
-    if isinstance(measure, SimilarityMeasure):
+def _get_measure(measure) -> Measure:
+    if isinstance(measure, Measure):
         return measure
     try:
         return SIMILARITY_MEASURES[measure]
@@ -580,7 +576,7 @@ def _n_subsample(subsample, n: int) -> int:
 def similarity_with_uncertainty(
     X,
     Y,
-    measure: str | SimilarityMeasure = "cka",
+    measure: str | Measure = "cka",
     *,
     seeds: int | Sequence[int] = 5,
     subsample: float | int | None = 0.5,
@@ -609,7 +605,7 @@ def similarity_with_uncertainty(
     the linear measures recompute only :math:`X_c^\top Y_c[\pi]`.
     """
     m = _get_measure(measure)
-    X, Y = _check_pair(X, Y, min_rows=2)
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=2)
     n = X.shape[0]
     seed_list = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 0:
@@ -663,7 +659,7 @@ def similarity_with_uncertainty(
 # agreement between metrics over model pairs
 
 #: Orientation of metrics defined elsewhere in mlipspace (reconstruction errors: lower = more similar).
-KNOWN_ORIENTATION: dict[str, bool] = {"gfre": False, "gfrd": False, "lfre": False, "lfrd": False}
+KNOWN_ORIENTATION: dict[str, bool] = {"lfrd": False, **{n: m.higher_is_better for n, m in RECONSTRUCTION_MEASURES.items()}}
 
 
 def rank_agreement(

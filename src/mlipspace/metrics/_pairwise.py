@@ -12,28 +12,31 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlipspace.errors import InputError
-from mlipspace.metrics._checks import as_matrix, check_k, resolve_split
+from mlipspace.metrics._checks import as_matrix, resolve_split
+from mlipspace.metrics._config import resolve
 from mlipspace.metrics._global import global_measure
-from mlipspace.metrics.reconstruction import LocalProblem, _scale, rms
+from mlipspace.metrics.reconstruction import LocalProblem, _scale, check_lfre_k, default_k, rms
 
 METRICS = ("gfre", "gfrd", "lfre")
 
 
 def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "gfre", *,
-             n_local_points: int | None = None, train_idx=None, test_idx=None, diagonal: bool = True,
+             k: int | None = None, train_idx=None, test_idx=None, diagonal: bool = True,
              device: str = "auto", mode: str = "exact", n_jobs: int | None = None,
-             pointwise: bool = False) -> list[dict]:
+             pointwise: bool = False, **engines) -> list[dict]:
     """Reconstruction measures between every ordered pair (source -> target) of ``features``.
 
     ``features``: name -> (n, d) array, rows aligned across spaces. ``metric``: one of
-    ``"gfre"``, ``"gfrd"``, ``"lfre"`` or a list of them. ``n_local_points``: LFRE's k; None uses
-    the study's k = min(d_source, d_target) (capped by the training size). Same split for all pairs
-    (scikit-matter default when no indices are given).
+    ``"gfre"``, ``"gfrd"``, ``"lfre"`` or a list of them. ``k``: LFRE's neighbour count; None uses
+    :func:`~mlipspace.metrics.default_k` per pair. Same split for all pairs (scikit-matter default
+    when no indices are given). ``engines``: ``engine``, ``fast_precision``, ``knn_precision``,
+    ``svd_driver`` (see :mod:`mlipspace.metrics._config`).
 
     Returns records ``{"source", "target", "metric", "value", "n_train", "n_test"}`` (plus ``"k"``
     for LFRE and ``"pointwise"`` when ``pointwise=True``), diagonal included unless
     ``diagonal=False``.
     """
+    settings = resolve(**engines)
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in METRICS:
@@ -57,7 +60,8 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
     for m in metrics:
         if m in ("gfre", "gfrd"):
             for s, t in pairs:
-                pw, n_train = global_measure(scaled[s], scaled[t], train, test, kind=m, names=(s, t), scaled=True)
+                pw, n_train = global_measure(scaled[s], scaled[t], train, test, kind=m, names=(s, t), scaled=True,
+                                             engine=settings["engine"])
                 records.append(_record(s, t, m, pw, n_train, test.size, pointwise))
         else:
             for s in names:
@@ -65,14 +69,15 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
                 targets = [t for (ss, t) in pairs if ss == s]
                 by_k: dict[int, list[str]] = {}
                 for t in targets:
-                    k = n_local_points if n_local_points is not None else min(Xs.shape[1], scaled[t].shape[1], train.size)
-                    by_k.setdefault(check_k(k, train.size), []).append(t)
-                for k, ts in by_k.items():
-                    prob = LocalProblem(Xs[train], Xs[test], train, k, device=device, mode=mode, n_jobs=n_jobs)
+                    kt = default_k(Xs.shape[1], scaled[t].shape[1], train.size) if k is None else k
+                    by_k.setdefault(check_lfre_k(kt, train.size), []).append(t)
+                for kt, ts in by_k.items():
+                    prob = LocalProblem(Xs[train], Xs[test], train, kt, device=device, mode=mode, n_jobs=n_jobs,
+                                        settings=settings)
                     outs = prob.run([(scaled[t][train], scaled[t][test]) for t in ts])
                     for t, pw in zip(ts, outs):
                         rec = _record(s, t, "lfre", pw, train.size, test.size, pointwise)
-                        rec["k"] = k
+                        rec["k"] = kt
                         records.append(rec)
     order = {(s, t): i for i, (s, t) in enumerate(pairs)}
     records.sort(key=lambda r: (metrics.index(r["metric"]), order[(r["source"], r["target"])]))
