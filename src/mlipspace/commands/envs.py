@@ -62,8 +62,16 @@ def create(
 
 
 @env_app.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    names: bool = typer.Option(False, "--names", help="Print only the family names, one a line (for scripts)."),
+) -> None:
     """The checkpoint families: spec syntax, pinned packages, and whether their environment exists."""
+    if names:
+        from mlipspace import envs
+
+        typer.echo("\n".join(envs.families()))
+        return
     rows = env_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
