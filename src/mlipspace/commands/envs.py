@@ -35,6 +35,19 @@ def env_rows() -> list[dict]:
     return rows
 
 
+def refuse_missing_envs(models: list[str]) -> None:
+    """For ``--no-create-env``: fail before any work when a model (e.g. a checkpoint spec whose
+    family has no environment yet) cannot be loaded as things are, instead of making its environment."""
+    from mlipspace.errors import ModelUnavailableError
+    from mlipspace.models.registry import why_unavailable
+
+    for m in models:
+        reason = why_unavailable(m)
+        if reason:
+            raise ModelUnavailableError(f"model {m!r} is not available: {reason} "
+                                        "(--no-create-env: environments are not made automatically)")
+
+
 @env_app.command("create")
 def create(
     families: list[str] = typer.Argument(..., help="Families to make environments for (see 'mlipspace env list'), or 'all'."),

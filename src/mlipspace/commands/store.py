@@ -38,6 +38,8 @@ def extract(
     on_unsupported: str = typer.Option("raise", "--on-unsupported", help="'raise': fail naming frames with unsupported elements; 'skip': leave them out and record them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (atoms/s, ETA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every warning of the model packages (default: one summary line per model)."),
+    no_create_env: bool = typer.Option(False, "--no-create-env", help="Fail instead of making a missing checkpoint-family environment (offline, cluster nodes)."),
 ) -> None:
     """Extract per-atom features of one or more models into a feature store (resumable: rerun to continue)."""
     from mlipspace.errors import InputError
@@ -56,10 +58,14 @@ def extract(
 
         py = str(resolve_python(env if env is not None else python))
         models = [with_python(m, py) for m in models]
+    if no_create_env:
+        from mlipspace.commands.envs import refuse_missing_envs
+
+        refuse_missing_envs(models)
     spec = data if len(data) > 1 else data[0]
     summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
-                               on_unsupported=on_unsupported, device=device, batch_size=batch_size)
+                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, verbose=verbose)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -67,6 +73,8 @@ def extract(
     console.print(f"dataset [bold]{summary['dataset']}[/] -> {store}", highlight=False)
     for name, rec in summary["models"].items():
         extra = f", {rec['skipped']} frames skipped" if rec.get("skipped") else ""
+        if not progress and rec.get("warnings", {}).get("count"):  # with progress the pipeline told already
+            extra += f", {rec['warnings']['count']} warnings from model packages (--verbose shows them)"
         console.print(f"  {name}: {', '.join(rec['layers'])} — {rec['status']}{extra}", highlight=False)
 
 
