@@ -67,6 +67,7 @@ class StudyConfig:
     probe: bool = True
     maps: bool = True
     device: str = "auto"
+    verbose: bool = False  # show every warning of the model packages (default: a summary per model)
     notes: list[str] = field(default_factory=list)
 
     def analysis_settings(self) -> dict:
@@ -206,6 +207,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
     store_path = Path(cfg.store) if cfg.store else out / "features.zarr"
     run_spec = f"{spec} | consistent with {','.join(sorted(models))}"
 
+    warned = {}  # model -> what its packages warned while loading and extracting (WarningLog.as_dict)
     with stages.stage("data", f"{spec} for {len(models)} models"):
         key = None
         # which stored dataset a previous run with the same data and models filtered to (kept in
@@ -225,12 +227,15 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
                 console.print(f"  reusing stored dataset {key} ({len(frames)} structures)")
         else:
             frames = read(spec)
+            from mlipspace.models.pkgwarnings import capture_warnings
             from mlipspace.store.pipeline import get_model
 
             with stages.bar("load models", len(models)) as adv:
                 extractors = {}
                 for m in models:
-                    extractors[m] = get_model(source[m], cfg.device)
+                    with capture_warnings(verbose=cfg.verbose) as log:
+                        extractors[m] = get_model(source[m], cfg.device)
+                    warned[m] = log.as_dict()
                     adv()
             frames, dropped = consistent(frames, {m: e.elements for m, e in extractors.items()})
             if console is not None:
@@ -245,12 +250,16 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
         memo.write_text(json.dumps({"key": key, "spec": run_spec}) + "\n")
         todo = [m for m in models if not store.is_complete(key, m, ["last"]) or not _all_layers(store, key, m)]
         if todo:
-            extract_to_store(frames, [source[m] for m in todo], store_path, layers="all", progress=console is not None,
-                             device=cfg.device, spec=run_spec)
+            done = extract_to_store(frames, [source[m] for m in todo], store_path, layers="all",
+                                    progress=console is not None, device=cfg.device, spec=run_spec, verbose=cfg.verbose)
+            from mlipspace.models.pkgwarnings import WarningLog
+
+            for m, rec in done["models"].items():
+                warned[m] = WarningLog.from_dict(warned.get(m, {})).merge(rec.get("warnings")).as_dict()
         elif console is not None:
             console.print("  all features already stored")
     return {"models": models, "spec": spec, "frames": frames, "store": store, "key": key,
-            "dropped": dropped if isinstance(dropped, list) else []}
+            "dropped": dropped if isinstance(dropped, list) else [], "warnings": warned}
 
 
 def _all_layers(store, key, model) -> bool:
