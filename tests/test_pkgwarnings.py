@@ -157,3 +157,29 @@ def test_real_chgnet_on_noble_gases_prints_no_raw_warnings(tmp_path):
     loud = subprocess.run([*cmd, "-s", str(tmp_path / "s2"), "--verbose"], capture_output=True, text=True, env=env,
                           timeout=600)
     assert loud.returncode == 0 and RAW.search(loud.stderr) and "No Pauling electronegativity" in loud.stderr
+
+
+def test_the_worker_sends_its_warnings_back_with_each_reply(monkeypatch):
+    """The model worker catches the package warnings of ``load`` and ``extract`` and replies with them."""
+    import io
+
+    from mlipspace.data import builtin
+    from mlipspace.models import _worker, load
+    from mlipspace.models._wire import pack_frames, read_message, write_message
+
+    monkeypatch.setattr(_worker, "_load", lambda spec, device: (package_code(2), Noisy(load(spec)))[1])
+    frames = builtin(size=3)
+    info, arrays = pack_frames(frames)
+    requests = io.BytesIO()
+    write_message(requests, {"op": "load", "spec": "descriptor-rdf"})
+    write_message(requests, {"op": "extract", "layers": ["last"], "batch_size": 2, "on_unsupported": "raise",
+                             "frames": info}, arrays)
+    requests.seek(0)
+    replies = io.BytesIO()
+    with shown() as rec:
+        _worker.serve(requests, replies)
+    replies.seek(0)
+    (loaded, _), (extracted, _) = read_message(replies), read_message(replies)
+    assert loaded["ok"] and loaded["warnings"]["count"] == 2 and loaded["warnings"]["first"] == f"UserWarning: {NOISE}"
+    assert extracted["ok"] and extracted["warnings"]["count"] == len(frames)
+    assert not [w for w in rec if NOISE in str(w.message)]
