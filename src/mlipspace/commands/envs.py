@@ -35,6 +35,19 @@ def env_rows() -> list[dict]:
     return rows
 
 
+def refuse_missing_envs(models: list[str]) -> None:
+    """For ``--no-create-env``: fail before any work when a model (e.g. a checkpoint spec whose
+    family has no environment yet) cannot be loaded as things are, instead of making its environment."""
+    from mlipspace.errors import ModelUnavailableError
+    from mlipspace.models.registry import why_unavailable
+
+    for m in models:
+        reason = why_unavailable(m)
+        if reason:
+            raise ModelUnavailableError(f"model {m!r} is not available: {reason} "
+                                        "(--no-create-env: environments are not made automatically)")
+
+
 @env_app.command("create")
 def create(
     families: list[str] = typer.Argument(..., help="Families to make environments for (see 'mlipspace env list'), or 'all'."),
@@ -62,8 +75,16 @@ def create(
 
 
 @env_app.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    names: bool = typer.Option(False, "--names", help="Print only the family names, one a line (for scripts)."),
+) -> None:
     """The checkpoint families: spec syntax, pinned packages, and whether their environment exists."""
+    if names:
+        from mlipspace import envs
+
+        typer.echo("\n".join(envs.families()))
+        return
     rows = env_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -41,6 +41,8 @@ def extract(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="When another process is writing the same model into this store: wait for it (default; its work is then reused) or fail at once naming it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (atoms/s, ETA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every warning of the model packages (default: one summary line per model)."),
+    no_create_env: bool = typer.Option(False, "--no-create-env", help="Fail instead of making a missing checkpoint-family environment (offline, cluster nodes)."),
 ) -> None:
     """Extract per-atom features of one or more models into a feature store (resumable: rerun to continue)."""
     from mlipspace.errors import InputError
@@ -59,6 +61,10 @@ def extract(
 
         py = str(resolve_python(env if env is not None else python))
         models = [with_python(m, py) for m in models]
+    if no_create_env:
+        from mlipspace.commands.envs import refuse_missing_envs
+
+        refuse_missing_envs(models)
     spec = data if len(data) > 1 else data[0]
     if energy_key is not None or forces_key is not None:  # the store keeps the labels read here
         from mlipspace.data import read
@@ -66,7 +72,11 @@ def extract(
         spec = read(spec, energy_key=energy_key, forces_key=forces_key)
     summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
+<<<<<<< HEAD
                                on_unsupported=on_unsupported, device=device, batch_size=batch_size, wait=wait)
+=======
+                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, verbose=verbose)
+>>>>>>> install
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -74,6 +84,8 @@ def extract(
     console.print(f"dataset [bold]{summary['dataset']}[/] -> {store}", highlight=False)
     for name, rec in summary["models"].items():
         extra = f", {rec['skipped']} frames skipped" if rec.get("skipped") else ""
+        if not progress and rec.get("warnings", {}).get("count"):  # with progress the pipeline told already
+            extra += f", {rec['warnings']['count']} warnings from model packages (--verbose shows them)"
         console.print(f"  {name}: {', '.join(rec['layers'])} — {rec['status']}{extra}", highlight=False)
 
 

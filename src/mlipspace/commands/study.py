@@ -114,6 +114,8 @@ def run(
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, timing) at the end."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every warning of the model packages (default: one summary line per model)."),
+    no_create_env: bool = typer.Option(False, "--no-create-env", help="Fail instead of making a missing checkpoint-family environment."),
 ) -> None:
     """Run the whole study: data, features of every model, all analyses, then the report (OUT/index.html)."""
     from mlipspace.errors import InputError
@@ -124,9 +126,19 @@ def run(
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
+<<<<<<< HEAD
                       lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
                       energy_key=energy_key, forces_key=forces_key,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs)
+=======
+                      lfre_max_test=lfre_max_test, layers=layers, device=device,
+                      outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs,
+                      verbose=verbose)
+    if no_create_env and cfg.models:
+        from mlipspace.commands.envs import refuse_missing_envs
+
+        refuse_missing_envs(cfg.models)
+>>>>>>> install
     console = None if (quiet or as_json) else Console()
     summary = run_study(cfg, console=console)
     if as_json:

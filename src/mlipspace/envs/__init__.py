@@ -14,13 +14,16 @@ would pull a multi-GB CUDA build). mlipspace itself is *not* installed into the 
 worker gets the running mlipspace's source on ``PYTHONPATH``, so both sides always run the same
 code; an environment only needs numpy, ase and the family's package.
 
-Environments live in ``$MLIPSPACE_ENVS/<family>`` (default ``~/.cache/mlipspace/envs``). An
+An environment is made on the first use of one of its family's specs (:func:`ensure`, called by
+:func:`mlipspace.models.load`; ``create_env=False`` refuses) or ahead of time by ``mlipspace env
+create``. Environments live in ``$MLIPSPACE_ENVS/<family>`` (default ``~/.cache/mlipspace/envs``). An
 environment is complete only once its marker file ``mlipspace-env.json`` is written, last; an
 interrupted :func:`create` leaves no marker and the next call starts that environment afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -164,7 +167,26 @@ def _run(cmd: list[str], what: str, log, env=None) -> None:
     if proc.returncode != 0:
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
         tail = "\n".join(lines[-15:])
-        raise EnvError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        where = f" (full log: {log.name})" if log is not None else ""
+        raise EnvError(f"{what} failed (exit {proc.returncode}){where}: {' '.join(cmd)}\n{tail}")
+
+
+@contextlib.contextmanager
+def _creation_lock(d: Path):
+    """Hold an exclusive lock on ``d``'s creation (``<d>.lock`` beside it): two processes that need the
+    same environment at once (Dask workers, two runs) make it once; the second then finds it."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no cross-process lock
+        yield
+        return
+    with open(d.parent / f".{d.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def create(family: str, path: str | os.PathLike | None = None, *, force: bool = False,
@@ -177,9 +199,15 @@ def create(family: str, path: str | os.PathLike | None = None, *, force: bool = 
     marker (written last: an interrupted run leaves an incomplete environment that the next call
     removes and redoes). A complete environment made from the same recipe is kept unless ``force``;
     one made from an older recipe is rebuilt. The full pip output is
-    logged to ``<env>/mlipspace-env.log``.
+    logged to ``<env>/mlipspace-env.log``. Concurrent calls for one environment make it once.
     """
     rec = recipe(family)
+    with _creation_lock(env_dir(family, path)):
+        return _create(family, rec, path, force, base_python, on_step)
+
+
+def _create(family: str, rec: dict, path, force: bool, base_python, on_step) -> Path:
+    """The body of :func:`create`, run under the environment's creation lock."""
     d = env_dir(family, path)
     say = on_step or (lambda msg: None)
     current = info(family, path)
@@ -195,21 +223,22 @@ def create(family: str, path: str | os.PathLike | None = None, *, force: bool = 
     d.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base = base_python or getattr(sys, "_base_executable", None) or sys.executable
-    say(f"{family}: python -m venv {d}")
+    n = len(rec["steps"]) + 3 + bool(rec.get("uninstall"))  # venv, steps, worker packages, (uninstall), check
+    say(f"{family} [1/{n}]: python -m venv {d}")
     _run([base, "-m", "venv", str(d)], f"{family}: creating the virtual environment", None)
     py = str(_python_of(d))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     with open(d / "mlipspace-env.log", "w") as log:
         for i, step in enumerate(rec["steps"], 1):
-            say(f"{family}: pip install {' '.join(step)}")
+            say(f"{family} [{i + 1}/{n}]: pip install {' '.join(step)}")
             _run([py, "-m", "pip", "install", *step], f"{family}: recipe step {i}", log, env)
-        say(f"{family}: pip install {' '.join(WORKER_NEEDS)} (what the worker itself imports)")
+        say(f"{family} [{len(rec['steps']) + 2}/{n}]: pip install {' '.join(WORKER_NEEDS)} (what the worker imports)")
         _run([py, "-m", "pip", "install", *WORKER_NEEDS], f"{family}: worker packages", log, env)
         if rec.get("uninstall"):
-            say(f"{family}: pip uninstall {' '.join(rec['uninstall'])}")
+            say(f"{family} [{n - 1}/{n}]: pip uninstall {' '.join(rec['uninstall'])}")
             _run([py, "-m", "pip", "uninstall", "-y", *rec["uninstall"]], f"{family}: uninstall step", log, env)
-        say(f"{family}: checking imports")
+        say(f"{family} [{n}/{n}]: checking imports")
         check_env = {**env, **{k: str(v) for k, v in rec.get("env", {}).items()}}
         _run([py, "-c", f"import numpy, scipy, ase, {rec['import']}"], f"{family}: import check", log, check_env)
         freeze = subprocess.run([py, "-m", "pip", "freeze"], stdout=subprocess.PIPE, text=True, env=env, check=False).stdout
@@ -232,6 +261,38 @@ def create(family: str, path: str | os.PathLike | None = None, *, force: bool = 
     return d
 
 
+def _say_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure(family: str, *, create_env: bool = True, say: Callable[[str], None] | None = None) -> Path:
+    """The interpreter of ``family``'s environment, made first when there is none (first use of a spec).
+
+    What happens is told through ``say`` (default: lines on stderr): a one-line notice, then each
+    step of :func:`create`. ``create_env=False`` (offline or cluster nodes) raises instead of
+    creating. A failure raises :class:`EnvError` naming the family and the log file.
+    """
+    py = python_for(family)
+    if py is not None:
+        return py
+    d = env_dir(family)
+    if not create_env:
+        raise EnvError(f"no environment for family {family!r} at {d} and automatic creation is off; "
+                       f"create it with: mlipspace env create {family}")
+    say = say or _say_stderr
+    say(f"environment for {family} not found: creating it (a few minutes, once) in {d}")
+    t0 = time.perf_counter()
+    try:
+        create(family, on_step=lambda msg: say(f"  [{time.perf_counter() - t0:4.0f} s] {msg}"))
+    except EnvError as exc:
+        raise EnvError(f"could not create the environment for family {family!r} in {d} "
+                       f"(log: {d / 'mlipspace-env.log'}): {exc}") from None
+    py = python_for(family)
+    if py is None:  # create() returned without a marker: should not happen, say so plainly
+        raise EnvError(f"the environment for family {family!r} in {d} is incomplete after creation")
+    return py
+
+
 def worker_env(family: str | None) -> dict[str, str]:
     """Extra environment variables the family's recipe asks for in the worker (may be empty)."""
     if family is None or family not in families():
@@ -243,6 +304,7 @@ __all__ = [
     "MARKER",
     "EnvError",
     "create",
+    "ensure",
     "env_dir",
     "envs_root",
     "families",

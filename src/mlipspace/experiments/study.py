@@ -70,6 +70,7 @@ class StudyConfig:
     probe: bool = True
     maps: bool = True
     device: str = "auto"
+    verbose: bool = False  # show every warning of the model packages (default: a summary per model)
     notes: list[str] = field(default_factory=list)
 
     def analysis_settings(self) -> dict:
@@ -211,6 +212,7 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
     store_path = Path(cfg.store) if cfg.store else out / "features.zarr"
     run_spec = f"{spec} | consistent with {','.join(sorted(models))}"
 
+    warned = {}  # model -> what its packages warned while loading and extracting (WarningLog.as_dict)
     with stages.stage("data", f"{spec} for {len(models)} models"):
         key = None
         # which stored dataset a previous run with the same data and models filtered to (kept in
@@ -230,12 +232,15 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
                 console.print(f"  reusing stored dataset {key} ({len(frames)} structures)")
         else:
             frames = read(spec, energy_key=cfg.energy_key, forces_key=cfg.forces_key)
+            from mlipspace.models.pkgwarnings import capture_warnings
             from mlipspace.store.pipeline import get_model
 
             with stages.bar("load models", len(models)) as adv:
                 extractors = {}
                 for m in models:
-                    extractors[m] = get_model(source[m], cfg.device)
+                    with capture_warnings(verbose=cfg.verbose) as log:
+                        extractors[m] = get_model(source[m], cfg.device)
+                    warned[m] = log.as_dict()
                     adv()
             frames, dropped = consistent(frames, {m: e.elements for m, e in extractors.items()})
             if console is not None:
@@ -251,12 +256,16 @@ def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
         memo.write_text(json.dumps({"key": key, "spec": run_spec}) + "\n")
         todo = [m for m in models if not store.is_complete(key, m, ["last"]) or not _all_layers(store, key, m)]
         if todo:
-            extract_to_store(frames, [source[m] for m in todo], store_path, layers="all", progress=console is not None,
-                             device=cfg.device, spec=run_spec)
+            done = extract_to_store(frames, [source[m] for m in todo], store_path, layers="all",
+                                    progress=console is not None, device=cfg.device, spec=run_spec, verbose=cfg.verbose)
+            from mlipspace.models.pkgwarnings import WarningLog
+
+            for m, rec in done["models"].items():
+                warned[m] = WarningLog.from_dict(warned.get(m, {})).merge(rec.get("warnings")).as_dict()
         elif console is not None:
             console.print("  all features already stored")
     return {"models": models, "spec": spec, "frames": frames, "store": store, "key": key,
-            "dropped": dropped if isinstance(dropped, list) else []}
+            "dropped": dropped if isinstance(dropped, list) else [], "warnings": warned}
 
 
 def label_notes(frames) -> list[str]:
@@ -557,6 +566,9 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     timing = dict(stages.times)
     timing["total"] = time.perf_counter() - t0
     (out / "timing.json").write_text(json.dumps({k: round(v, 2) for k, v in timing.items()}, indent=1) + "\n")
+    # what the model packages warned during this run's loading/extraction (none on a rerun from the
+    # store, so it stays out of the deterministic results.json, like the wall times)
+    (out / "warnings.json").write_text(json.dumps(prep.get("warnings", {}), indent=1, sort_keys=True) + "\n")
     return {"results": str(path), "report": str(report), "timing": timing, "n_records": len(records)}
 
 

@@ -12,7 +12,8 @@ with the main process's mlipspace source on ``PYTHONPATH``. It answers messages 
   energy of the package's own ASE calculator (the check that ``last`` is the readout's input);
 - ``shutdown``.
 
-Any exception is sent back as ``{"ok": false, "error": {type, message, reason, source, frame,
+Every reply carries ``warnings`` (the log of what the model packages warned while answering). Any
+exception is sent back as ``{"ok": false, "error": {type, message, reason, source, frame,
 traceback}}`` and the worker keeps serving. The protocol owns the original stdout; anything the
 model packages print goes to stderr.
 """
@@ -82,10 +83,13 @@ def _energies(m, frames) -> dict:
 
 
 def serve(stdin, stdout) -> None:
-    """Answer messages from ``stdin`` on ``stdout`` (binary streams) until shutdown or EOF."""
-    import numpy as np
+    """Answer messages from ``stdin`` on ``stdout`` (binary streams) until shutdown or EOF.
 
-    from mlipspace.models._wire import read_message, unpack_frames, write_message
+    Warnings raised while loading or extracting are caught (:mod:`mlipspace.models.pkgwarnings`)
+    and sent back under ``"warnings"`` with every reply; the caller raises them again.
+    """
+    from mlipspace.models._wire import read_message, write_message
+    from mlipspace.models.pkgwarnings import capture_warnings
 
     model = None
     while True:
@@ -94,31 +98,41 @@ def serve(stdin, stdout) -> None:
         except EOFError:
             return
         op = header.get("op")
-        try:
-            if op == "shutdown":
-                write_message(stdout, {"ok": True})
-                return
-            if op == "load":
-                model = _load(header["spec"], header.get("device", "auto"))
-                write_message(stdout, {"ok": True, **_describe(model)})
-                continue
-            if model is None:
-                raise RuntimeError(f"op {op!r} before 'load'")
-            frames = unpack_frames(header["frames"], arrays)
-            if op == "extract":
-                fs = model.extract(frames, layers=tuple(header["layers"]), batch_size=int(header["batch_size"]),
-                                   on_unsupported=header["on_unsupported"])
-                out = {f"layer.{k}": np.asarray(v, dtype=np.float32) for k, v in fs.layers.items()}
-                out["frame"] = np.asarray(fs.rows["frame"], dtype=np.int64)
-                out["Z"] = np.asarray(fs.rows["Z"], dtype=np.int32)
-                write_message(stdout, {"ok": True, "layers": list(fs.layers),
-                                       "skipped": [[int(i), str(r)] for i, r in fs.skipped]}, out)
-            elif op == "energies":
-                write_message(stdout, {"ok": True}, _energies(model, frames))
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except Exception as exc:  # every failure goes back to the caller, the worker stays up
-            write_message(stdout, {"ok": False, "error": _error(exc)})
+        if op == "shutdown":
+            write_message(stdout, {"ok": True})
+            return
+        out = None
+        with capture_warnings() as log:  # the model packages' warnings go back with the reply
+            try:
+                if op == "load":
+                    model = _load(header["spec"], header.get("device", "auto"))
+                    reply = {"ok": True, **_describe(model)}
+                else:
+                    reply, out = _answer(model, op, header, arrays)
+            except Exception as exc:  # every failure goes back to the caller, the worker stays up
+                reply = {"ok": False, "error": _error(exc)}
+        write_message(stdout, {**reply, "warnings": log.as_dict()}, out)
+
+
+def _answer(model, op: str, header: dict, arrays: dict) -> tuple[dict, dict]:
+    """The reply and arrays of an ``extract`` or ``energies`` request."""
+    import numpy as np
+
+    from mlipspace.models._wire import unpack_frames
+
+    if model is None:
+        raise RuntimeError(f"op {op!r} before 'load'")
+    frames = unpack_frames(header["frames"], arrays)
+    if op == "extract":
+        fs = model.extract(frames, layers=tuple(header["layers"]), batch_size=int(header["batch_size"]),
+                           on_unsupported=header["on_unsupported"])
+        out = {f"layer.{k}": np.asarray(v, dtype=np.float32) for k, v in fs.layers.items()}
+        out["frame"] = np.asarray(fs.rows["frame"], dtype=np.int64)
+        out["Z"] = np.asarray(fs.rows["Z"], dtype=np.int32)
+        return {"ok": True, "layers": list(fs.layers), "skipped": [[int(i), str(r)] for i, r in fs.skipped]}, out
+    if op == "energies":
+        return {"ok": True}, _energies(model, frames)
+    raise ValueError(f"unknown op {op!r}")
 
 
 def main() -> None:

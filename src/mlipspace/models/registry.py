@@ -220,13 +220,18 @@ def why_unavailable(name: str) -> str | None:
     return None
 
 
-def load(name: str, device: str = "auto"):
+def load(name: str, device: str = "auto", *, create_env: bool = True):
     """Load model ``name`` as an :class:`~mlipspace.models.base.Extractor` on ``device``.
 
     A checkpoint spec whose family package is not importable here is loaded in a worker subprocess
-    of the family's environment and returned as a :class:`~mlipspace.models.remote.RemoteExtractor`.
+    of the family's environment and returned as a :class:`~mlipspace.models.remote.RemoteExtractor`;
+    that environment is made on first use unless ``create_env=False`` (:func:`mlipspace.envs.ensure`).
     """
     spec = get_spec(name)
+    if create_env and spec.source is not None and spec.python is None and not _importable(spec):
+        from mlipspace.envs import ensure
+
+        ensure(spec.family)
     reason = why_unavailable(name)
     if reason:
         raise ModelUnavailableError(f"model {name!r} is not available: {reason}")

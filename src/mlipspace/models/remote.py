@@ -13,6 +13,8 @@ What makes it safe:
   nothing in the user's working directory leaks into it);
 - rows are checked on return: the atomic numbers the worker reports must equal those of the frames
   sent, row for row, or an :class:`~mlipspace.errors.AlignmentError` is raised;
+- the warnings the model packages raise in the worker are raised again here, as often as they
+  were raised there, so the caller's :func:`~mlipspace.models.pkgwarnings.capture_warnings` counts them;
 - errors come back typed: a :class:`~mlipspace.errors.StructureError` in the worker is raised here
   with the same reason and frame; anything else, or a worker that dies, raises
   :class:`~mlipspace.errors.WorkerError` with the message and the last lines of its stderr.
@@ -41,6 +43,7 @@ from mlipspace.errors import AlignmentError, WorkerError
 from mlipspace.models._torch_utils import check_frames, parse_layers
 from mlipspace.models._wire import pack_frames, read_message, write_message
 from mlipspace.models.base import Extractor, FeatureSet
+from mlipspace.models.pkgwarnings import WarningLog
 
 #: set to 1 to copy the workers' stderr (package warnings, logs) to this process's stderr
 LOG_ENV = "MLIPSPACE_WORKER_LOG"
@@ -97,6 +100,7 @@ class RemoteExtractor(Extractor):
         self.python = str(python)
         self._lock = threading.Lock()
         self._stderr: collections.deque[str] = collections.deque(maxlen=60)
+        self._warning_registry: dict = {}  # without a capture, each worker warning shows once per location
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update(worker_env(family))
         env["PYTHONPATH"] = _shim_dir()
@@ -149,6 +153,8 @@ class RemoteExtractor(Extractor):
                 reply, out = read_message(self._proc.stdout)
             except (EOFError, BrokenPipeError, OSError):
                 raise self._died(f"stopped during {header.get('op')!r}") from None
+        if reply.get("warnings"):  # raise the worker's warnings here, where the caller's capture sees them
+            WarningLog.from_dict(reply["warnings"]).replay(self._warning_registry)
         if not reply.get("ok"):
             raise self._error(reply["error"])
         return reply, out

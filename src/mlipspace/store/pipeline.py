@@ -85,22 +85,37 @@ def get_model(model, device: str = "auto"):
     return cached
 
 
-def describe(model, device: str = "auto") -> dict:
-    """What the driver needs to plan a model's tasks, computed where the model is loaded."""
-    m = get_model(model, device)
-    return {"name": m.name, "family": getattr(m, "family", None), "layers": list(m.layers),
+def describe(model, device: str = "auto", *, verbose: bool = False) -> dict:
+    """What the driver needs to plan a model's tasks, computed where the model is loaded
+    (``warnings``: what the model packages warned while loading, see :mod:`mlipspace.models.pkgwarnings`)."""
+    from mlipspace.models.pkgwarnings import capture_warnings
+
+    with capture_warnings(verbose=verbose) as log:
+        m = get_model(model, device)
+    return {"warnings": log.as_dict(), "name": m.name, "family": getattr(m, "family", None), "layers": list(m.layers),
             "dims": {k: int(v) for k, v in m.dims.items()}, "elements": sorted(int(z) for z in m.elements),
             "fingerprint": dict(m.fingerprint), "device": str(getattr(m, "device", device))}
 
 
 def run_shard(store_path: str, key: str, model, model_name: str, device: str, start: int, stop: int,
               indices: Sequence[int], frames: Sequence[Atoms], layers: Sequence[str], batch_size: int,
-              on_unsupported: str, fingerprint_sha: str) -> dict:
+              on_unsupported: str, fingerprint_sha: str, *, verbose: bool = False) -> dict:
     """Extract one shard and stage it under ``staging/<key>/<model>/shard_<start>_<stop>``.
 
     ``indices`` are the global frame indices of ``frames`` (the shard's frames the model supports).
-    Returns ``{"atoms": n_rows, "seconds": t}``.
+    Returns ``{"atoms": n_rows, "seconds": t, "warnings": log}`` (log: what the model packages warned).
     """
+    from mlipspace.models.pkgwarnings import capture_warnings
+
+    with capture_warnings(verbose=verbose) as log:
+        out = _run_shard(store_path, key, model, model_name, device, start, stop, indices, frames, layers,
+                         batch_size, on_unsupported, fingerprint_sha)
+    return {**out, "warnings": log.as_dict()}
+
+
+def _run_shard(store_path, key, model, model_name, device, start, stop, indices, frames, layers, batch_size,
+               on_unsupported, fingerprint_sha) -> dict:
+    """The body of :func:`run_shard`."""
     t0 = time.perf_counter()
     root = Path(store_path)
     final = _io.staging_dir(root, key, model_name) / _io.shard_name(start, stop)
@@ -295,6 +310,14 @@ def _progress(enabled: bool):
                     TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
+def _tell_warnings(bar, enabled: bool, line: str | None) -> None:
+    """Print a model's one-line warning summary above the progress bar (when there is one to tell)."""
+    if enabled and line:
+        from rich.text import Text
+
+        bar.console.print(Text(f"  {line}", style="yellow"), soft_wrap=True)
+
+
 def _gpu_count() -> int:
     import importlib.util
 
@@ -338,7 +361,7 @@ def _client(workers: int | None, scheduler: str | None, device: str = "auto"):
 def extract_to_store(frames, models, store_path, layers="last", shard_size: int | None = None,
                      workers: int | None = None, scheduler: str | None = None, progress: bool = True,
                      on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
-                     spec: str | None = None, wait: bool = True) -> dict:
+                     spec: str | None = None, wait: bool = True, verbose: bool = False) -> dict:
     """Extract ``layers`` of ``models`` for ``frames`` into the store at ``store_path``, resumably.
 
     ``frames``: a list of ``Atoms`` or a spec for :func:`mlipspace.data.read` (then recorded as the
@@ -349,7 +372,10 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
     with elements a model does not support; ``"skip"`` leaves them out and records them.
 
     Returns ``{"dataset": key, "fingerprint": ..., "models": {name: {"layers": [...], "extracted_shards": k,
-    "skipped": n, "atoms": n_rows}}}``.
+    "skipped": n, "atoms": n_rows, "warnings": {...}}}}``; ``warnings`` is what the model packages
+    warned while loading and extracting, caught rather than printed (``{"count", "first", "other",
+    "distinct": [...]}``, see :class:`mlipspace.models.pkgwarnings.WarningLog`); with ``progress`` a
+    one-line summary per model is printed. ``verbose=True`` shows every warning as it is raised.
 
     A failing write (disk full, no permission) raises :class:`StoreError` naming the store and the
     cause; whatever was stored before stays, and a rerun with space resumes from the staged shards.
@@ -361,7 +387,8 @@ def extract_to_store(frames, models, store_path, layers="last", shard_size: int 
     """
     try:
         return _extract_to_store(frames, models, store_path, layers, shard_size, workers, scheduler, progress,
-                                 on_unsupported, device=device, batch_size=batch_size, spec=spec, wait=wait)
+                                 on_unsupported, device=device, batch_size=batch_size, spec=spec, wait=wait,
+                                 verbose=verbose)
     except OSError as exc:
         err = _write_error(store_path, exc)
         if err is None:
@@ -391,7 +418,7 @@ def _write_error(store_path, exc: OSError) -> StoreError | None:
 def _extract_to_store(frames, models, store_path, layers="last", shard_size: int | None = None,
                       workers: int | None = None, scheduler: str | None = None, progress: bool = True,
                       on_unsupported: str = "raise", *, device: str = "auto", batch_size: int = 8,
-                      spec: str | None = None, wait: bool = True) -> dict:
+                      spec: str | None = None, wait: bool = True, verbose: bool = False) -> dict:
     """The body of :func:`extract_to_store` (which turns OS errors into a StoreError)."""
     frames, models, shard_size, spec = _check_inputs(frames, models, shard_size, on_unsupported, spec)
     store = FeatureStore(store_path, mode="a")
@@ -399,14 +426,18 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
     key = store.add_dataset(frames, spec)
     client, cluster = _client(workers, scheduler, device)
     summary = {"dataset": key, "fingerprint": store.dataset_info(key)["fingerprint"], "models": {}}
+    from mlipspace.models.pkgwarnings import WarningLog
+
+    logs = {}  # model name -> WarningLog of its packages' warnings
     try:
         described = []
         for model in models:
             ref = model
             if client is not None and not isinstance(model, str):
                 ref = client.scatter(model, broadcast=True)
-            info = (client.submit(describe, ref, device, pure=False).result() if client is not None
-                    else describe(model, device))
+            info = (client.submit(describe, ref, device, verbose=verbose, pure=False).result() if client is not None
+                    else describe(model, device, verbose=verbose))
+            logs[info["name"]] = WarningLog.from_dict(info.pop("warnings", {}))
             _check_name(info["name"], "model", RESERVED_MODEL_NAMES)  # it names the lock file too
             described.append((ref, info))
         pending = described
@@ -418,16 +449,18 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
                     plan = _plan_model(store, key, frames, ref, info, layers, shard_size, on_unsupported)
                     if plan is None:
                         summary["models"][info["name"]] = {"layers": _resolve_layers(layers, info),
-                                                           "extracted_shards": 0, "status": "already stored"}
+                                                           "extracted_shards": 0, "status": "already stored",
+                                                           "warnings": logs[info["name"]].as_dict()}
                     else:
                         plans.append(plan)
                 _run_plans(store, key, frames, plans, client, progress=progress, device=device,
-                           batch_size=batch_size, on_unsupported=on_unsupported)
+                           batch_size=batch_size, on_unsupported=on_unsupported, verbose=verbose, logs=logs)
                 for plan in plans:
                     summary["models"][plan.name] = {
                         "layers": plan.layers, "extracted_shards": len(plan.todo), "status": "extracted",
                         "skipped": len(store.skipped(key, plan.name)),
                         "atoms": int(len(store.rows(key, plan.name)["frame"])),
+                        "warnings": logs[plan.name].as_dict(),
                     }
             finally:
                 for *_, lock in batch:
@@ -506,8 +539,9 @@ def _lock_some(store: FeatureStore, key: str, pending: list, *, wait: bool) -> t
 
 
 def _run_plans(store: FeatureStore, key: str, frames: list, plans: list[_Plan], client, *, progress: bool,
-               device: str, batch_size: int, on_unsupported: str) -> None:
-    """Extract the shards to do of ``plans`` (here or on the Dask ``client``) and finalize each model."""
+               device: str, batch_size: int, on_unsupported: str, verbose: bool, logs: dict) -> None:
+    """Extract the shards to do of ``plans`` (here or on the Dask ``client``) and finalize each model;
+    the model packages' warnings of each shard go into ``logs`` (one summary line per model)."""
     if not plans:
         return
     counts = np.array([len(a) for a in frames], dtype=np.int64)
@@ -532,22 +566,26 @@ def _run_plans(store: FeatureStore, key: str, frames: list, plans: list[_Plan], 
                 if not plan.todo:
                     continue  # finalized above
                 for s, e in plan.todo:
-                    out = run_shard(*args(plan, s, e))
+                    out = run_shard(*args(plan, s, e), verbose=verbose)
+                    logs[plan.name].merge(out["warnings"])
                     bar.advance(task, out["atoms"])
                 _finalize(store, key, plan)
+                _tell_warnings(bar, progress and not verbose, logs[plan.name].summary(plan.name))
             return
         from distributed import as_completed
 
         futures = {}
         for plan in plans:
             for s, e in plan.todo:
-                fut = client.submit(run_shard, *args(plan, s, e), pure=False,
+                fut = client.submit(run_shard, *args(plan, s, e), verbose=verbose, pure=False,
                                     key=f"shard-{plan.name}-{s}-{uuid.uuid4().hex[:8]}")
                 futures[fut] = plan.name
         for fut in as_completed(list(futures)):
             out = fut.result()
             bar.advance(task, out["atoms"])
             name = futures[fut]
+            logs[name].merge(out["warnings"])
             remaining[name] -= 1
             if remaining[name] == 0:
                 _finalize(store, key, by_name[name])
+                _tell_warnings(bar, progress and not verbose, logs[name].summary(name))
