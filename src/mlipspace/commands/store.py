@@ -72,11 +72,8 @@ def extract(
         spec = read(spec, energy_key=energy_key, forces_key=forces_key)
     summary = extract_to_store(spec, models, store, layers=layers, shard_size=shard_size, workers=workers,
                                scheduler=scheduler, progress=progress and not as_json,
-<<<<<<< HEAD
-                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, wait=wait)
-=======
-                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, verbose=verbose)
->>>>>>> install
+                               on_unsupported=on_unsupported, device=device, batch_size=batch_size, wait=wait,
+                               verbose=verbose)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
