@@ -126,19 +126,14 @@ def run(
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
-<<<<<<< HEAD
                       lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
                       energy_key=energy_key, forces_key=forces_key,
-                      outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs)
-=======
-                      lfre_max_test=lfre_max_test, layers=layers, device=device,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs,
                       verbose=verbose)
     if no_create_env and cfg.models:
         from mlipspace.commands.envs import refuse_missing_envs
 
         refuse_missing_envs(cfg.models)
->>>>>>> install
     console = None if (quiet or as_json) else Console()
     summary = run_study(cfg, console=console)
     if as_json:
