@@ -137,15 +137,16 @@ def test_order_table_plumbing_with_a_probe_metric(monkeypatch):
         np.testing.assert_array_equal(small, phi[:, : small.shape[1]])
         np.testing.assert_array_equal(big, phi[:, : big.shape[1]])
         seen.append(tuple(sorted(np.unique(subsets[test_idx]))))
-        return Y.shape[1] / X.shape[1]
+        return np.full(len(test_idx), Y.shape[1] / X.shape[1])  # RMS = the width ratio
 
-    monkeypatch.setattr(fre_metrics, "gfre", probe, raising=False)
+    monkeypatch.setattr(fre_metrics, "pointwise_gfre", probe, raising=False)
     recs = order_table(x, rows["frame"], subsets, max_order=4, seeds=(0, 1), metrics=("gfre",), model="m")
     assert len(recs) == 12  # 4 x 3 ordered pairs
     assert set(seen) == {("a", "b", "c")}  # every split draws test structures from every subset
     for r in recs:
         assert r["value"] == pytest.approx(r["target_order"] / r["source_order"])
         assert r["spread"] == 0.0 and r["seeds"] == [0, 1] and r["n_seeds"] == 2
+        assert r["ci_low"] == pytest.approx(r["value"]) == pytest.approx(r["ci_high"])  # constant errors
         assert r["n_train"] + r["n_test"] == 60 and r["n_test"] == 15
         assert r["analysis"] == "cumulant-orders" and r["level"] == "structure" and r["model"] == "m"
     M, orders = order_matrix(recs, "gfre")
@@ -155,12 +156,20 @@ def test_order_table_plumbing_with_a_probe_metric(monkeypatch):
     assert [r["value"] for r in recs2] == [r["value"] for r in recs]
 
 
-def test_order_table_warns_when_widths_reach_the_training_size(monkeypatch):
-    x, rows, subsets = synthetic(d=3, n_frames=20)  # 15 training structures; order 5 has 15 columns
-    monkeypatch.setattr(fre_metrics, "gfre", lambda X, Y, train_idx=None, test_idx=None: 0.5, raising=False)
-    with pytest.warns(UserWarning, match="order >= 5 have 15"):
-        recs = order_table(x, rows["frame"], subsets, max_order=5, seeds=(0,), metrics=("gfre",))
-    assert {(r["source_width"], r["target_width"]) for r in recs if r["source_order"] == 1} == {(3, 6), (3, 9), (3, 12), (3, 15)}
+def test_order_table_reports_interpolating_fits_as_not_enough_data():
+    """Without compression order 8 has 24 columns for 45 training structures (the ridge rule asks
+    n_train >= 2 x width): those fits are no numbers but reasons; compressed, every order is valid and
+    the reverse direction (lower orders are columns of the higher) is ~0."""
+    x, rows, subsets = synthetic(d=3, n_frames=60)
+    raw = order_table(x, rows["frame"], subsets, max_order=8, seeds=(0,), metrics=("gfre",), compress=False)
+    bad = [r for r in raw if r["value"] is None]
+    assert {r["source_order"] for r in bad} == {8}
+    assert all(r["reason"] == "not enough data (need 48, have 45): training structures for a ridge fit of 24 "
+               "source columns (rule: n_train >= 2 x width)" for r in bad)
+    ok = order_table(x, rows["frame"], subsets, max_order=8, seeds=(0,), metrics=("gfre",))
+    assert all(r["value"] is not None and r["components"] == 2 for r in ok)
+    assert max(r["value"] for r in ok if r["source_order"] > r["target_order"]) < 0.05
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in ok)
 
 
 def test_order_table_rejects_bad_options():
@@ -202,14 +211,14 @@ def test_order_table_each_order_adds_information_and_reverse_is_zero():
 @needs_fre
 def test_cumulants_table_cli_writes_records(store, tmp_path):
     out = tmp_path / "orders.json"
-    with pytest.warns(UserWarning, match="interpolate"):  # 64 columns per order, 30 training structures
-        res = CliRunner().invoke(
-            app,
-            ["cumulants-table", "--store", str(store), "--model", "descriptor-rdf", "--max-order", "3", "--seeds", "2",
-             "--metrics", "gfre", "--out", str(out)],
-        )
+    res = CliRunner().invoke(
+        app,
+        ["cumulants-table", "--store", str(store), "--model", "descriptor-rdf", "--max-order", "3", "--seeds", "2",
+         "--metrics", "gfre", "--out", str(out)],
+    )
     assert res.exit_code == 0, res.output
     assert "descriptor-rdf (last): GFRE j → k" in res.output
     recs = json.loads(out.read_text())
     assert len(recs) == 6 and {r["source_order"] for r in recs} == {1, 2, 3}
     assert all(r["n_train"] == 30 and r["n_test"] == 10 for r in recs)
+    assert all(r["components"] == 5 for r in recs)  # 3 orders x 5 components <= 30 / 2 training structures

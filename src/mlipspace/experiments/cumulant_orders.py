@@ -172,5 +172,6 @@ def order_matrix(records: Sequence[dict], metric: str = "gfre", model: str | Non
     pos = {o: i for i, o in enumerate(orders)}
     M = np.full((len(orders), len(orders)), np.nan)
     for r in sel:
-        M[pos[int(r["source_order"])], pos[int(r["target_order"])]] = float(r[field])
+        v = r.get(field)
+        M[pos[int(r["source_order"])], pos[int(r["target_order"])]] = np.nan if v is None else float(v)
     return M, orders
