@@ -72,13 +72,9 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
         if importlib.util.find_spec("chemiscope") is None:
             frames = None  # optional: no chemiscope file without the package (the link is dropped)
         if frames is not None:
-            from mlipspace.report.chemiscope_export import write_chemiscope
+            from mlipspace.report.explore import write_structures
 
-            props = {}
-            if meta.get("map_colour") is not None:
-                props[meta.get("map_colour_label", "energy")] = meta["map_colour"]
-            write_chemiscope(out / meta["chemiscope"], frames, maps, properties=props,
-                             name=f"mlipspace: {meta.get('dataset', {}).get('name', '')}")
+            write_structures(out, results, frames)  # the chemiscope file and explore.html
         else:
             meta = dict(meta)
             meta.pop("chemiscope")
