@@ -14,10 +14,10 @@ import json
 import os
 from pathlib import Path
 
-from mlipspace.report.results import load_results, make_results, write_results
+from mlipspace.report.results import Results, load_results, make_results, write_results, write_table
 from mlipspace.report.summary import findings
 
-__all__ = ["findings", "load_results", "make_results", "write_report", "write_results"]
+__all__ = ["Results", "findings", "load_results", "make_results", "write_report", "write_results", "write_table"]
 
 
 def merge_results(base: dict, *others: dict) -> dict:
@@ -58,6 +58,7 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     if merge:
         results = merge_results(results, *[load_results(p) for p in merge])
         write_results(out / "results.json", results)
+        write_table(out / "results.csv", results)
     meta = results.get("meta", {})
     maps = results.get("maps") or {}
     if maps and meta.get("chemiscope"):
