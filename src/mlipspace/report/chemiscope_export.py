@@ -108,7 +108,7 @@ def chemiscope_dataset(
                       "subset" if "subset" in (properties or {}) else None)
         if colour is not None:
             mapping["color"] = {"property": colour}
-        settings = {"map": mapping}
+        settings = {"map": mapping, "target": "structure"}  # the maps are per structure, even with atom properties
     clean = [_plain(a) for a in frames]
     env = chemiscope.all_atomic_environments(clean, cutoff=3.5) if atom_props else None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
