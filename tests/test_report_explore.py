@@ -70,6 +70,15 @@ def test_explore_page_uses_a_local_viewer_and_carries_maps_and_properties(tmp_pa
     assert json.loads(gzip.open(out / "chemiscope.json.gz").read())["properties"].keys() == props.keys()
 
 
+def test_explore_page_is_byte_identical_across_writes(tmp_path):
+    from mlipspace.report.explore import write_explore
+
+    data = embedded(build(tmp_path / "a") / "explore.html")
+    a = write_explore(tmp_path / "b", data).read_bytes()
+    assert write_explore(tmp_path / "c", data).read_bytes() == a
+    assert (tmp_path / "b" / "chemiscope.min.js").read_bytes() == (tmp_path / "c" / "chemiscope.min.js").read_bytes()
+
+
 def test_explore_without_labels_has_no_energy_or_atom_properties(tmp_path):
     props = embedded(build(tmp_path, labelled=False) / "explore.html")["properties"]
     assert "energy per atom (eV)" not in props and not any(p["target"] == "atom" for p in props.values())

@@ -75,7 +75,8 @@ def test_html_cells_show_na_with_reason_and_the_interval(out):
 
 def test_load_from_folder_and_from_file_agree(out):
     a, b = Results.load(out), Results.load(out / "results.json")
-    assert a.records == b.records and a.meta == b.meta and len(a) == len(out.joinpath("results.csv").read_text().splitlines()) - 1
+    assert a.records == b.records and a.meta == b.meta
+    assert len(a) == len((out / "results.csv").read_text().splitlines()) - 1
     assert "records" in repr(a)
 
 

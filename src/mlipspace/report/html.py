@@ -103,7 +103,8 @@ class _Page:
             "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
             for r in rows
         )
-        self.add(f'<table class="{_e(cls)}"><tr>{h}</tr>{body}</table>' if cls else f"<table><tr>{h}</tr>{body}</table>")
+        attr = f' class="{_e(cls)}"' if cls else ""
+        self.add(f"<table{attr}><tr>{h}</tr>{body}</table>")
 
 
 def _ok(recs: Sequence[Mapping]) -> list[Mapping]:
