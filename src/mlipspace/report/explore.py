@@ -93,7 +93,9 @@ def write_explore(out_dir: str | os.PathLike, dataset: Mapping, *, title: str = 
     js = chemiscope_js()
     dest = out / JS_NAME
     if not dest.is_file() or dest.stat().st_size != js.stat().st_size:
-        shutil.copyfile(js, dest)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(js, tmp)
+        os.replace(tmp, dest)  # a killed report never leaves a truncated viewer behind
     n = len(dataset.get("structures", []))
     esc = title.replace("&", "&amp;").replace("<", "&lt;")
     page = (

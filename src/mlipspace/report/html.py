@@ -42,7 +42,6 @@ details.sec>summary h2{display:inline-block;border:0;margin:.5em 0;font-size:1.3
 details.sub>summary{cursor:pointer;color:#444;font-size:.9em}
 nav.toc{background:#f7f7f7;border:1px solid #e3e3e3;padding:.4em 1em;margin:1em 0;font-size:.92em}
 nav.toc ol{margin:.2em 0;padding-left:1.4em}.links span{margin-right:1.4em}
-table.matrix td.na{color:#999}
 """
 
 
