@@ -230,3 +230,35 @@ def test_similarity_matrices_and_rank_agreement_in_report(tmp_path):
     assert "CKA" in text and "MKNN" in text and "PROCRUSTES" in text
     assert "Rank agreement" in text and "Spearman" in text
 
+
+
+def test_report_opens_with_summary_and_one_overview_figure_then_folds_the_rest(tmp_path):
+    text = write_report(write_results(tmp_path / "results.json", synthetic_results())).read_text()
+    body = text[text.index("<body>"):]
+    first_fold = body.index("<details class=\"sec\"")
+    head = body[:first_fold]
+    # before any fold: the summary, exactly one figure (the atom-level cross-model GFRE) and the contents
+    assert head.index('id="summary"') < head.index('id="overview"') < head.index('<nav class="toc">')
+    assert re.findall(r'<img src="([^"]+)"', head) == ["figures/cross_gfre_atom.png"]
+    assert head.count('class="finding') == 4
+    # every section is a closed <details> the contents link to
+    folds = re.findall(r'<details class="sec" id="([^"]+)"( open)?>', body)
+    assert len(folds) >= 6 and not any(is_open for _, is_open in folds)
+    toc = re.findall(r'<li><a href="#([^"]+)">', head)
+    assert toc == ["summary", "overview"] + [anchor for anchor, _ in folds]
+    assert body[first_fold:].count("<details class=\"sec\"") == body.count("</details>") - body.count(
+        '<details class="sub"')
+    assert "<script" not in text
+
+
+def test_report_tolerates_records_without_a_value(tmp_path):
+    """A fit outside its valid regime gives ``value: null`` + reason: tables say n/a, figures skip it."""
+    res = synthetic_results()
+    for r in res["records"]:
+        if r["analysis"] in ("variants", "finetune", "finetune-track", "layers", "layers-cross", "probe",
+                             "cumulant-orders") or (r["analysis"] == "cross-model" and r["source"] == "diep-r2scan"):
+            if r.get("epoch") != 0 and r.get("source_layer") != "last":
+                r.update(value=None, spread=None, reason="outside the valid regime")
+    text = write_report(write_results(tmp_path / "results.json", res)).read_text()
+    assert "n/a" in text and "outside the valid regime" in text
+    assert "holds" in text or "not tested" in text

@@ -10,7 +10,8 @@ splits widen the interval as well. The replicate draws are seeded by the split s
 gives the same bytes. Assumptions: test structures are exchangeable draws from the population the
 dataset represents; the fitted map's own variability (training sampling) is carried only by the
 variation between seeds. Measures with no pointwise decomposition (CKA, Procrustes) get a Student-t
-interval over the seeds instead (``ci_method="t-seeds"``; it needs two or more seeds).
+interval over the seeds instead (``ci_method="t-seeds"``; it needs two or more seeds), except linear
+CKA, whose replicates come from reweighting the test rows' Gram matrices (:func:`cka_replicates`).
 
 **Valid regimes.** A number is written only when the method is valid for the data at hand;
 otherwise the record has ``value: null`` and a ``reason`` ("not enough data (need N, have M)"):
@@ -152,7 +153,47 @@ class Estimate:
         self.reps.append(replicates(v, groups, seed, kind=self.kind))
         return value
 
+    def add_replicates(self, value: float, reps: np.ndarray) -> float:
+        """One split's value and its bootstrap replicates computed elsewhere (e.g. :func:`cka_replicates`)."""
+        self.values.append(float(value))
+        self.reps.append(np.asarray(reps, dtype=np.float64))
+        return float(value)
+
     def fields(self) -> dict:
         value = float(np.mean(self.values))
         return {"values": list(self.values), "ci": pooled_interval(self.reps, value),
                 "ci_method": "cluster-bootstrap"}
+
+
+def cka_replicates(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, seed: int, *, n_boot: int = N_BOOT
+                   ) -> np.ndarray:
+    r"""Bootstrap replicates of linear CKA(X, Y), resampling the structures ``groups`` (no recompute
+    of features: each replicate reweights the rows).
+
+    With row weights :math:`w` (a structure's multiplicity), :math:`N=\sum w`, Gram matrices
+    :math:`K=XX^\top`, :math:`L=YY^\top`, :math:`a=Kw/N`, :math:`b=Lw/N`:
+    :math:`\mathrm{HSIC}_w(K,L)\propto w^\top(K\circ L)w - 2N\sum_i w_i a_i b_i + N^2\bar a\bar b`
+    (:math:`\bar a = w\cdot a/N`), i.e. HSIC of the resampled rows after centring them;
+    CKA = HSIC(K,L)/sqrt(HSIC(K,K) HSIC(L,L)). Weights are constant within a structure, so the
+    quadratic term needs only the structure-block sums of :math:`K\circ L`: O(n·C) per replicate.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    inv, n_groups = group_index(groups)
+    Wc = boot_weights(n_groups, seed, n_boot)                       # (B, C)
+    G = np.zeros((len(inv), n_groups))
+    G[np.arange(len(inv)), inv] = 1.0
+    W = Wc[:, inv]                                                  # (B, n) row weights
+    N = W.sum(axis=1)                                               # (B,)
+    grams = {"K": X @ X.T, "L": Y @ Y.T}
+    means = {k: (M @ G @ Wc.T) / N for k, M in grams.items()}       # (n, B): a, b
+
+    def hsic(p: str, q: str) -> np.ndarray:
+        M = G.T @ (grams[p] * grams[q]) @ G                         # (C, C) block sums
+        quad = np.einsum("bc,cd,bd->b", Wc, M, Wc)
+        cross = np.einsum("bn,nb,nb->b", W, means[p], means[q])
+        bar = np.einsum("bn,nb->b", W, means[p]) * np.einsum("bn,nb->b", W, means[q]) / N**2
+        return quad - 2 * N * cross + N**2 * bar
+
+    kl, kk, ll = hsic("K", "L"), hsic("K", "K"), hsic("L", "L")
+    return kl / np.sqrt(np.maximum(kk * ll, 1e-300))

@@ -59,9 +59,10 @@ def _open(store: Path, dataset: str | None, models: str | None, layer: str = "la
 def _emit(records: list[dict], as_json: bool, output: Path | None, table) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        from mlipspace.report.results import dumps
+        from mlipspace.report.results import dumps, write_table
 
         output.write_text(dumps(records))
+        write_table(output.with_suffix(".csv"), records)  # beside the JSON: one row per record
     if as_json:
         typer.echo(json.dumps(records, indent=1))
     else:

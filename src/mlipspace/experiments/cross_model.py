@@ -24,6 +24,7 @@ from mlipspace.experiments._common import (
 )
 from mlipspace.intervals import (
     LFRE_ROWS_PER_NEIGHBOUR,
+    cka_replicates,
     MIN_TEST_GROUPS,
     Estimate,
     first_reason,
@@ -167,6 +168,11 @@ def pair_errors(
             if key in nulls:
                 more["null_mean"] = float(np.mean(nulls[key]))
             e = est[key]
+            if not isinstance(e, Estimate) and len(e) < 2:  # t interval over seeds: needs two
+                out.append(record(analysis, source, target, metric, [], reason=not_enough(
+                    f"seeds for an interval of {metric} (no per-structure bootstrap for it; use --seeds 2 or more)",
+                    2, len(e)), n_train=info[key]["n_train"], n_test=info[key]["n_test"], **common, **more))
+                continue
             fields = e.fields() if isinstance(e, Estimate) else {"values": e}
             out.append(record(
                 analysis, source, target, metric, fields.pop("values"), level=level, layer=layer,
@@ -231,14 +237,16 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
 
 def _similarity_split(features, pairs, metric, rows, row_groups, seed, est, nulls, info, reasons, why_test):
     """A similarity measure of every pair on one split's test rows, into ``est`` (or a reason)."""
-    for (a, b), (value, null, pw) in similarity_values(features, pairs, metric, rows, seed).items():
+    for (a, b), (value, null, e) in similarity_values(features, pairs, metric, rows, seed, row_groups).items():
         key = (a, b, metric)
         info[key] = {"n_train": 0, "n_test": len(rows), "k": None}
         if why_test:
             reasons[key] = why_test
             continue
-        if pw is not None:
-            est.setdefault(key, Estimate("mean")).add(pw, row_groups, seed)
+        if e is not None:
+            acc = est.setdefault(key, Estimate("mean"))
+            acc.values += e.values
+            acc.reps += e.reps
         else:
             est.setdefault(key, []).append(value)
         nulls.setdefault(key, []).append(null)
@@ -250,31 +258,40 @@ def similarity_values(
     measure: str,
     rows: np.ndarray,
     seed: int,
-) -> dict[tuple[str, str], tuple[float, float, np.ndarray | None]]:
-    """``(source, target) -> (value, null, pointwise)`` of a similarity measure on ``rows`` of both spaces.
+    groups: np.ndarray | None = None,
+) -> dict[tuple[str, str], tuple[float, float, Estimate | None]]:
+    """``(source, target) -> (value, null, estimate)`` of a similarity measure on ``rows`` of both spaces.
 
     The measures are symmetric, so each unordered pair is computed once and serves both orders.
     ``null`` is the measure after a seeded shuffle of the target's rows (same shuffle for every pair).
-    ``pointwise`` is the per-row value whose mean is the measure (mutual kNN), ``None`` for measures
-    with no such decomposition (CKA, Procrustes).
+    With ``groups`` (the structure of each of ``rows``), ``estimate`` holds this split's cluster-
+    bootstrap replicates where the measure allows them: mutual kNN (a mean over rows) and linear
+    CKA (:func:`mlipspace.intervals.cka_replicates`); ``None`` for the others.
     """
     from mlipspace.metrics.similarity import SIMILARITY_MEASURES, pointwise_mutual_knn
 
     func = SIMILARITY_MEASURES[measure].func
     shuffle = np.random.default_rng(seed).permutation(len(rows))
-    out: dict[tuple[str, str], tuple[float, float, np.ndarray | None]] = {}
+    out: dict[tuple[str, str], tuple[float, float, Estimate | None]] = {}
     for a, b in pairs:
         if (b, a) in out:
             out[(a, b)] = out[(b, a)]
             continue
         X = np.asarray(features[a][rows], dtype=np.float64)
         Y = np.asarray(features[b][rows], dtype=np.float64)
+        est = None
         if measure == "mknn":
             pw = pointwise_mutual_knn(X, Y)
             value = float(np.mean(pw))
+            if groups is not None:
+                est = Estimate("mean")
+                est.add(pw, groups, seed)
         else:
-            pw, value = None, float(func(X, Y))
-        out[(a, b)] = (value, float(func(X, Y[shuffle])), pw)
+            value = float(func(X, Y))
+            if measure == "cka" and groups is not None:
+                est = Estimate("mean")
+                est.add_replicates(value, cka_replicates(X, Y, groups, seed))
+        out[(a, b)] = (value, float(func(X, Y[shuffle])), est)
     return out
 
 

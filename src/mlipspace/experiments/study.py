@@ -523,7 +523,7 @@ def blas_threads(n: int | None = None):
 def run_study(cfg: StudyConfig, console=None) -> dict:
     """Run the whole study (see the module docstring); returns ``{"results": path, "report": path, "timing": {...}}``."""
     from mlipspace.report import write_report
-    from mlipspace.report.results import make_results, write_results
+    from mlipspace.report.results import make_results, write_results, write_table
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -562,6 +562,7 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
             meta["chemiscope"] = "chemiscope.json.gz"
         results = make_results(records, meta, maps)
         path = write_results(out / RESULTS_NAME, results)
+        write_table(path.with_suffix(".csv"), results)  # the same records as one CSV row each
         report = write_report(path, out, frames=frames)
     timing = dict(stages.times)
     timing["total"] = time.perf_counter() - t0

@@ -14,10 +14,10 @@ import json
 import os
 from pathlib import Path
 
-from mlipspace.report.results import load_results, make_results, write_results
+from mlipspace.report.results import Results, load_results, make_results, write_results, write_table
 from mlipspace.report.summary import findings
 
-__all__ = ["findings", "load_results", "make_results", "write_report", "write_results"]
+__all__ = ["Results", "findings", "load_results", "make_results", "write_report", "write_results", "write_table"]
 
 
 def merge_results(base: dict, *others: dict) -> dict:
@@ -58,6 +58,7 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     if merge:
         results = merge_results(results, *[load_results(p) for p in merge])
         write_results(out / "results.json", results)
+        write_table(out / "results.csv", results)
     meta = results.get("meta", {})
     maps = results.get("maps") or {}
     if maps and meta.get("chemiscope"):
@@ -72,13 +73,9 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
         if importlib.util.find_spec("chemiscope") is None:
             frames = None  # optional: no chemiscope file without the package (the link is dropped)
         if frames is not None:
-            from mlipspace.report.chemiscope_export import write_chemiscope
+            from mlipspace.report.explore import write_structures
 
-            props = {}
-            if meta.get("map_colour") is not None:
-                props[meta.get("map_colour_label", "energy")] = meta["map_colour"]
-            write_chemiscope(out / meta["chemiscope"], frames, maps, properties=props,
-                             name=f"mlipspace: {meta.get('dataset', {}).get('name', '')}")
+            write_structures(out, results, frames)  # the chemiscope file and explore.html
         else:
             meta = dict(meta)
             meta.pop("chemiscope")
