@@ -47,10 +47,14 @@ def heatmap(
     col_names: Sequence[str] | None = None,
     vmax: float | None = None,
     cbar_label: str = "",
+    H: np.ndarray | None = None,
+    wide: float = 0.05,
 ) -> tuple[str, str]:
     """Heatmap of ``M`` (rows = source, columns = target) with each value printed in its cell.
 
-    With ``S`` (spread over seeds) cells read ``value±spread``. NaN cells (the diagonal) are blank.
+    With ``H`` (half-width of the 95 % interval) cells read ``value±half-width`` and cells whose
+    half-width exceeds ``wide`` are boxed in red (their number is uncertain); otherwise, with ``S``
+    (spread over seeds), ``value±spread``. NaN cells (the diagonal, or no number) are blank.
     """
     plt = _plt()
     M = np.asarray(M, dtype=float)
@@ -70,15 +74,21 @@ def heatmap(
             if not np.isfinite(M[i, j]):
                 continue
             txt = f"{M[i, j]:.2f}"
-            if S is not None and np.isfinite(S[i, j]) and not small:
+            if H is not None and np.isfinite(H[i, j]):
+                txt += f"\n±{H[i, j]:.2f}"
+                if H[i, j] > wide:
+                    ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red", lw=1.2))
+            elif S is not None and np.isfinite(S[i, j]) and not small:
                 txt += f"\n±{S[i, j]:.2f}"
             colour = "black" if M[i, j] > 0.6 * top else "white"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=6.5 if small else 8, color=colour)
+            ax.text(j, i, txt, ha="center", va="center", fontsize=5.5 if small else 8, color=colour)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if cbar_label:
         cb.set_label(cbar_label)
     if title:
         ax.set_title(title)
+    if H is not None:
+        fig.text(0.01, 0.005, f"±: half-width of the 95 % interval; red box: wider than ±{wide:g}", fontsize=7)
     return save(fig, stem)
 
 

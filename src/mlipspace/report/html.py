@@ -115,14 +115,21 @@ def _cell(r: Mapping | None, nd: int = 3) -> str:
     """One table cell of a record: value ± spread [95 % interval], or n/a (with the reason on hover)."""
     if r is None:
         return "–"
-    if r.get("value") is None:
-        return f'<span title="{_e(r.get("reason", "no value"))}">n/a</span>'
+    if r.get("value") is None:  # "not enough data (need N, have M)" shown; the full reason on hover
+        reason = str(r.get("reason", "no value"))
+        return f'<span class="nd" title="{_e(reason)}">{_e(reason.split(":")[0])}</span>'
     txt = _fmt(r["value"], nd)
     if r.get("spread") is not None:
         txt += f" ± {_fmt(r['spread'], nd)}"
     if r.get("ci_low") is not None and r.get("ci_high") is not None:
         txt += f" [{_fmt(r['ci_low'], nd)}, {_fmt(r['ci_high'], nd)}]"
     return txt
+
+
+def _trust_section(page: _Page, results: Mapping) -> None:
+    from mlipspace.report.trust import trust_section
+
+    trust_section(page, results, _cell)
 
 
 def _cross_records(results: Mapping, metric: str, level: str) -> tuple[list[Mapping], list[str]]:
@@ -134,10 +141,11 @@ def _cross_records(results: Mapping, metric: str, level: str) -> tuple[list[Mapp
 
 def _cross_figure(page: _Page, results: Mapping, metric: str, level: str, title: str) -> tuple[str, str]:
     sel, names = _cross_records(results, metric, level)
-    _, M, S = matrix(_ok(sel), metric, level, names=names)
+    _, M, S, lo, hi = matrix(_ok(sel), metric, level, names=names, fields=("value", "spread", "ci_low", "ci_high"))
     short = title if len(title) < 60 else f"{metric.upper()} — {level}"
     return page.once(f"cross_{metric}_{level}", lambda: figures.heatmap(
-        names, M, page.fig_dir / f"cross_{metric}_{level}", title=short, S=S, cbar_label=metric.upper()))
+        names, M, page.fig_dir / f"cross_{metric}_{level}", title=short, S=S, H=(hi - lo) / 2,
+        cbar_label=metric.upper()))
 
 
 def _matrix_table(page: _Page, results: Mapping, metric: str, level: str, *, folded: bool = True):
@@ -345,8 +353,11 @@ def _orders_section(page: _Page, results):
         return
     page.section("cumulant-orders", "Cumulant orders")
     page.add('<p class="note">GFRE of reconstructing the cumulants up to the target order from those up to the '
-             "source order (structure level). Forward (low → high) well above 0 means the higher order adds "
-             "information; the reverse is ~0 because higher orders contain the lower ones.</p>")
+             "source order (structure level; each cell: mean ± spread over seeds [95 % interval]). Forward "
+             "(low → high) well above 0 means the higher order adds information; the reverse is ~0 because "
+             "higher orders contain the lower ones. Each model's atom features are first compressed to a few "
+             "principal components so that the widest order still has twice as many training structures as "
+             "columns; a fit that cannot meet that rule reads \"not enough data\".</p>")
     for model in dict.fromkeys(r.get("model", r["source"]) for r in recs):
         sel = [r for r in recs if r.get("model", r["source"]) == model]
         orders = sorted({r.get("source_order") for r in sel} | {r.get("target_order") for r in sel}
@@ -355,7 +366,7 @@ def _orders_section(page: _Page, results):
             M = {(r.get("source_order"), r.get("target_order")): r for r in sel if r["metric"] == metric}
             rows = []
             for a in orders:
-                rows.append([f"≤ {a}"] + [("" if a == b else _fmt(M[(a, b)]["value"]) if (a, b) in M else "–")
+                rows.append([f"≤ {a}"] + [("" if a == b else _cell(M[(a, b)], 2) if (a, b) in M else "–")
                                            for b in orders])
             page.add(f"<h3>{_e(model)} — {metric.upper()}</h3>")
             page.table(["source \\ target"] + [f"≤ {b}" for b in orders], rows)
@@ -457,7 +468,7 @@ def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mappin
     _summary(page, results)
     _overview(page, results)
     toc_at = len(page.parts)
-    for section in (_cross_section, _variants_section, _finetune_section, _layers_section, _orders_section,
+    for section in (_cross_section, _trust_section, _variants_section, _finetune_section, _layers_section, _orders_section,
                     _probe_section):
         section(page, results)
     _models_section(page, results, timing)
