@@ -5,6 +5,7 @@ Reconstruction measures (:mod:`mlipspace.metrics.reconstruction`, scikit-matter 
 dict of spaces, LFRE's neighbour count :func:`default_k`. Similarity measures
 (:mod:`mlipspace.metrics.similarity`): :func:`linear_cka`, :func:`rbf_cka`, :func:`mutual_knn`,
 :func:`procrustes_distance`, :func:`cknna`, with :func:`similarity_with_uncertainty` and :func:`rank_agreement`.
+Two samples of one space: :func:`mmd`, :func:`mmd_permutation_test`.
 :data:`MEASURES` declares each measure's orientation, symmetry and invariances; engine settings are
 keywords of each call, with defaults from :func:`get_config` / :func:`config_context`.
 """

@@ -14,10 +14,16 @@ all on the same aligned rows (row ``i`` of ``X`` and of ``Y`` describe the same 
 ``mutual_knn``
     Mean fraction of shared k nearest neighbours (Huh et al. 2024, "Platonic representation"; used for
     MLIPs by Li & Walsh, arXiv 2512.05349). Chance level is :math:`k/(n-1)`.
+``cknna``
+    CKA restricted to mutual k-nearest-neighbour pairs (Huh et al. 2024), unbiased HSIC of the masked
+    linear kernels; with k = n − 1 it is the debiased linear CKA.
 ``procrustes_distance``
     Angular Procrustes shape distance (Williams et al. 2021),
     :math:`\theta=\arccos\|\hat X^\top \hat Y\|_*` with :math:`\hat X = X_c/\|X_c\|_F`; 0 = identical up to
     rotation, translation and scale, :math:`\pi/2` = orthogonal.
+
+Between two samples of ONE space (rows not aligned): ``mmd`` (unbiased Gaussian-kernel MMD², Gretton et
+al. 2012) and ``mmd_permutation_test``, registered in :data:`TWO_SAMPLE_MEASURES`.
 
 Every measure takes ``(X, Y, ...)`` and returns a float; :data:`SIMILARITY_MEASURES` lists them with
 their orientation and range, :func:`similarity_with_uncertainty` adds subsample spread and a
