@@ -39,13 +39,20 @@ def data(seed=0, n=90, dx=6, dy=5):
     return X, Y
 
 
+def two_samples(X, Y):
+    """X and Y cut to their common width: two samples of one space for ``samples=True`` measures."""
+    d = min(X.shape[1], Y.shape[1])
+    return X[:, :d], Y[:, :d]
+
+
 def value(m, X, Y):
     kw = {"k": 6} if m.name in ("lfre", "mknn", "cknna") else {}
     return float(m.func(X, Y, **kw))
 
 
 def test_every_measure_is_exported_with_a_complete_declaration():
-    assert set(MEASURES) >= {"gfre", "gfrd", "lfre", "cka", "cka_debiased", "rbf_cka", "mknn", "procrustes"}
+    assert set(MEASURES) >= {"gfre", "gfrd", "lfre", "cka", "cka_debiased", "rbf_cka", "mknn", "procrustes",
+                             "cknna", "mmd"}
     for name, m in MEASURES.items():
         assert m.name == name and callable(m.func)
         assert m.invariant_to and m.invariant_to <= set(TRANSFORMATIONS)
@@ -55,7 +62,8 @@ def test_every_measure_is_exported_with_a_complete_declaration():
 
 def test_similarity_measures_are_importable_from_the_package():
     for name in ("linear_cka", "rbf_cka", "mutual_knn", "pointwise_mutual_knn", "procrustes_distance",
-                 "similarity_with_uncertainty", "rank_agreement", "config_context", "default_k"):
+                 "similarity_with_uncertainty", "rank_agreement", "config_context", "default_k", "cknna", "mmd",
+                 "mmd_permutation_test"):
         assert callable(getattr(metrics, name))
     import importlib
 
@@ -66,12 +74,13 @@ def test_similarity_measures_are_importable_from_the_package():
 def test_declared_invariances_hold(name):
     m = MEASURES[name]
     X, Y = data()
+    if m.samples:
+        X, Y = two_samples(X, Y)
     base = value(m, X, Y)
     for i, t in enumerate(sorted(m.invariant_to)):
         if m.samples:  # two samples of one space: the same map on both
-            Xt, Yt = transform(t, np.vstack([X, Y[:, : X.shape[1]]]), seed=i), None
-            moved = [(Xt[: len(X)], Xt[len(X):])]
-            base = value(m, X, Y[:, : X.shape[1]])
+            S = transform(t, np.vstack([X, Y]), seed=i)
+            moved = [(S[: len(X)], S[len(X):])]
         elif t.endswith("_of_source"):
             moved = [(transform(t, X, seed=i), Y)]
         else:
@@ -86,7 +95,7 @@ def test_declared_non_invariances_are_real(name):
     X, Y = data(seed=1)
     for i, t in enumerate(sorted(m.not_invariant_to)):
         if m.samples:
-            Y = Y[:, : X.shape[1]]
+            X, Y = two_samples(X, Y)
             S = transform(t, np.vstack([X, Y]), seed=i)
             changes = [abs(value(m, S[: len(X)], S[len(X):]) - value(m, X, Y))]
         else:
@@ -101,7 +110,7 @@ def test_symmetry_is_as_declared(name):
     m = MEASURES[name]
     X, Y = data(seed=2)
     if m.samples:
-        Y = Y[:, : X.shape[1]]
+        X, Y = two_samples(X, Y)
     diff = abs(value(m, X, Y) - value(m, Y, X))
     if m.symmetric:
         assert diff <= 1e-8

@@ -42,7 +42,7 @@ RECORD_KEYS = (
 FRE_METRICS = ("gfre", "lfre", "gfrd")
 #: Similarity measures of :data:`mlipspace.metrics.similarity.SIMILARITY_MEASURES` (no fit: computed
 #: on the test rows of each split, with a permutation null).
-SIMILARITY_METRICS = ("cka", "cka_debiased", "rbf_cka", "mknn", "procrustes")
+SIMILARITY_METRICS = ("cka", "cka_debiased", "rbf_cka", "mknn", "procrustes", "cknna")
 #: Everything a cross-model comparison accepts.
 COMPARE_METRICS = FRE_METRICS + SIMILARITY_METRICS
 

@@ -159,7 +159,7 @@ def compare(
     metric: str = typer.Option(
         "gfre,lfre", "--metric",
         help="Metrics, comma-separated: gfre, lfre, gfrd (reconstruction errors); cka, cka_debiased, rbf_cka, "
-             "mknn, procrustes (similarity measures, with a permutation null).",
+             "mknn, cknna, procrustes (similarity measures, with a permutation null).",
     ),
     level: str = typer.Option("atom", "--level", help="'atom' (per-atom features, grouped split), 'structure' (cumulants) or 'atom-ungrouped' (the study's per-atom split)."),
     order: int = typer.Option(3, "--order", help="Cumulant order for --level structure."),

@@ -4,7 +4,8 @@ Reconstruction measures (:mod:`mlipspace.metrics.reconstruction`, scikit-matter 
 :func:`gfre`, :func:`gfrd`, :func:`lfre` and their ``pointwise_*`` versions, :func:`pairwise` over a
 dict of spaces, LFRE's neighbour count :func:`default_k`. Similarity measures
 (:mod:`mlipspace.metrics.similarity`): :func:`linear_cka`, :func:`rbf_cka`, :func:`mutual_knn`,
-:func:`procrustes_distance`, with :func:`similarity_with_uncertainty` and :func:`rank_agreement`.
+:func:`procrustes_distance`, :func:`cknna`, with :func:`similarity_with_uncertainty` and :func:`rank_agreement`.
+Two samples of one space: :func:`mmd`, :func:`mmd_permutation_test`.
 :data:`MEASURES` declares each measure's orientation, symmetry and invariances; engine settings are
 keywords of each call, with defaults from :func:`get_config` / :func:`config_context`.
 """
@@ -25,7 +26,11 @@ from mlipspace.metrics.reconstruction import (
 )
 from mlipspace.metrics.similarity import (
     SIMILARITY_MEASURES,
+    TWO_SAMPLE_MEASURES,
+    cknna,
     linear_cka,
+    mmd,
+    mmd_permutation_test,
     mutual_knn,
     pointwise_mutual_knn,
     procrustes_distance,
@@ -35,12 +40,13 @@ from mlipspace.metrics.similarity import (
 )
 
 #: Every measure by name (reconstruction errors and similarity measures), see :class:`Measure`.
-MEASURES: dict[str, Measure] = {**RECONSTRUCTION_MEASURES, **SIMILARITY_MEASURES}
+MEASURES: dict[str, Measure] = {**RECONSTRUCTION_MEASURES, **SIMILARITY_MEASURES, **TWO_SAMPLE_MEASURES}
 
 __all__ = [
     "MEASURES",
     "Measure",
     "TRANSFORMATIONS",
+    "cknna",
     "config_context",
     "default_k",
     "get_config",
@@ -48,6 +54,8 @@ __all__ = [
     "gfre",
     "lfre",
     "linear_cka",
+    "mmd",
+    "mmd_permutation_test",
     "mutual_knn",
     "pairwise",
     "pointwise_gfrd",

@@ -14,10 +14,16 @@ all on the same aligned rows (row ``i`` of ``X`` and of ``Y`` describe the same 
 ``mutual_knn``
     Mean fraction of shared k nearest neighbours (Huh et al. 2024, "Platonic representation"; used for
     MLIPs by Li & Walsh, arXiv 2512.05349). Chance level is :math:`k/(n-1)`.
+``cknna``
+    CKA restricted to mutual k-nearest-neighbour pairs (Huh et al. 2024), unbiased HSIC of the masked
+    linear kernels; with k = n − 1 it is the debiased linear CKA.
 ``procrustes_distance``
     Angular Procrustes shape distance (Williams et al. 2021),
     :math:`\theta=\arccos\|\hat X^\top \hat Y\|_*` with :math:`\hat X = X_c/\|X_c\|_F`; 0 = identical up to
     rotation, translation and scale, :math:`\pi/2` = orthogonal.
+
+Between two samples of ONE space (rows not aligned): ``mmd`` (unbiased Gaussian-kernel MMD², Gretton et
+al. 2012) and ``mmd_permutation_test``, registered in :data:`TWO_SAMPLE_MEASURES`.
 
 Every measure takes ``(X, Y, ...)`` and returns a float; :data:`SIMILARITY_MEASURES` lists them with
 their orientation and range, :func:`similarity_with_uncertainty` adds subsample spread and a
@@ -45,7 +51,7 @@ import numpy as np
 
 from mlipspace.errors import InputError
 from mlipspace.metrics._backend import get_backend
-from mlipspace.metrics._checks import check_k, check_pair
+from mlipspace.metrics._checks import as_matrix, check_k, check_pair
 from mlipspace.metrics._config import resolve
 from mlipspace.metrics._knn import knn_self
 from mlipspace.metrics._registry import Measure
@@ -53,8 +59,12 @@ from mlipspace.metrics.reconstruction import RECONSTRUCTION_MEASURES
 
 __all__ = [
     "SIMILARITY_MEASURES",
+    "TWO_SAMPLE_MEASURES",
     "Measure",
+    "cknna",
     "linear_cka",
+    "mmd",
+    "mmd_permutation_test",
     "mutual_knn",
     "pointwise_mutual_knn",
     "procrustes_distance",
@@ -334,6 +344,128 @@ def mutual_knn(
 
 
 # ----------------------------------------------------------------------------------------------------
+# CKNNA: kernel alignment on mutual nearest neighbours
+
+
+def _pair_dots(A: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """(n, k) inner products ``A[i] · A[nbr[i, a]]``, a few rows at a time (never n×n)."""
+    n, k = nbr.shape
+    out = np.empty((n, k))
+    step = max(1, CHUNK_ELEMENTS // max(1, k * A.shape[1]))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        blk = np.asarray(A[s:e], dtype=np.float64)
+        out[s:e] = np.einsum("id,ikd->ik", blk, np.asarray(A[nbr[s:e]], dtype=np.float64))
+    return out
+
+
+def _masked_hsic(keys: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> float:
+    r"""Unbiased HSIC (Song et al. 2012) of two sparse n×n matrices with entries ``a``, ``b`` at ``keys``.
+
+    ``keys`` (sorted, unique) encode the position ``i*n + j`` of each stored entry (never ``i == j``),
+    the same positions for both matrices. :math:`\operatorname{tr}(\tilde A\tilde B)=\sum_{ij}A_{ij}B_{ji}`
+    needs the entries whose transpose is stored too; :math:`\mathbf 1^\top\tilde A\tilde B\mathbf 1` is
+    averaged over both orders (column sums of A · row sums of B and the reverse), which makes the value
+    symmetric in A and B even when the mask is not.
+    """
+    rows, cols = np.divmod(keys, n)
+    tkeys = cols * n + rows
+    tr = 0.0
+    if keys.size:
+        pos = np.minimum(np.searchsorted(keys, tkeys), keys.size - 1)
+        has_t = keys[pos] == tkeys
+        tr = float(np.sum(a[has_t] * b[pos[has_t]]))
+    row_a, col_a = np.bincount(rows, a, n), np.bincount(cols, a, n)
+    row_b, col_b = np.bincount(rows, b, n), np.bincount(cols, b, n)
+    ab1 = 0.5 * (float(col_a @ row_b) + float(col_b @ row_a))
+    return _unbiased_hsic(tr, float(a.sum()), float(b.sum()), ab1, n)
+
+
+class _CknnaState:
+    """Neighbour lists and kernel values of X and Y on them; a row permutation of Y only relabels."""
+
+    def __init__(self, X, Y, k, *, distance: str, device: str, chunk_size: int | None,
+                 knn_precision: str | None):
+        if distance not in DISTANCES:
+            raise InputError(f"unknown distance {distance!r}: use 'euclidean' or 'cosine'")
+        n = X.shape[0]
+        k = check_k(k, n - 1, minimum=2, why=" (CKNNA aligns kernels over neighbour pairs, as in Huh et al.)",
+                    pool="the other rows")
+        if distance == "cosine":  # kernel and neighbours on unit rows, as Huh et al. compare normalised features
+            X, Y = (_unit_rows(A) for A in (X, Y))
+        self.knn = _KnnState(X, Y, k, distance="euclidean", device=device, chunk_size=chunk_size,
+                             knn_precision=knn_precision)
+        self.n = n
+        self.kx = _pair_dots(X, self.knn.nx)
+        self.ly = _pair_dots(Y, self.knn.ny)
+        self.keys_x, self.vx = self._sparse(self.knn.nx, self.kx)
+        keys_y, vy = self._sparse(self.knn.ny, self.ly)
+        self.hxx = _masked_hsic(self.keys_x, self.vx, self.vx, n)
+        self.hyy = _masked_hsic(keys_y, vy, vy, n)
+        for name, h in (("X", self.hxx), ("Y", self.hyy)):
+            if not h > 0:
+                raise InputError(
+                    f"CKNNA is undefined here: the k-NN kernel alignment of {name} with itself is not positive "
+                    f"({h:.3g}); use more rows or another k"
+                )
+
+    def _sparse(self, nbr: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = (np.arange(self.n)[:, None] * self.n + nbr).ravel()
+        order = np.argsort(keys, kind="stable")
+        return keys[order], vals.ravel()[order]
+
+    def score(self, perm: np.ndarray | None = None) -> float:
+        ny, ly = self.knn.ny, self.ly
+        if perm is not None:  # row i of Y[perm] is row perm[i] of Y (see _KnnState.pointwise)
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(perm.size)
+            ny, ly = inv[ny[perm]], ly[perm]
+        keys_y, vy = self._sparse(ny, ly)
+        both, ix, iy = np.intersect1d(self.keys_x, keys_y, assume_unique=True, return_indices=True)
+        hxy = _masked_hsic(both, self.vx[ix], vy[iy], self.n)
+        return hxy / math.sqrt(self.hxx * self.hyy)
+
+
+def _unit_rows(A) -> np.ndarray:
+    A = np.asarray(A, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", A, A))
+    if (norms == 0).any():
+        raise InputError(f"row {int(np.flatnonzero(norms == 0)[0])} is all zeros: its cosine distance is undefined")
+    return A / norms[:, None]
+
+
+def cknna(
+    X, Y, *, k: int = 10, distance: str = "euclidean", device: str = "auto", chunk_size: int | None = None,
+    knn_precision: str | None = None,
+) -> float:
+    r"""Centred kernel nearest-neighbour alignment (CKNNA; Huh et al. 2024, "Platonic representation").
+
+    CKA restricted to neighbour pairs. With linear kernels :math:`K=XX^\top`, :math:`L=YY^\top`, the
+    mask :math:`\alpha_{ij}=1[i\ne j,\ j\in N^X_k(i),\ j\in N^Y_k(i)]` and the unbiased HSIC of Song et
+    al. (2012) (its implicit centring; the features themselves are not centred, as in the reference
+    code):
+
+    .. math:: \mathrm{CKNNA}=\frac{\mathrm{HSIC}_u(\alpha\circ K,\ \alpha\circ L)}
+              {\sqrt{\mathrm{HSIC}_u(\alpha^X\circ K,\alpha^X\circ K)\,\mathrm{HSIC}_u(\alpha^Y\circ L,\alpha^Y\circ L)}},
+
+    :math:`\alpha^X` the k-NN mask of X alone. The one departure from the reference code: the term
+    :math:`\mathbf 1^\top\tilde A\tilde B\mathbf 1` of the estimator is averaged over both orders, so
+    CKNNA(X, Y) = CKNNA(Y, X) (the reference code's value changes by ~1% when X and Y are swapped, as
+    the mask is not symmetric); ours is the mean of the reference's two orders. With ``k = n − 1`` the
+    mask keeps every pair and CKNNA is the *debiased* linear CKA (``linear_cka(debiased=True)``).
+
+    Neighbours: the exact search of :mod:`mlipspace.metrics._knn` (as :func:`mutual_knn`), Euclidean by
+    default; ``distance="cosine"`` scales rows to unit length first, for neighbours *and* kernel (Huh et
+    al. compare unit-normalised features, where top inner product = nearest neighbour). Memory and
+    cost O(n k d) after the neighbour search. Invariant to rotation and isotropic scale of either side,
+    *not* to a shift (the kernel is not centred before masking). Needs 2 ≤ k ≤ n − 1, n ≥ 4.
+    """
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=4)
+    st = _CknnaState(X, Y, k, distance=distance, device=device, chunk_size=chunk_size, knn_precision=knn_precision)
+    return st.score()
+
+
+# ----------------------------------------------------------------------------------------------------
 # RBF (Gaussian kernel) CKA
 
 
@@ -480,6 +612,121 @@ def rbf_cka(
 
 
 # ----------------------------------------------------------------------------------------------------
+# kernel MMD between two samples of one space
+
+
+def _two_samples(A, B) -> tuple[np.ndarray, np.ndarray]:
+    A = as_matrix(A, "A")
+    B = as_matrix(B, "B")
+    if A.shape[1] != B.shape[1]:
+        raise InputError(f"A and B must be rows of one space: A has {A.shape[1]} features, B has {B.shape[1]}")
+    for name, S in (("A", A), ("B", B)):
+        if S.shape[0] < 2:
+            raise InputError(f"MMD needs at least 2 rows in each sample, {name} has {S.shape[0]}")
+    return A, B
+
+
+def _mmd_bandwidth(Z: np.ndarray, sigma, median_rows: int, random_state: int) -> float:
+    if sigma is None:
+        s = math.sqrt(_median_sq_dist(Z, np.random.default_rng(random_state), median_rows))
+    else:
+        s = float(sigma)
+    if not (s > 0 and math.isfinite(s)):
+        raise InputError(f"MMD bandwidth is {s}: more than half of the pooled rows coincide; pass sigma explicitly")
+    return s
+
+
+def _gauss_blocks(Z: np.ndarray, sigma: float):
+    """Yield ``(s, e, K)``: Gaussian-kernel rows s..e of the pooled rows against all (exact diagonal 1)."""
+    n = Z.shape[0]
+    sq = np.einsum("ij,ij->i", Z, Z)
+    step = block_rows(n, None, 1 << 23)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        d = sq_dists_block(Z[s:e], Z, sq[s:e], sq)
+        d[np.arange(e - s), np.arange(s, e)] = 0.0
+        yield s, e, np.exp(d * (-1.0 / (2.0 * sigma * sigma)))
+
+
+def _mmd2_from_sums(s_aa: float, s_bb: float, s_ab: float, m: int, n: int) -> float:
+    """Unbiased MMD² from full kernel sums (diagonals included: each diagonal entry is 1)."""
+    return (s_aa - m) / (m * (m - 1)) + (s_bb - n) / (n * (n - 1)) - 2.0 * s_ab / (m * n)
+
+
+def mmd(A, B, *, sigma: float | None = None, median_rows: int = 2_000, random_state: int = 0) -> float:
+    r"""Unbiased squared maximum mean discrepancy (Gretton et al. 2012) between two samples of one space.
+
+    Rows of ``A`` (m) and ``B`` (n) are, e.g., two datasets' features in one model's space. With the
+    Gaussian kernel :math:`k(u,v)=\exp(-\|u-v\|^2/2\sigma^2)`,
+
+    .. math:: \mathrm{MMD}^2_u=\tfrac{1}{m(m-1)}\sum_{i\ne j}k(a_i,a_j)+\tfrac{1}{n(n-1)}\sum_{i\ne j}
+              k(b_i,b_j)-\tfrac{2}{mn}\sum_{i,j}k(a_i,b_j).
+
+    ``sigma=None``: median heuristic on the pooled rows, :math:`\sigma^2=\operatorname{median}_{i<j}
+    \|z_i-z_j\|^2` over all pairs of the m + n pooled rows (over ``median_rows`` of them drawn with
+    ``random_state`` when there are more). 0 in expectation when A and B come from one distribution
+    (can then be slightly negative), up to 2; lower = more alike. Invariant to rotation and shift of
+    the space, with the median heuristic also to isotropic scale. Blocked: O((m+n)² d), never the
+    whole kernel in memory. :func:`mmd_permutation_test` gives its p-value.
+    """
+    A, B = _two_samples(A, B)
+    Z = np.vstack([A, B])
+    m = A.shape[0]
+    s = _mmd_bandwidth(Z, sigma, median_rows, random_state)
+    s_aa = s_bb = s_ab = 0.0
+    for lo, hi, K in _gauss_blocks(Z, s):
+        a_rows = K[: max(0, min(hi, m) - lo)]
+        b_rows = K[max(0, min(hi, m) - lo):]
+        s_aa += float(a_rows[:, :m].sum())
+        s_ab += float(a_rows[:, m:].sum())
+        s_bb += float(b_rows[:, m:].sum())
+    return _mmd2_from_sums(s_aa, s_bb, s_ab, m, B.shape[0])
+
+
+def mmd_permutation_test(
+    A, B, *, n_permutations: int = 200, seed: int = 0, sigma: float | None = None, median_rows: int = 2_000,
+    random_state: int = 0,
+) -> tuple[float, float]:
+    r"""``(mmd2, p_value)``: :func:`mmd` and its permutation p-value under "A and B share one distribution".
+
+    The pooled rows are split at random into groups of sizes m and n ``n_permutations`` times (seeded by
+    ``seed``); :math:`p=(1+\#\{\mathrm{MMD}^2_\pi\ge\mathrm{MMD}^2\})/(1+n_\text{perm})`. The bandwidth
+    (median heuristic on the pooled rows) does not change under the relabelling, so it is fixed once.
+    Holds the (m+n)² kernel matrix in memory (8 bytes per entry).
+    """
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise InputError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    A, B = _two_samples(A, B)
+    Z = np.vstack([A, B])
+    m, n = A.shape[0], B.shape[0]
+    s = _mmd_bandwidth(Z, sigma, median_rows, random_state)
+    G = np.empty((m + n, m + n))
+    for lo, hi, K in _gauss_blocks(Z, s):
+        G[lo:hi] = K
+    row = G.sum(1)
+    total = float(row.sum())
+
+    def mmd2_of(W: np.ndarray) -> np.ndarray:  # W: (m+n, p) indicators of group A
+        s_aa = np.einsum("ip,ip->p", W, G @ W)
+        s_a_all = row @ W
+        return _mmd2_from_sums(s_aa, total - 2.0 * s_a_all + s_aa, s_a_all - s_aa, m, n)
+
+    first = np.zeros((m + n, 1))
+    first[:m] = 1.0
+    value = float(mmd2_of(first)[0])
+    rng = np.random.default_rng(seed)
+    null = []
+    for start in range(0, int(n_permutations), 64):
+        p = min(64, int(n_permutations) - start)
+        W = np.zeros((m + n, p))
+        for c in range(p):
+            W[rng.permutation(m + n)[:m], c] = 1.0
+        null.append(mmd2_of(W))
+    null_arr = np.concatenate(null)
+    return value, float((1 + np.sum(null_arr >= value)) / (1 + null_arr.size))
+
+
+# ----------------------------------------------------------------------------------------------------
 # registry
 
 
@@ -513,6 +760,13 @@ def _prep_mknn(X, Y, *, k=10, distance="euclidean", device="auto", chunk_size=No
     return _Prepared(lambda perm=None: float(st.pointwise(perm).mean()), X.shape[0])
 
 
+def _prep_cknna(X, Y, *, k=10, distance="euclidean", device="auto", chunk_size=None,
+                knn_precision=None) -> _Prepared:
+    X, Y = check_pair(X, Y, keep_float=True, min_rows=4)
+    st = _CknnaState(X, Y, k, distance=distance, device=device, chunk_size=chunk_size, knn_precision=knn_precision)
+    return _Prepared(st.score, st.n)
+
+
 def _prep_rbf(X, Y, **kw) -> _Prepared:
     st = _rbf_prepare(X, Y, **kw)
     return _Prepared(st.score, st.n)
@@ -540,6 +794,21 @@ SIMILARITY_MEASURES: dict[str, Measure] = {
                 "mutual k-nearest-neighbour overlap (Huh et al. 2024)", _prep_mknn, _EUCLIDEAN, _LINEAR_ONLY),
         Measure("procrustes", procrustes_distance, False, (0.0, math.pi / 2), 0.0, True,
                 "angular Procrustes distance (Williams et al. 2021)", _prep_procrustes, _EUCLIDEAN, _LINEAR_ONLY),
+        # linear kernel of the uncentred rows, masked before centring: a shift changes it
+        Measure("cknna", cknna, True, (-1.0, 1.0), 1.0, True,
+                "CKA on mutual k-nearest-neighbour pairs (Huh et al. 2024)", _prep_cknna,
+                _EUCLIDEAN - {"shift"}, _LINEAR_ONLY | {"shift"}),
+    )
+}
+
+#: Measures between two samples (rows) of ONE space, e.g. two datasets in one model's space
+#: (``samples=True``: a transformation is applied to both samples at once).
+TWO_SAMPLE_MEASURES: dict[str, Measure] = {
+    m.name: m
+    for m in (
+        Measure("mmd", mmd, False, (-1.0, 2.0), 0.0, True,
+                "unbiased Gaussian-kernel MMD², median-heuristic bandwidth (Gretton et al. 2012)", None,
+                _EUCLIDEAN, _LINEAR_ONLY, samples=True),
     )
 }
 
