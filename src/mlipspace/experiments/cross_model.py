@@ -200,10 +200,6 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
     """GFRE/GFRD/LFRE pointwise errors of every pair on one split, into ``est`` (or a reason)."""
     from mlipspace.metrics import pairwise
 
-    names = list(dict.fromkeys(n for p in pairs for n in p))
-    every = [(a, b) for a in names for b in names if a != b]
-    # all ordered pairs of the names: one pairwise call; otherwise one call per unordered pair
-    group_list = [names] if set(pairs) == set(every) else list(dict.fromkeys(tuple(sorted(p)) for p in pairs))
     todo = []
     for s, t in pairs:
         key = (s, t, metric)
@@ -218,21 +214,18 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
             reasons[key] = why
         elif key not in reasons:
             todo.append((s, t))
-    for group in group_list:
-        wanted = [p for p in todo if p[0] in group and p[1] in group]
-        if not wanted:
-            continue
-        use = list(dict.fromkeys(n for p in wanted for n in p))
-        recs = pairwise({g: features[g] for g in use}, metric, train_idx=train, test_idx=test, diagonal=False,
-                        k=k if metric == "lfre" else None, pointwise=True,
-                        mode=lfre_mode if metric == "lfre" else "exact")
-        for r in recs:
-            key = (r["source"], r["target"], metric)
-            if (r["source"], r["target"]) in wanted:
-                est.setdefault(key, Estimate("rms")).add(r["pointwise"], test_groups, seed)
-                for name, mask in (masks(r["source"]) if masks is not None else {}).items():
-                    if len(np.unique(test_groups[mask])) >= MIN_TEST_GROUPS:
-                        est.setdefault(key + (name,), Estimate("rms")).add(r["pointwise"][mask], test_groups[mask], seed)
+    if not todo:
+        return
+    # one call for every pair of this split: each space scaled once, LFRE's neighbours found once per source
+    used = list(dict.fromkeys(n for p in todo for n in p))
+    recs = pairwise({g: features[g] for g in used}, metric, train_idx=train, test_idx=test, pairs=todo,
+                    k=k if metric == "lfre" else None, pointwise=True, mode=lfre_mode if metric == "lfre" else "exact")
+    for r in recs:
+        key = (r["source"], r["target"], metric)
+        est.setdefault(key, Estimate("rms")).add(r["pointwise"], test_groups, seed)
+        for name, mask in (masks(r["source"]) if masks is not None else {}).items():
+            if len(np.unique(test_groups[mask])) >= MIN_TEST_GROUPS:
+                est.setdefault(key + (name,), Estimate("rms")).add(r["pointwise"][mask], test_groups[mask], seed)
 
 
 def _similarity_split(features, pairs, metric, rows, row_groups, seed, est, nulls, info, reasons, why_test):

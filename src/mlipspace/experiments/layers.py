@@ -88,15 +88,18 @@ def cross_model_layers(
     for src in models:
         names = list(model_layers[src])
         tgts = [t for t in (models if targets is None else targets) if t in model_layers and t != src]
-        for i, lay in enumerate(names):
-            key = f"{src}\x00{lay}"  # the source layer's own name, apart from any model name
-            feats = {key: model_layers[src][lay], **{t: model_layers[t][last] for t in tgts}}
-            for r in pair_errors(feats, [(key, t) for t in tgts], splits, groups=rows["frame"], metrics=metrics,
-                                 analysis="layers-cross", layer=lay, dataset=dataset, fingerprints=fingerprints,
-                                 lfre_max_test=lfre_max_test):
-                r.update(source=src, source_fingerprint=fingerprint_id((fingerprints or {}).get(src)),
-                         source_layer=lay, target_layer=last, source_depth=round(i / max(1, len(names) - 1), 6))
-                out.append(r)
+        keys = {f"{src}\x00{lay}": (i, lay) for i, lay in enumerate(names)}  # apart from any model name
+        feats = {key: model_layers[src][lay] for key, (_, lay) in keys.items()}
+        feats.update({t: model_layers[t][last] for t in tgts})
+        recs = pair_errors(feats, [(key, t) for key in keys for t in tgts], splits, groups=rows["frame"],
+                           metrics=metrics, analysis="layers-cross", dataset=dataset, fingerprints=fingerprints,
+                           lfre_max_test=lfre_max_test)
+        for r in recs:
+            i, lay = keys[r["source"]]
+            r.update(source=src, layer=lay, source_fingerprint=fingerprint_id((fingerprints or {}).get(src)),
+                     source_layer=lay, target_layer=last, source_depth=round(i / max(1, len(names) - 1), 6))
+            out.append(r)
+        for _ in names:
             if progress is not None:
                 progress()
     return out

@@ -23,14 +23,16 @@ METRICS = ("gfre", "gfrd", "lfre")
 def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "gfre", *,
              k: int | None = None, train_idx=None, test_idx=None, diagonal: bool = True,
              device: str = "auto", mode: str = "exact", n_jobs: int | None = None,
-             pointwise: bool = False, **engines) -> list[dict]:
+             pointwise: bool = False, pairs: Sequence[tuple[str, str]] | None = None,
+             **engines) -> list[dict]:
     """Reconstruction measures between every ordered pair (source -> target) of ``features``.
 
     ``features``: name -> (n, d) array, rows aligned across spaces. ``metric``: one of
     ``"gfre"``, ``"gfrd"``, ``"lfre"`` or a list of them. ``k``: LFRE's neighbour count; None uses
     :func:`~mlipspace.metrics.default_k` per pair. Same split for all pairs (scikit-matter default
     when no indices are given). ``engines``: ``engine``, ``fast_precision``, ``knn_precision``,
-    ``svd_driver`` (see :mod:`mlipspace.metrics._config`).
+    ``svd_driver`` (see :mod:`mlipspace.metrics._config`). ``pairs`` restricts the work to those
+    ordered pairs (default: all, diagonal included unless ``diagonal=False``).
 
     Returns records ``{"source", "target", "metric", "value", "n_train", "n_test"}`` (plus ``"k"``
     for LFRE and ``"pointwise"`` when ``pointwise=True``), diagonal included unless
@@ -54,7 +56,14 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
     for name, A in arrays.items():
         _, mean, scale = _scale(A, train, name)
         scaled[name] = (A - mean) / scale
-    pairs = [(s, t) for s in names for t in names if diagonal or s != t]
+    every = [(s, t) for s in names for t in names if diagonal or s != t]
+    if pairs is None:
+        pairs = every
+    else:
+        pairs = [(str(s), str(t)) for s, t in pairs]
+        unknown = sorted({n for p in pairs for n in p} - set(names))
+        if unknown:
+            raise InputError(f"pairs name spaces not in features: {', '.join(unknown)}")
 
     records = []
     for m in metrics:
