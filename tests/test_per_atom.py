@@ -153,3 +153,96 @@ def test_per_atom_rejects_unknown_models_and_local_metrics():
         per_atom(feats, rows, frames, metric="lfre")
     with pytest.raises(InputError, match="no structure for frame"):
         per_atom(feats, rows, frames[:3])
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def report_with_per_atom(tmp_path):
+    """The synthetic report's results plus per-atom records and a per_atom.npz over its 12 molecules."""
+    pytest.importorskip("chemiscope")
+    from test_report import FAMILIES, synthetic_results
+    from test_report_explore import frames as molecules
+
+    from mlipspace.report import write_report, write_results
+    from ase.data import chemical_symbols
+
+    mols = molecules(12)
+    rows = row_table(mols)
+    test = np.flatnonzero(rows["frame"] >= 2)  # frames 0 and 1 train: their atoms get NaN
+    models = list(FAMILIES)[:3]
+    pairs = [(a, b) for a in models for b in models if a != b]
+    rng = np.random.default_rng(0)
+    E = rng.random((len(pairs), len(test))) * np.where(rows["Z"][test] == 1, 0.2, 1.0)
+    coord = np.concatenate([coordination_numbers(m) for m in mols])[test]
+    acc = GroupErrors(pairs)
+    labels = {"element": np.asarray(chemical_symbols, dtype=object)[rows["Z"][test]],
+              "subset": rows["subset"][test], "coordination": coord}
+    acc.add(E, labels, rows["frame"][test], seed=0, n_train=10)
+    from mlipspace.experiments.per_atom import _raw
+
+    raw = _raw(rows, test, coord, E, pairs, models, 0, "gfre")
+    res = synthetic_results()
+    res = res | {"records": res["records"] + acc.records(), "meta": res["meta"] | {
+        "chemiscope": "chemiscope.json.gz", "structures": "structures.xyz"}}
+    out = tmp_path / "out"
+    write_per_atom(out / "per_atom.npz", raw)
+    from mlipspace.data import write as write_frames
+
+    write_frames(mols, out / "structures.xyz")
+    write_report(write_results(out / "results.json", res), frames=mols)
+    return out, raw
+
+
+def test_report_shows_per_atom_sections_pictures_and_chemiscope_properties(tmp_path):
+    from test_report_explore import embedded
+
+    out, raw = report_with_per_atom(tmp_path)
+    text = (out / "index.html").read_text()
+    for anchor in ("per-atom", "hardest"):
+        assert f'<details class="sec" id="{anchor}">' in text and f'href="#{anchor}"' in text
+    assert "per_atom_elements.png" in text and (out / "figures" / "per_atom_elements.png").is_file()
+    pics = sorted((out / "figures").glob("hardest_*.png"))
+    assert len(pics) == 10 and all(p.stat().st_size > 1000 for p in pics)
+    assert 'src="figures/hardest_01.png"' in text
+    assert "Which atoms carry each pair" in text and "H " in text and "O " in text
+    props = embedded(out / "explore.html")["properties"]
+    key = "chgnet-0.3.0: per-atom GFRE (mean over sources)"
+    assert props[key]["target"] == "atom" and len(props[key]["values"]) == 48
+    first = props[key]["values"]
+    assert first[:8] == ["***NaN***"] * 8  # the two training molecules (5 + 3 atoms) are not test atoms
+    assert first[8] == pytest.approx(float(raw["model_error"][0][0]), rel=1e-6)
+    assert props["element"]["values"][:5] == ["C", "H", "H", "H", "H"]
+    assert props["atom subset"]["values"][5] == "water"
+
+
+def test_explore_with_per_atom_nan_properties_renders_in_chromium(tmp_path):
+    from test_report import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed")
+    import json
+    import re
+
+    from test_report_explore import PROBE, chromium
+
+    out, _ = report_with_per_atom(tmp_path)
+    text = (out / "explore.html").read_text()
+    probe = out / "probe.html"
+    (tmp_path / "probe.js").write_text(PROBE)
+    probe.write_text(text.replace("<head>", f'<head><script src="{(tmp_path / "probe.js").as_uri()}"></script>', 1))
+    dom = chromium(probe.as_uri(), tmp_path, "--dump-dom").stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+                        .replace("&quot;", '"'))
+    assert result["loaded"] == "yes" and result["errors"] == [], result
+
+
+def test_report_without_per_atom_records_has_no_per_atom_section(tmp_path):
+    from test_report import synthetic_results
+
+    from mlipspace.report import write_report, write_results
+
+    text = write_report(write_results(tmp_path / "results.json", synthetic_results())).read_text()
+    assert 'id="per-atom"' not in text and 'id="hardest"' not in text

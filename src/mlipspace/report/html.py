@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, matrix, select
-from mlipspace.report import figures
+from mlipspace.report import figures, per_atom
 from mlipspace.report.results import matrix_names
 from mlipspace.report.summary import findings
 
@@ -458,7 +458,7 @@ def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mappin
     _overview(page, results)
     toc_at = len(page.parts)
     for section in (_cross_section, _variants_section, _finetune_section, _layers_section, _orders_section,
-                    _probe_section):
+                    _probe_section, per_atom.section):
         section(page, results)
     _models_section(page, results, timing)
     page.close()
