@@ -61,6 +61,20 @@ def shares(data: Mapping, labels: np.ndarray) -> tuple[list[str], np.ndarray]:
     return names.tolist(), np.divide(S, tot, out=np.zeros_like(S), where=tot > 0)
 
 
+def _structure_counts(data: Mapping) -> dict[tuple[str, str], int]:
+    """``(field, label) -> number of test structures`` with atoms of that label (first split)."""
+    from ase.data import chemical_symbols
+
+    out = {}
+    fields = {"element": np.asarray(chemical_symbols)[np.asarray(data["Z"])], "subset": data["subset"],
+              "coordination": data["coordination"]}
+    for field, lab in fields.items():
+        lab = np.asarray(lab).astype(str)
+        for value in np.unique(lab):
+            out[(field, str(value))] = len(np.unique(np.asarray(data["frame"])[lab == value]))
+    return out
+
+
 def _group_table(recs: Sequence[Mapping], field: str, pairs, flags) -> list[tuple]:
     """``(label, mean RMS over cross-family pairs, n_test, n/a count)`` per label, hardest first."""
     keep = {tuple(p) for p, f in zip(pairs, flags) if f}
@@ -95,13 +109,19 @@ def section(page, results: Mapping) -> None:
              f"{sum(flags)} pairs of models from different families.</p>")
     elements = _group_table(recs, "element", pairs, flags)
     _heatmap(page, recs, pairs, flags, [t[0] for t in elements if t[1] is not None][:MAX_ELEMENTS])
+    if not any(t[1] is not None for t in elements):
+        page.add('<p class="note">No element has a number: none is in 10 or more test structures of this run '
+                 "(a larger <code>--size</code> gives numbers). The error shares and hardest atoms below describe "
+                 "this one split.</p>")
+    counts = _structure_counts(data) if data is not None else {}
     for field, title in (("element", "Elements"), ("subset", "Subsets"), ("coordination", "Coordination number")):
         rows = _group_table(recs, field, pairs, flags)
         if not rows:
             continue
         page.add(f"<h3>{title}, hardest first</h3>")
-        page.table([field, "mean RMS GFRE (cross-family)", "test atoms", "pairs n/a"],
-                   [[_e(k), _fmt(v), str(n), str(na)] for k, v, n, na in rows[:15]])
+        page.table([field, "mean RMS GFRE (cross-family)", "test atoms", "test structures", "pairs n/a"],
+                   [[_e(k), _fmt(v), str(n), str(counts.get((field, str(k)), "")), str(na)]
+                    for k, v, n, na in rows[:15]])
     if data is not None:
         _share_table(page, data, flags if len(flags) == len(data["pairs"]) else None, fam)
     _hardest(page, results, data, fam)
@@ -191,21 +211,41 @@ def _structures(out: Path, results: Mapping):
     return read(str(out / name), index=":")
 
 
-def environment_png(atoms, index: int, path: str | os.PathLike, *, radius: float = ENV_RADIUS) -> str:
+def environment_png(atoms, index: int, path: str | os.PathLike, *, radius: float = ENV_RADIUS,
+                    title: str = "") -> str:
     """Draw atom ``index`` of ``atoms`` and its neighbours within ``radius`` (periodic images included)
-    to ``path`` (PNG, ASE's renderer); returns the file name."""
-    from ase import Atoms
-    from ase.data import covalent_radii
-    from ase.io import write
+    to ``path`` (PNG): a projection with the atom on top (red rim) and lines to its bonded neighbours
+    (the coordination criterion, 1.2 x the sum of covalent radii). Returns the file name."""
+    from ase.data import chemical_symbols, covalent_radii
+    from ase.data.colors import jmol_colors
     from ase.neighborlist import neighbor_list
+
+    from mlipspace.report.figures import _plt
 
     i, j, D = neighbor_list("ijD", atoms, radius)
     keep = i == index
-    numbers = np.concatenate([[atoms.numbers[index]], atoms.numbers[j[keep]]])
-    env = Atoms(numbers=numbers, positions=np.vstack([np.zeros((1, 3)), D[keep]]))
-    radii = 0.6 * covalent_radii[numbers]
-    radii[0] *= 1.6
+    z0, zs, P = int(atoms.numbers[index]), atoms.numbers[j[keep]], D[keep]
+    a, b = np.radians(25.0), np.radians(15.0)  # a fixed oblique view: rotate about y, then x
+    rot = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]]) @ \
+        np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    Q = P @ rot.T
+    bonded = np.linalg.norm(P, axis=1) < 1.2 * (covalent_radii[z0] + covalent_radii[zs])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(2.2, 2.2))
+    for k in np.flatnonzero(bonded):
+        ax.plot([0, Q[k, 0]], [0, Q[k, 1]], color="#555", lw=1.2, zorder=1)
+    for k in np.argsort(Q[:, 2]):  # back to front
+        ax.scatter(Q[k, 0], Q[k, 1], s=260 * covalent_radii[zs[k]] ** 2, color=jmol_colors[zs[k]],
+                   edgecolors="k", linewidths=0.5, alpha=0.85, zorder=2)
+    ax.scatter(0, 0, s=420 * covalent_radii[z0] ** 2, color=jmol_colors[z0], edgecolors="#d1495b", linewidths=2.5,
+               zorder=3)
+    ax.set_xlim(-radius, radius)
+    ax.set_ylim(-radius, radius)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title or f"{chemical_symbols[z0]}, {int(bonded.sum())} bonded", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(str(path), env, format="png", rotation="15x,25y", radii=radii, scale=30, maxwidth=320)
+    fig.savefig(path, dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
     return path.name
