@@ -158,6 +158,9 @@ def _share_table(page, data: Mapping, flags, fam) -> None:
     for i, (s, t) in enumerate(data["pairs"].tolist()):
         if flags is not None and not flags[i]:
             continue
+        if not np.isfinite(np.asarray(data["errors"][i], dtype=float)).any():
+            rows.append([_e(f"{s} → {t}"), "n/a (fit outside its valid regime)", ""])
+            continue
         tops = np.argsort(-el[i])[:3]
         top_sub = int(np.argmax(sub[i])) if sub.size else None
         rows.append([_e(f"{s} → {t}"), ", ".join(f"{_e(el_names[j])} {100 * el[i, j]:.0f} %" for j in tops),
