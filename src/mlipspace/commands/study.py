@@ -168,14 +168,21 @@ def compare(
     lfre_max_test: int = typer.Option(500, "--lfre-max-test", help="Test rows LFRE is evaluated on."),
     as_json: bool = _JSON,
     output: Path = _OUTPUT,
+    per_atom: bool = typer.Option(False, "--per-atom", help="Also the pointwise GFRE of every test atom (seed 0): records per element/subset/coordination and per_atom.npz next to --output."),
 ) -> None:
     """Cross-model GFRE/LFRE matrix (both directions) from a feature store."""
     from mlipspace.experiments.cross_model import cross_model
 
-    feats, rows, spec, fps, *_ = _open(store, dataset, models, layer)
+    feats, rows, spec, fps, st, key, _ = _open(store, dataset, models, layer)
     recs = cross_model(feats, rows, metrics=_split(metric), level=level, order=order, seeds=list(range(seeds)),
                        layer=layer, dataset=spec, fingerprints=fps, lfre_max_test=lfre_max_test)
-    _emit(recs, as_json, output, lambda: _matrix_tables(recs, Console()))
+    if per_atom:
+        from mlipspace.experiments import per_atom as pa
+
+        got = pa.per_atom(feats, rows, st.frames(key), layer=layer, dataset=spec, fingerprints=fps)
+        pa.write_per_atom((output.parent if output is not None else Path(".")) / pa.NPZ_NAME, got)
+    extra = got["records"] if per_atom else []
+    _emit(recs + extra, as_json, output, lambda: _matrix_tables(recs, Console()))
 
 
 def _stored_models(store: Path, dataset: str | None) -> list[str]:

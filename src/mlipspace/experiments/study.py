@@ -357,6 +357,12 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
             recs, _ = cache.get("similarity", _cache_key(base_key, "similarity"), lambda: cm.cross_model(
                 last, rows, metrics=SIMILARITY_DEFAULT, level="atom", n_test=cfg.n_test, **common))
             records += recs
+        with stages.stage("per-atom", f"pointwise GFRE of every test atom, {n_pairs} pairs, seed 0"):
+            from mlipspace.experiments import per_atom as pa
+            got, _ = cache.get("per-atom", _cache_key(base_key, "per-atom"), lambda: pa.as_json(pa.per_atom(
+                last, rows, prep["frames"], n_test=cfg.n_test, dataset=dataset, fingerprints=fps)))
+            records += got["records"]
+            pa.write_per_atom(Path(cfg.out) / pa.NPZ_NAME, got)
     else:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
 

@@ -48,6 +48,32 @@ def atom_properties(frames: Sequence) -> dict[str, list]:
                                               for f in forces]).tolist()}
 
 
+def per_atom_properties(data: Mapping[str, np.ndarray], frames: Sequence) -> dict[str, list]:
+    """Per-atom properties from ``per_atom.npz`` arrays: each model's error (mean over the source models
+    of the pointwise GFRE into it; NaN for atoms outside the test set), the element and the subset.
+
+    ``frames`` are the analysed structures in ``data["all_frames"]`` order; empty when they do not match.
+    """
+    from ase.data import chemical_symbols
+
+    sizes = np.array([len(a) for a in frames], dtype=np.int64)
+    if len(frames) != len(data["all_frames"]):
+        return {}
+    pos = np.searchsorted(np.asarray(data["all_frames"]), np.asarray(data["frame"]))
+    offset = np.concatenate([[0], np.cumsum(sizes)])
+    if np.any(np.asarray(data["atom"]) >= sizes[pos]):
+        return {}
+    where = offset[pos] + np.asarray(data["atom"])
+    props: dict[str, list] = {}
+    for m, err in zip(np.asarray(data["models"]).tolist(), np.asarray(data["model_error"], dtype=np.float64)):
+        vals = np.full(int(offset[-1]), np.nan)
+        vals[where] = err
+        props[f"{m}: per-atom GFRE (mean over sources)"] = vals.tolist()
+    props["element"] = [chemical_symbols[z] for a in frames for z in a.numbers]
+    props["atom subset"] = [str(a.info.get("subset", "")) for a in frames for _ in range(len(a))]
+    return props
+
+
 def _map_properties(maps: Mapping[str, Mapping[str, Sequence]], n: int) -> dict[str, dict]:
     props: dict[str, dict] = {}
     for model, entry in maps.items():

@@ -120,8 +120,8 @@ def write_structures(out_dir: str | os.PathLike, results: Mapping, frames) -> tu
     Both carry every model's maps (``results["maps"]``), the per-structure properties (map colour,
     subset, n_atoms, energy per atom when labelled) and per-atom forces when present.
     """
-    from mlipspace.report.chemiscope_export import (atom_properties, chemiscope_dataset, structure_properties,
-                                                    write_chemiscope)
+    from mlipspace.report.chemiscope_export import (atom_properties, chemiscope_dataset, per_atom_properties,
+                                                    structure_properties, write_chemiscope)
 
     meta = results.get("meta", {})
     props = {}
@@ -129,8 +129,11 @@ def write_structures(out_dir: str | os.PathLike, results: Mapping, frames) -> tu
         props[meta.get("map_colour_label", "energy")] = meta["map_colour"]
     props.update(structure_properties(frames))
     name = f"mlipspace: {meta.get('dataset', {}).get('name', '')}"
-    data = chemiscope_dataset(frames, results.get("maps") or {}, properties=props,
-                              atom_props=atom_properties(frames), name=name)
+    from mlipspace.report.per_atom import NPZ_NAME, read_per_atom
+
+    pa = read_per_atom(Path(out_dir) / NPZ_NAME)
+    data = chemiscope_dataset(frames, results.get("maps") or {}, properties=props, name=name,
+                              atom_props=atom_properties(frames) | (per_atom_properties(pa, frames) if pa else {}))
     out = Path(out_dir)
     cs = write_chemiscope(out / meta.get("chemiscope", "chemiscope.json.gz"), frames, {}, dataset=data)
     return cs, write_explore(out, data, title=name)

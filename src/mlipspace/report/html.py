@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.records import COMPARE_METRICS, SIMILARITY_METRICS, matrix, select
-from mlipspace.report import figures
+from mlipspace.report import figures, per_atom
 from mlipspace.report.results import matrix_names
 from mlipspace.report.summary import findings
 
@@ -468,8 +468,8 @@ def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mappin
     _summary(page, results)
     _overview(page, results)
     toc_at = len(page.parts)
-    for section in (_cross_section, _trust_section, _variants_section, _finetune_section, _layers_section, _orders_section,
-                    _probe_section):
+    for section in (_cross_section, _trust_section, per_atom.section, _variants_section, _finetune_section,
+                    _layers_section, _orders_section, _probe_section):
         section(page, results)
     _models_section(page, results, timing)
     page.close()
