@@ -311,10 +311,10 @@ def layers_cmd(
 ) -> None:
     """FRE between every pair of layers of one model (and, with --cross, each layer vs other models)."""
     from mlipspace.experiments import layers
-    from mlipspace.experiments.study import _layer_order, load_features
+    from mlipspace.experiments.study import layer_order, load_features
 
     _, rows, spec, fps, st, key, _ = _open(store, dataset, model)
-    order = _layer_order(st, key, model, st.layers(key, model))
+    order = layer_order(st.layers(key, model))
     feats = {lay: load_features(st, key, [model], lay)[0][model] for lay in order}
     recs = layers.layer_pairs(feats, rows, model=model, metrics=_split(metric), seeds=list(range(seeds)),
                               dataset=spec, fingerprints=fps)

@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,6 @@ BASELINE_FAMILIES = frozenset({"descriptor"})
 RESULTS_NAME = "results.json"
 
 
-#: Similarity measures the study reports beside GFRE/LFRE (cheap: no fit, test rows only).
-SIMILARITY_DEFAULT = ("cka", "mknn", "procrustes")
 
 
 @dataclass
@@ -302,182 +300,47 @@ def load_features(store, key, models: Sequence[str], layer: str = "last"):
 
 
 def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None) -> tuple[list[dict], dict, dict]:
-    """Stage 3: all analyses. Returns ``(records, maps, extra_meta)``."""
-    from mlipspace.experiments import cross_model as cm
-    from mlipspace.experiments import finetune, layers, probe, variants
+    """Stage 3: screen outlier structures, then every step of :data:`mlipspace.experiments.analyses.STUDY`.
+
+    Returns ``(records, maps, extra_meta)``.
+    """
+    from mlipspace.experiments.analyses import STUDY, Context, run_steps
 
     store, key, models = prep["store"], prep["key"], prep["models"]
-    seeds = list(range(cfg.seeds))
-    metrics = ("gfre", "lfre") if cfg.lfre else ("gfre",)
-    fps = {m: store.fingerprint(key, m) for m in models}
-    fam = {m: store.model_info(key, m).get("family") or m for m in models}
-    dataset = prep["spec"]
-    cache = _Cache(Path(cfg.out) / "cache")
-    base_key = (key, sorted((m, cm_fp(fps[m])) for m in models), cfg.analysis_settings(), code_fingerprint())
-    records: list[dict] = []
-    meta: dict = {"notes": []}
-
     with stages.stage("load", "features from the store; screen for outlier structures"):
         last, rows = load_features(store, key, models, "last")
-        outliers = outlier_frames(last, rows, cfg.outlier_threshold) if cfg.outlier_threshold else {}
-        keep = drop_frames(rows, outliers)
-        if outliers:
-            last = {m: x[keep] for m, x in last.items()}
-            rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
-            meta["notes"].append(
-                f"{len(outliers)} structure(s) left out of the analyses: some atom's features lie more than "
-                f"{cfg.outlier_threshold:g} times the median distance from the median ("
-                + "; ".join(f"frame {f} ({why})" for f, why in outliers.items())
-                + "). Such atoms would dominate every RMS error.")
-            if console is not None:
-                console.print(f"  [yellow]left out {len(outliers)} outlier structure(s)[/]: "
-                              + ", ".join(map(str, outliers)), highlight=False)
-        meta["outliers"] = sorted(outliers)
-    common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test,
-                  lfre_mode=cfg.lfre_mode)
-    n_pairs = len(models) * (len(models) - 1)
-
-    if len(models) >= 2:
-        for level in ("atom", "structure"):
-            with stages.stage(f"cross-model ({level})", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} "
-                                                        f"ordered pairs × {len(seeds)} seeds"):
-                with stages.bar("splits × metrics", len(seeds) * len(metrics)) as adv:
-                    recs, hit = cache.get(f"cross-{level}", _cache_key(base_key, level), lambda: cm.cross_model(
-                        last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
-                        progress=adv, subsets={"coverage": "covered"} if level == "atom" else None, **common))
-                records += recs
-        with stages.stage("cross-model (study split)", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} pairs "
-                                                       "with the study's per-atom split (one seed, as the study)"):
-            recs, _ = cache.get("cross-ungrouped", _cache_key(base_key, "ungrouped"), lambda: cm.cross_model(
-                last, rows, metrics=metrics, level="atom-ungrouped", n_test=cfg.n_test,
-                subsets={"leakage": "no-twins"}, **(common | {"seeds": seeds[:1]})))
-            records += recs
-        with stages.stage("similarity (atom)", f"{'/'.join(m.upper() for m in SIMILARITY_DEFAULT)} of "
-                                               f"{n_pairs // 2} model pairs × {len(seeds)} seeds, permutation null"):
-            recs, _ = cache.get("similarity", _cache_key(base_key, "similarity"), lambda: cm.cross_model(
-                last, rows, metrics=SIMILARITY_DEFAULT, level="atom", n_test=cfg.n_test, **common))
-            records += recs
-        with stages.stage("per-atom", f"pointwise GFRE of every test atom, {n_pairs} pairs, seed 0"):
-            from mlipspace.experiments import per_atom as pa
-            got, _ = cache.get("per-atom", _cache_key(base_key, "per-atom"), lambda: pa.as_json(pa.per_atom(
-                last, rows, prep["frames"], n_test=cfg.n_test, dataset=dataset, fingerprints=fps)))
-            records += got["records"]
-            pa.write_per_atom(Path(cfg.out) / pa.NPZ_NAME, got)
-    else:
+        last, rows, keep, notes, outliers = screen_outliers(last, rows, cfg.outlier_threshold, console)
+    ctx = Context(cfg=cfg, store=store, key=key, models=list(models), dataset=prep["spec"], last=last, rows=rows,
+                  keep=keep, all_frames=prep["frames"], console=console)
+    base_key = (key, sorted((m, cm_fp(ctx.fingerprints[m])) for m in models), cfg.analysis_settings(),
+                code_fingerprint())
+    maps, meta = run_steps(ctx, STUDY, stages, _Cache(Path(cfg.out) / "cache"), base_key)
+    meta["notes"] = notes + meta["notes"]
+    if len(models) < 2:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
-
-    # the variant and fine-tuning comparisons are sub-matrices of the cross-model one: reuse its numbers
-    var_extra = {(s, t): {"group": label} for label, a, b in variants.available_pairs(models)
-                 for s, t in ((a, b), (b, a))}
-    tuned, refs = finetune.BUNDLED_FINETUNE
-    ft_extra = {(s, t): {"relation": rel} for m, rel in refs if tuned in models and m in models
-                for s, t in ((tuned, m), (m, tuned))}
-    with stages.stage("variants", f"{len(var_extra) // 2} same-architecture pairs"):
-        recs = cm.relabel(records, var_extra, "variants")
-        if recs is None:
-            recs, _ = cache.get("variants", _cache_key(base_key), lambda: variants.variants(
-                last, rows, metrics=metrics, n_test=cfg.n_test, **common))
-        records += recs
-    with stages.stage("fine-tuning", "CHGNet-r2SCAN vs parent and independent models"):
-        recs = cm.relabel(records, ft_extra, "finetune")
-        if recs is None:
-            recs, _ = cache.get("finetune", _cache_key(base_key), lambda: finetune.finetune_bundled(
-                last, rows, metrics=metrics, n_test=cfg.n_test, **common))
-        records += recs
-        if not recs:
-            meta["finetune_note"] = ("Bundled fine-tuning comparison not run: it needs chgnet-r2scan and "
-                                     "chgnet-0.3.0 among the models.")
-
-    if cfg.layers:
-        all_layers = {m: list(store.layers(key, m)) for m in models}
-        model_layers = {}
-        for m in models:
-            ordered = _layer_order(store, key, m, all_layers[m])
-            feats = {}
-            for lay in ordered:
-                x, r = load_features(store, key, [m], lay)
-                feats[lay] = x[m][keep]
-            model_layers[m] = feats
-        n_layer_tasks = sum(len(v) for v in model_layers.values())
-        with stages.stage("layers", f"layer pairs of {len(models)} models; each layer vs one model per family"):
-            def _layers():
-                out = []
-                for m, feats in model_layers.items():
-                    if len(feats) >= 2:
-                        out += layers.layer_pairs(feats, rows, model=m, seeds=seeds[:1], n_test=cfg.n_test,
-                                                  dataset=dataset, fingerprints=fps)
-                return out
-            recs, _ = cache.get("layers", _cache_key(base_key, "layers"), _layers)
-            records += recs
-            if len(models) >= 2:
-                with stages.bar("source layers", n_layer_tasks) as adv:
-                    recs, _ = cache.get("layers-cross", _cache_key(base_key, "layers-cross"),
-                                        lambda: layers.cross_model_layers(
-                                            model_layers, rows, seeds=seeds[:1], n_test=cfg.n_test,
-                                            dataset=dataset, fingerprints=fps, progress=adv,
-                                            targets=representatives(models, fam)))
-                records += recs
-
-    if cfg.orders:
-        import warnings
-
-        def _orders():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                recs = _order_records(last, rows, cfg, dataset, fps)
-            # the warnings (too few structures for the cumulant widths) are kept with the records
-            msgs = sorted({str(w.message).strip() for w in caught})
-            more = f" (and {len(msgs) - 2} similar warnings)" if len(msgs) > 2 else ""
-            return {"records": recs, "notes": ["Cumulant orders: " + "; ".join(msgs[:2]) + more + "."] if msgs else []}
-
-        with stages.stage("cumulant orders", f"orders 1..{cfg.max_order} of each model's last layer"):
-            got, _ = cache.get("orders", _cache_key(base_key, "orders"), _orders)
-            records += got["records"]
-            meta["notes"] += got["notes"]
-
-    frames = [prep["frames"][int(i)] for i in np.unique(rows["frame"])]  # the analysed structures
-    energy = probe.energies(frames)
-    if cfg.probe:
-        with stages.stage("probe", "energy per atom from features (ridge, cross-validated)"):
-            if energy is None:
-                meta["probe_note"] = (f"Energy probe and PCovR maps skipped: the dataset {dataset} has no DFT "
-                                      "energy labels (atoms.info['energy']); run on a labelled dataset, e.g. "
-                                      "../shared/data/mad-bench-mad-reduced.xyz.")
-            else:
-                for level in ("atom", "structure"):
-                    recs, _ = cache.get(f"probe-{level}", _cache_key(base_key, "probe", level), lambda: probe.probe(
-                        last, rows, energy, level=level, order=cfg.order, seeds=seeds, dataset=dataset,
-                        fingerprints=fps))
-                    records += recs
-    maps: dict = {}
-    if cfg.maps:
-        with stages.stage("maps", "PCA (and PCovR) maps of the structure features"):
-            maps, _ = cache.get("maps", _cache_key(base_key, "maps", energy is not None),
-                                lambda: probe.maps(last, rows, order=2, energy=energy))
-            if energy is not None:
-                meta["map_colour"] = probe.residual_energy(rows, energy).tolist()
-                meta["map_colour_label"] = "residual energy per atom (eV/atom)"
-    if cfg.finetune_data:
-        from mlipspace.data import read
-
-        with stages.stage("live fine-tuning", f"CHGNet on {cfg.finetune_data}, {cfg.finetune_epochs} epochs + control"):
-            recs, ft_meta = finetune.track(
-                read(cfg.finetune_data), Path(cfg.out) / "finetune", epochs=cfg.finetune_epochs, seeds=seeds,
-                dataset=cfg.finetune_data,
-                log=(lambda m: console.print(f"  {m}", highlight=False)) if console is not None else None)
-            records += recs
-            meta["finetune"] = dict(ft_meta, data=cfg.finetune_data)
-    meta["families"] = fam
-    meta["frames"] = frames
-    return records, maps, meta
+    meta["outliers"] = sorted(outliers)
+    meta["families"] = ctx.families
+    meta["frames"] = ctx.frames
+    return ctx.records, maps, meta
 
 
-def representatives(models: Sequence[str], families: Mapping[str, str]) -> list[str]:
-    """The first model of each family (in ``models`` order): the targets of the per-layer comparison."""
-    seen: dict[str, str] = {}
-    for m in models:
-        seen.setdefault(families.get(m, m), m)
-    return list(seen.values())
+def screen_outliers(last, rows, threshold: float, console=None):
+    """Leave out structures with an atom far outside every model's other atoms (see
+    :func:`~mlipspace.experiments._common.outlier_frames`). Returns ``(last, rows, keep, notes, outliers)``."""
+    outliers = outlier_frames(last, rows, threshold) if threshold else {}
+    keep = drop_frames(rows, outliers)
+    notes = []
+    if outliers:
+        last = {m: x[keep] for m, x in last.items()}
+        rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
+        notes.append(f"{len(outliers)} structure(s) left out of the analyses: some atom's features lie more than "
+                     f"{threshold:g} times the median distance from the median ("
+                     + "; ".join(f"frame {f} ({why})" for f, why in outliers.items())
+                     + "). Such atoms would dominate every RMS error.")
+        if console is not None:
+            console.print(f"  [yellow]left out {len(outliers)} outlier structure(s)[/]: "
+                          + ", ".join(map(str, outliers)), highlight=False)
+    return last, rows, keep, notes, outliers
 
 
 def cm_fp(fp: Mapping) -> str:
@@ -490,22 +353,10 @@ def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _layer_order(store, key, model, stored: Sequence[str]) -> list[str]:
-    """The stored layers of ``model`` in network order: natural sort of the names, ``last`` at the end."""
+def layer_order(stored: Sequence[str]) -> list[str]:
+    """Stored layer names in network order: natural sort of the names, ``last`` at the end."""
     order = sorted((x for x in stored if x != "last"), key=_natural)
     return order + (["last"] if "last" in stored else [])
-
-
-def _order_records(last, rows, cfg: StudyConfig, dataset: str, fps) -> list[dict]:
-    """Cumulant-order table records of every model (``analysis="cumulant-orders"``)."""
-    from mlipspace.experiments import cumulant_orders
-
-    out = []
-    for m, X in last.items():
-        out += cumulant_orders.order_table(X, rows["frame"], rows["subset"], max_order=cfg.max_order,
-                                           seeds=list(range(cfg.seeds)), metrics=("gfre",), model=m,
-                                           dataset=dataset)
-    return out
 
 
 @contextlib.contextmanager
@@ -548,7 +399,7 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
         for m in prep["models"]:
             fp = store.fingerprint(key, m)
             models_meta[m] = {"family": meta_extra["families"].get(m, m), "fingerprint": fp,
-                              "fingerprint_id": cm_fp(fp), "layers": _layer_order(store, key, m, store.layers(key, m))}
+                              "fingerprint_id": cm_fp(fp), "layers": layer_order(store.layers(key, m))}
         info = store.dataset_info(key)
         meta = {
             "dataset": {"name": prep["spec"], "key": key, "fingerprint": info.get("fingerprint"),
@@ -577,7 +428,3 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     # store, so it stays out of the deterministic results.json, like the wall times)
     (out / "warnings.json").write_text(json.dumps(prep.get("warnings", {}), indent=1, sort_keys=True) + "\n")
     return {"results": str(path), "report": str(report), "timing": timing, "n_records": len(records)}
-
-
-def config_dict(cfg: StudyConfig) -> dict:
-    return asdict(cfg)
