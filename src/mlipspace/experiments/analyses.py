@@ -225,9 +225,9 @@ def _probe(ctx: Context, advance) -> dict:
 
     if ctx.energy is None:
         return {"records": [], "meta": {"probe_note": (
-            f"Energy probe and PCovR maps skipped: the dataset {ctx.dataset} has no DFT "
-            "energy labels (atoms.info['energy']); run on a labelled dataset, e.g. "
-            "../shared/data/mad-bench-mad-reduced.xyz.")}}
+            f"Energy probe and PCovR maps skipped: the dataset {ctx.dataset} has no DFT energy labels (looked for "
+            "info['energy'], the ASE calculator and info['REF_energy']; --energy-key to name another); run on a "
+            "labelled dataset, e.g. ../shared/data/mad-bench-mad-reduced.xyz.")}}
     out = []
     for level in ("atom", "structure"):
         out += probe.probe(ctx.last, ctx.rows, ctx.energy, level=level, order=ctx.cfg.order, seeds=ctx.seeds,

@@ -56,7 +56,7 @@ class StudyConfig:
     n_test: int | None = None
     lfre: bool = True
     lfre_max_test: int = 500
-    lfre_mode: str = "fast"
+    lfre_mode: str = "exact"
     energy_key: str | None = None
     forces_key: str | None = None
     layers: bool = True
@@ -306,6 +306,7 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     """
     from mlipspace.experiments.analyses import STUDY, Context, run_steps
 
+    pin_eigensolver()
     store, key, models = prep["store"], prep["key"], prep["models"]
     with stages.stage("load", "features from the store; screen for outlier structures"):
         last, rows = load_features(store, key, models, "last")
@@ -322,6 +323,19 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     meta["families"] = ctx.families
     meta["frames"] = ctx.frames
     return ctx.records, maps, meta
+
+
+def pin_eigensolver() -> None:
+    """Import torch when it is installed, so that LFRE's Gram engine always uses torch's eigensolver.
+
+    The engine takes torch's ``eigh`` when torch is imported and LAPACK's otherwise; the two differ in
+    the last digits, so without this a record's last digit depended on whether some earlier step
+    happened to import torch (seen between two runs of the same study).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
 
 
 def screen_outliers(last, rows, threshold: float, console=None):
