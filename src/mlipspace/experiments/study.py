@@ -71,6 +71,8 @@ class StudyConfig:
     maps: bool = True
     device: str = "auto"
     verbose: bool = False  # show every warning of the model packages (default: a summary per model)
+    workers: int | None = None  # cross-model analyses on a Dask LocalCluster of this many processes
+    scheduler: str | None = None  # ... or on an existing Dask cluster (same results either way)
     notes: list[str] = field(default_factory=list)
 
     def analysis_settings(self) -> dict:

@@ -23,7 +23,7 @@ METRICS = ("gfre", "gfrd", "lfre")
 def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "gfre", *,
              k: int | None = None, train_idx=None, test_idx=None, diagonal: bool = True,
              device: str = "auto", mode: str = "exact", n_jobs: int | None = None,
-             pointwise: bool = False, **engines) -> list[dict]:
+             pointwise: bool = False, sources: Sequence[str] | None = None, **engines) -> list[dict]:
     """Reconstruction measures between every ordered pair (source -> target) of ``features``.
 
     ``features``: name -> (n, d) array, rows aligned across spaces. ``metric``: one of
@@ -34,7 +34,8 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
 
     Returns records ``{"source", "target", "metric", "value", "n_train", "n_test"}`` (plus ``"k"``
     for LFRE and ``"pointwise"`` when ``pointwise=True``), diagonal included unless
-    ``diagonal=False``.
+    ``diagonal=False``. ``sources`` restricts the sources to these names (every name stays a
+    target): one source's share of the work, e.g. one task of a distributed comparison.
     """
     settings = resolve(**engines)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -54,7 +55,7 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
     for name, A in arrays.items():
         _, mean, scale = _scale(A, train, name)
         scaled[name] = (A - mean) / scale
-    pairs = [(s, t) for s in names for t in names if diagonal or s != t]
+    pairs = [(s, t) for s in names for t in names if (diagonal or s != t) and (sources is None or s in sources)]
 
     records = []
     for m in metrics:
@@ -67,6 +68,8 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
             for s in names:
                 Xs = scaled[s]
                 targets = [t for (ss, t) in pairs if ss == s]
+                if not targets:
+                    continue
                 by_k: dict[int, list[str]] = {}
                 for t in targets:
                     kt = default_k(Xs.shape[1], scaled[t].shape[1], train.size) if k is None else k
