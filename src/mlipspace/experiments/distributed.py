@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Arguments larger than this (bytes, e.g. a split's index arrays) are sent to the cluster once and
-#: shared by every task that uses them, instead of travelling with each task.
+#: Arguments larger than this (bytes, e.g. a split's index arrays) are sent to the cluster once (as
+#: a task returning them) and shared by every task that uses them, instead of travelling with each.
 SCATTER_BYTES = 1 << 16
 
 
@@ -92,6 +92,10 @@ def run_unit(func: Callable, features, names: Sequence[str], args: tuple, kwargs
         return func(data, *args, **(kwargs or {}))
 
 
+def _value(x):
+    return x
+
+
 def run_units(units: Sequence[Unit], client=None) -> Iterator:
     """The results of ``units`` in their order: computed here one by one, or submitted all at once
     as Dask tasks on ``client`` and yielded in order as they complete."""
@@ -106,7 +110,9 @@ def run_units(units: Sequence[Unit], client=None) -> Iterator:
         if isinstance(x, np.ndarray) and x.nbytes > SCATTER_BYTES or isinstance(x, StoreSpec) and x.rows is not None:
             if id(x) not in shared:
                 keep_alive.append(x)
-                shared[id(x)] = client.scatter(x, hash=False)
+                # a task that returns it, not client.scatter: if the worker holding it dies, the
+                # scheduler recomputes it (scattered data would be lost, and its dependents cancelled)
+                shared[id(x)] = client.submit(_value, x, pure=False, key=f"arg-{uuid.uuid4().hex[:12]}")
             return shared[id(x)]
         return x
 

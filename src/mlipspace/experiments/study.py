@@ -303,8 +303,10 @@ def load_features(store, key, models: Sequence[str], layer: str = "last"):
     return {m: np.asarray(x, dtype=np.float64) for m, x in feats.items()}, rows
 
 
-def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None) -> tuple[list[dict], dict, dict]:
-    """Stage 3: all analyses. Returns ``(records, maps, extra_meta)``."""
+def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None, client=None
+                 ) -> tuple[list[dict], dict, dict]:
+    """Stage 3: all analyses. Returns ``(records, maps, extra_meta)``. With a Dask ``client`` the
+    cross-model comparisons run as tasks reading the store (:mod:`mlipspace.experiments.distributed`)."""
     from mlipspace.experiments import cross_model as cm
     from mlipspace.experiments import finetune, layers, probe, variants
 
@@ -337,6 +339,11 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
         meta["outliers"] = sorted(outliers)
     common = dict(seeds=seeds, dataset=dataset, fingerprints=fps, lfre_max_test=cfg.lfre_max_test,
                   lfre_mode=cfg.lfre_mode)
+    cm_last = last
+    if client is not None:
+        from mlipspace.experiments.distributed import StoreFeatures, StoreSpec
+
+        cm_last = StoreFeatures(StoreSpec(str(store.path), key, "last", keep if outliers else None), models, last)
     n_pairs = len(models) * (len(models) - 1)
 
     if len(models) >= 2:
@@ -345,19 +352,20 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                                                         f"ordered pairs × {len(seeds)} seeds"):
                 with stages.bar("splits × metrics", len(seeds) * len(metrics)) as adv:
                     recs, hit = cache.get(f"cross-{level}", _cache_key(base_key, level), lambda: cm.cross_model(
-                        last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
-                        progress=adv, subsets={"coverage": "covered"} if level == "atom" else None, **common))
+                        cm_last, rows, metrics=metrics, level=level, order=cfg.order, n_test=cfg.n_test,
+                        progress=adv, subsets={"coverage": "covered"} if level == "atom" else None,
+                        client=client, **common))
                 records += recs
         with stages.stage("cross-model (study split)", f"{'/'.join(m.upper() for m in metrics)} of {n_pairs} pairs "
                                                        "with the study's per-atom split (one seed, as the study)"):
             recs, _ = cache.get("cross-ungrouped", _cache_key(base_key, "ungrouped"), lambda: cm.cross_model(
-                last, rows, metrics=metrics, level="atom-ungrouped", n_test=cfg.n_test,
-                subsets={"leakage": "no-twins"}, **(common | {"seeds": seeds[:1]})))
+                cm_last, rows, metrics=metrics, level="atom-ungrouped", n_test=cfg.n_test,
+                subsets={"leakage": "no-twins"}, client=client, **(common | {"seeds": seeds[:1]})))
             records += recs
         with stages.stage("similarity (atom)", f"{'/'.join(m.upper() for m in SIMILARITY_DEFAULT)} of "
                                                f"{n_pairs // 2} model pairs × {len(seeds)} seeds, permutation null"):
             recs, _ = cache.get("similarity", _cache_key(base_key, "similarity"), lambda: cm.cross_model(
-                last, rows, metrics=SIMILARITY_DEFAULT, level="atom", n_test=cfg.n_test, **common))
+                cm_last, rows, metrics=SIMILARITY_DEFAULT, level="atom", n_test=cfg.n_test, client=client, **common))
             records += recs
     else:
         meta["notes"].append("Cross-model comparison skipped: it needs at least two models.")
@@ -532,8 +540,10 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(console)
     prep = prepare_features(cfg, stages, console)
-    with blas_threads():
-        records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
+    from mlipspace.experiments.distributed import analysis_client
+
+    with blas_threads(), analysis_client(cfg.workers, cfg.scheduler) as client:
+        records, maps, meta_extra = run_analyses(cfg, prep, stages, console, client=client)
     store, key = prep["store"], prep["key"]
     frames = meta_extra.pop("frames")
     with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
