@@ -19,6 +19,8 @@ _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset in the store: key
 _MODELS = typer.Option(None, "--models", "-m", help="Models, comma-separated (default: all in the store / all available).")
 _JSON = typer.Option(False, "--json", help="Print the records as JSON instead of tables.")
 _OUTPUT = typer.Option(None, "--output", "-o", help="Also write the records to this JSON file.")
+_WORKERS = typer.Option(None, "--workers", "-w", help="Run the analyses as tasks on a Dask LocalCluster of N one-thread processes (same results).")
+_SCHEDULER = typer.Option(None, "--scheduler", help="Run the analyses on an existing Dask cluster, e.g. tcp://host:8786 (same results).")
 
 
 def _split(s: str | None) -> list[str] | None:
@@ -117,6 +119,8 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, timing) at the end."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every warning of the model packages (default: one summary line per model)."),
     no_create_env: bool = typer.Option(False, "--no-create-env", help="Fail instead of making a missing checkpoint-family environment."),
+    workers: int = _WORKERS,
+    scheduler: str = _SCHEDULER,
 ) -> None:
     """Run the whole study: data, features of every model, all analyses, then the report (OUT/index.html)."""
     from mlipspace.errors import InputError
@@ -130,7 +134,7 @@ def run(
                       lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
                       energy_key=energy_key, forces_key=forces_key,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs,
-                      verbose=verbose)
+                      verbose=verbose, workers=workers, scheduler=scheduler)
     if no_create_env and cfg.models:
         from mlipspace.commands.envs import refuse_missing_envs
 
@@ -169,19 +173,26 @@ def compare(
     as_json: bool = _JSON,
     output: Path = _OUTPUT,
     per_atom: bool = typer.Option(False, "--per-atom", help="Also the pointwise GFRE of every test atom (seed 0): records per element/subset/coordination and per_atom.npz next to --output."),
+    workers: int = _WORKERS,
+    scheduler: str = _SCHEDULER,
 ) -> None:
     """Cross-model GFRE/LFRE matrix (both directions) from a feature store."""
     from mlipspace.experiments.cross_model import cross_model
+    from mlipspace.experiments.distributed import StoreFeatures, StoreSpec, analysis_client
 
-    feats, rows, spec, fps, st, key, _ = _open(store, dataset, models, layer)
-    recs = cross_model(feats, rows, metrics=_split(metric), level=level, order=order, seeds=list(range(seeds)),
-                       layer=layer, dataset=spec, fingerprints=fps, lfre_max_test=lfre_max_test)
+    feats, rows, spec, fps, st, key, names = _open(store, dataset, models, layer)
+    with analysis_client(workers, scheduler) as client:
+        compared = feats if client is None else StoreFeatures(StoreSpec(str(st.path), key, layer), names, arrays=feats)
+        # with a client the tasks read their features from the store themselves
+        recs = cross_model(compared, rows, metrics=_split(metric), level=level, order=order, seeds=list(range(seeds)),
+                           layer=layer, dataset=spec, fingerprints=fps, lfre_max_test=lfre_max_test, client=client)
+    extra = []
     if per_atom:
         from mlipspace.experiments import per_atom as pa
 
         got = pa.per_atom(feats, rows, st.frames(key), layer=layer, dataset=spec, fingerprints=fps)
         pa.write_per_atom((output.parent if output is not None else Path(".")) / pa.NPZ_NAME, got)
-    extra = got["records"] if per_atom else []
+        extra = got["records"]
     _emit(recs + extra, as_json, output, lambda: _matrix_tables(recs, Console()))
 
 

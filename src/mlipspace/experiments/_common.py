@@ -12,6 +12,21 @@ import numpy as np
 from mlipspace.errors import InputError
 from mlipspace.records import FRE_METRICS
 
+
+def pin_eigensolver() -> None:
+    """Import torch when it is installed, so that LFRE's Gram engine always uses torch's eigensolver.
+
+    The engine takes torch's ``eigh`` when torch is imported and LAPACK's otherwise; the two differ in
+    the last digits, so without this a record's last digit depended on whether some earlier step
+    happened to import torch (seen between two runs of the same study).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
+
+
+
 # --- splits -------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ class Context:
     keep: np.ndarray
     all_frames: list
     console: object = None
+    client: object = None
     records: list[dict] = field(default_factory=list)
 
     @cached_property
@@ -79,6 +80,18 @@ class Context:
                 out[m][lay] = x[m][self.keep]
         return out
 
+    @cached_property
+    def compared(self):
+        """``last`` as the cross-model comparisons see it: the matrices, or with a Dask client a mapping
+        that tells each task where in the store to read them (no matrix goes through the scheduler)."""
+        if self.client is None:
+            return self.last
+        from mlipspace.experiments.distributed import StoreFeatures, StoreSpec
+
+        screened = not bool(np.all(self.keep))
+        return StoreFeatures(StoreSpec(str(self.store.path), self.key, "last", self.keep if screened else None),
+                             self.models, self.last)
+
     @property
     def n_pairs(self) -> int:
         return len(self.models) * (len(self.models) - 1)
@@ -125,9 +138,9 @@ def _cross(level: str, subsets: Mapping[str, str] | None = None, seeds: int | No
         from mlipspace.experiments.cross_model import cross_model
 
         common = ctx.common | ({"seeds": ctx.seeds[:seeds]} if seeds else {})
-        return {"records": cross_model(ctx.last, ctx.rows, metrics=metrics or ctx.metrics, level=level,
+        return {"records": cross_model(ctx.compared, ctx.rows, metrics=metrics or ctx.metrics, level=level,
                                        order=ctx.cfg.order, n_test=ctx.cfg.n_test, progress=advance,
-                                       subsets=subsets, **common)}
+                                       subsets=subsets, client=ctx.client, **common)}
     return compute
 
 

@@ -17,6 +17,7 @@ from mlipspace.errors import InputError
 from mlipspace.experiments._common import (
     atom_splits,
     cumulant_features,
+    pin_eigensolver,
     structure_splits,
     structure_width,
     subsample,
@@ -105,6 +106,7 @@ def pair_errors(
     progress=None,
     k: int | None = None,
     subsets: TestSubsets | None = None,
+    client=None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
@@ -125,31 +127,58 @@ def pair_errors(
     ``subsets`` (:class:`TestSubsets`) adds, per pair, the FRE over a subset of the test atoms (e.g.
     those inside the training coverage) as records of the subset's own ``analysis``, and per source
     the share of test atoms in it.
+    ``client``: a Dask client; the (seed, metric, pair or source) units then run as tasks that read
+    their features from the store themselves (``features`` must be a
+    :class:`~mlipspace.experiments.distributed.StoreFeatures` unless every split carries its own,
+    small, derived features); the records are identical.
     """
+    from mlipspace.experiments.distributed import StoreFeatures, run_units
+
     for m in metrics:
         if m not in COMPARE_METRICS:
             raise InputError(f"unknown metric {m!r}; choose from {', '.join(COMPARE_METRICS)}")
+    if client is not None and not isinstance(features, StoreFeatures) and any(len(s) < 3 for s in splits):
+        raise InputError("a distributed comparison reads its features from the store: pass them as "
+                         "mlipspace.experiments.distributed.StoreFeatures")
     pairs = list(dict.fromkeys(pairs))
     est: dict[tuple[str, str, str], Estimate | list] = {}
     nulls: dict[tuple[str, str, str], list[float]] = {}
     info: dict[tuple[str, str, str], dict] = {}
     reasons: dict[tuple[str, str, str], str] = {}
+    blocks, units = [], []  # per (seed, metric): how to accumulate its units' results, in serial order
     for seed, split in enumerate(splits):
         train, test = split[0], split[1]
         feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
-        rows_groups = np.arange(len(next(iter(feats.values())))) if groups is None else np.asarray(groups)
+        n_rows = len(feats[next(iter(feats))]) if groups is None else len(groups)
+        rows_groups = np.arange(n_rows) if groups is None else np.asarray(groups)
         for metric in metrics:
             te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
             why_test = test_regime(len(np.unique(rows_groups[te])))
             if metric in SIMILARITY_METRICS:
-                _similarity_split(feats, pairs, metric, te, rows_groups[te], seed, est, nulls, info, reasons, why_test)
+                todo = _similarity_units(feats, pairs, metric, te, rows_groups[te], seed, client is not None)
+                blocks.append((len(todo), lambda res, a=(pairs, metric, te, rows_groups[te], seed, why_test):
+                               _similarity_split(res, *a, est, nulls, info, reasons)))
             else:
-                masks = (lambda src, tr=train, t=test, r=te, f=feats: subsets.masks(seed, src, f, tr, t, r)) \
+                masks = (lambda src, tr=train, t=test, r=te, f=feats, s=seed: subsets.masks(s, src, f, tr, t, r)) \
                     if subsets is not None else None
-                _fre_split(feats, pairs, metric, train, te, rows_groups[te], seed, k, lfre_mode, est, info, reasons,
-                           why_test, masks)
-            if progress is not None:
-                progress()
+                calls = _fre_plan(feats, pairs, metric, train, te, k, info, reasons, why_test)
+                todo = [u for use, wanted in calls
+                        for u in _fre_units(feats, use, wanted, metric, train, te, k, lfre_mode, client is not None)]
+                blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks):
+                               _fre_accumulate(res, *a, est)))
+            units += todo
+    results = run_units(units, client)
+    for size, accumulate in blocks:
+        accumulate([next(results) for _ in range(size)])
+        if progress is not None:
+            progress()
+    return _pair_records(pairs, metrics, est, nulls, info, reasons, analysis=analysis, level=level, layer=layer,
+                         dataset=dataset, fingerprints=fingerprints, extra=extra, subsets=subsets)
+
+
+def _pair_records(pairs, metrics, est, nulls, info, reasons, *, analysis, level, layer, dataset, fingerprints,
+                  extra, subsets) -> list[dict]:
+    """The records of :func:`pair_errors` from its accumulated estimates (pairs, then metrics, in order)."""
     out = []
     common = dict(level=level, layer=layer, dataset=dataset, fingerprints=fingerprints)
     for source, target in pairs:
@@ -195,11 +224,25 @@ def _subset_record(name: str, key, e: Estimate | None, info: Mapping, more: Mapp
     return record(name, source, target, metric, f.pop("values"), **f, **sizes, **common, **more)
 
 
-def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_mode, est, info, reasons, why_test,
-               masks=None):
-    """GFRE/GFRD/LFRE pointwise errors of every pair on one split, into ``est`` (or a reason)."""
+def fre_pointwise(features: Mapping[str, np.ndarray], names: Sequence[str], metric: str, train: np.ndarray,
+                  test: np.ndarray, *, pairs: Sequence[tuple[str, str]] | None = None, k: int | None = None,
+                  lfre_mode: str = "exact") -> dict[tuple[str, str], np.ndarray]:
+    """``{(source, target): pointwise errors}`` of ``metric`` for ``pairs`` of ``names`` (default: all
+    ordered pairs) on one split: the unit of work of :func:`pair_errors`, run here or as a Dask task
+    (:mod:`mlipspace.experiments.distributed`)."""
     from mlipspace.metrics import pairwise
 
+    pin_eigensolver()  # here, so that serial runs and every worker use the same eigensolver
+    recs = pairwise({g: features[g] for g in names}, metric, train_idx=train, test_idx=test, diagonal=False,
+                    k=k if metric == "lfre" else None, pointwise=True,
+                    mode=lfre_mode if metric == "lfre" else "exact", pairs=pairs)
+    return {(r["source"], r["target"]): r["pointwise"] for r in recs}
+
+
+def _fre_plan(features, pairs, metric, train, test, k, info, reasons, why_test) -> list[tuple[list, list]]:
+    """The GFRE/GFRD/LFRE call of one split: ``[(names, wanted pairs)]`` (one call: each space scaled
+    once, LFRE's neighbours found once per source); pairs outside the valid regime get their reason in
+    ``reasons`` instead."""
     todo = []
     for s, t in pairs:
         key = (s, t, metric)
@@ -214,23 +257,69 @@ def _fre_split(features, pairs, metric, train, test, test_groups, seed, k, lfre_
             reasons[key] = why
         elif key not in reasons:
             todo.append((s, t))
-    if not todo:
-        return
-    # one call for every pair of this split: each space scaled once, LFRE's neighbours found once per source
-    used = list(dict.fromkeys(n for p in todo for n in p))
-    recs = pairwise({g: features[g] for g in used}, metric, train_idx=train, test_idx=test, pairs=todo,
-                    k=k if metric == "lfre" else None, pointwise=True, mode=lfre_mode if metric == "lfre" else "exact")
-    for r in recs:
-        key = (r["source"], r["target"], metric)
-        est.setdefault(key, Estimate("rms")).add(r["pointwise"], test_groups, seed)
-        for name, mask in (masks(r["source"]) if masks is not None else {}).items():
-            if len(np.unique(test_groups[mask])) >= MIN_TEST_GROUPS:
-                est.setdefault(key + (name,), Estimate("rms")).add(r["pointwise"][mask], test_groups[mask], seed)
+    return [(list(dict.fromkeys(n for p in todo for n in p)), todo)] if todo else []
 
 
-def _similarity_split(features, pairs, metric, rows, row_groups, seed, est, nulls, info, reasons, why_test):
+def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_up: bool) -> list:
+    """The units of one pairwise call: the call itself, or (``split_up``, for a cluster) one unit per
+    unordered pair (GFRE/GFRD: a pair reads two matrices) or per source (LFRE: its neighbour search
+    serves all its targets). Every pair's errors are the same either way."""
+    from mlipspace.experiments.distributed import Unit
+
+    kw = dict(k=k, lfre_mode=lfre_mode)
+    if not split_up:
+        return [Unit(fre_pointwise, features, use, (use, metric, train, test), dict(kw, pairs=wanted))]
+    if metric == "lfre":
+        return [Unit(fre_pointwise, features, use, (use, metric, train, test),
+                     dict(kw, pairs=[p for p in wanted if p[0] == s])) for s in dict.fromkeys(p[0] for p in wanted)]
+    units, done = [], set()
+    for s, t in wanted:
+        if frozenset((s, t)) in done:
+            continue
+        done.add(frozenset((s, t)))
+        names = [n for n in use if n in (s, t)]
+        units.append(Unit(fre_pointwise, features, names, (names, metric, train, test),
+                          dict(kw, pairs=[p for p in ((s, t), (t, s)) if p in wanted])))
+    return units
+
+
+def _fre_accumulate(results, calls, metric, test_groups, seed, masks, est) -> None:
+    """Add one split's pointwise errors to ``est``, pair by pair in the order of the pairwise calls."""
+    got = {}
+    for r in results:
+        got.update(r)
+    for use, wanted in calls:
+        for s, t in ((s, t) for s in use for t in use if s != t and (s, t) in wanted):
+            pw = got[(s, t)]
+            key = (s, t, metric)
+            est.setdefault(key, Estimate("rms")).add(pw, test_groups, seed)
+            for name, mask in (masks(s) if masks is not None else {}).items():
+                if len(np.unique(test_groups[mask])) >= MIN_TEST_GROUPS:
+                    est.setdefault(key + (name,), Estimate("rms")).add(pw[mask], test_groups[mask], seed)
+
+
+def _similarity_units(features, pairs, metric, rows, row_groups, seed, split_up: bool) -> list:
+    """One unit for all pairs, or (``split_up``) one per unordered pair: the measures are symmetric."""
+    from mlipspace.experiments.distributed import Unit
+
+    names = list(dict.fromkeys(n for p in pairs for n in p))
+    if not split_up:
+        return [Unit(similarity_values, features, names, (pairs, metric, rows, seed, row_groups))]
+    first: list[tuple[str, str]] = []  # as similarity_values: a pair whose reverse came earlier reuses it
+    for a, b in pairs:
+        if (b, a) not in first:
+            first.append((a, b))
+    return [Unit(similarity_values, features, list(dict.fromkeys(p)), ([p], metric, rows, seed, row_groups))
+            for p in first]
+
+
+def _similarity_split(results, pairs, metric, rows, row_groups, seed, why_test, est, nulls, info, reasons):
     """A similarity measure of every pair on one split's test rows, into ``est`` (or a reason)."""
-    for (a, b), (value, null, e) in similarity_values(features, pairs, metric, rows, seed, row_groups).items():
+    got = {}
+    for r in results:
+        got.update(r)
+    for a, b in pairs:
+        value, null, e = got[(a, b)] if (a, b) in got else got[(b, a)]
         key = (a, b, metric)
         info[key] = {"n_train": 0, "n_test": len(rows), "k": None}
         if why_test:
@@ -305,8 +394,10 @@ def level_features(
     training structures' atoms, so each split carries its own features (``(train, test, features)``).
     ``groups`` is the structure of each row (the unit the intervals resample).
     """
-    if level in ("atom", "atom-ungrouped"):
-        return dict(features), atom_splits(rows, seeds, n_test, grouped=level == "atom"), np.asarray(rows["frame"])
+    from mlipspace.experiments.distributed import StoreFeatures
+
+    if level in ("atom", "atom-ungrouped"):  # StoreFeatures stay as they are: tasks read them from the store
+        return features if isinstance(features, StoreFeatures) else dict(features), atom_splits(rows, seeds, n_test, grouped=level == "atom"), np.asarray(rows["frame"])
     if level == "structure":
         splits = []
         for train, test in structure_splits(rows, seeds):
@@ -346,6 +437,7 @@ def cross_model(
     lfre_mode: str = "exact",
     subsets: Mapping[str, str] | None = None,
     progress=None,
+    client=None,
 ) -> list[dict]:
     """GFRE/LFRE of every ordered pair of models (source ≠ target) on ``layer`` features.
 
@@ -359,6 +451,8 @@ def cross_model(
     ``subsets`` (atom levels) maps an analysis name to a test subset of :class:`TestSubsets`
     (``"covered"``, ``"no-twins"``): the FREs over it and the share of test atoms outside it are
     added as records of that analysis.
+    ``client``: run on a Dask cluster (``features`` a
+    :class:`~mlipspace.experiments.distributed.StoreFeatures`; see :func:`pair_errors`).
     Returns one record per (source, target, metric), ``analysis="cross-model"``.
     """
     names = list(features)
@@ -378,7 +472,7 @@ def cross_model(
         feats, pairs, splits, groups=groups, metrics=metrics, level=level, layer=layer, dataset=dataset,
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, extra=extra,
         progress=progress,
-        subsets=TestSubsets(subsets, rows["frame"]) if subsets else None,
+        subsets=TestSubsets(subsets, rows["frame"]) if subsets else None, client=client,
     )
 
 

@@ -69,6 +69,8 @@ class StudyConfig:
     maps: bool = True
     device: str = "auto"
     verbose: bool = False  # show every warning of the model packages (default: a summary per model)
+    workers: int | None = None  # cross-model analyses on a Dask LocalCluster of this many processes
+    scheduler: str | None = None  # ... or on an existing Dask cluster (same results either way)
     notes: list[str] = field(default_factory=list)
 
     def analysis_settings(self) -> dict:
@@ -299,20 +301,22 @@ def load_features(store, key, models: Sequence[str], layer: str = "last"):
     return {m: np.asarray(x, dtype=np.float64) for m, x in feats.items()}, rows
 
 
-def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None) -> tuple[list[dict], dict, dict]:
+def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None, client=None
+                 ) -> tuple[list[dict], dict, dict]:
     """Stage 3: screen outlier structures, then every step of :data:`mlipspace.experiments.analyses.STUDY`.
+    With a Dask ``client`` the cross-model comparisons run as tasks reading the store
+    (:mod:`mlipspace.experiments.distributed`).
 
     Returns ``(records, maps, extra_meta)``.
     """
     from mlipspace.experiments.analyses import STUDY, Context, run_steps
 
-    pin_eigensolver()
     store, key, models = prep["store"], prep["key"], prep["models"]
     with stages.stage("load", "features from the store; screen for outlier structures"):
         last, rows = load_features(store, key, models, "last")
         last, rows, keep, notes, outliers = screen_outliers(last, rows, cfg.outlier_threshold, console)
     ctx = Context(cfg=cfg, store=store, key=key, models=list(models), dataset=prep["spec"], last=last, rows=rows,
-                  keep=keep, all_frames=prep["frames"], console=console)
+                  keep=keep, all_frames=prep["frames"], console=console, client=client)
     base_key = (key, sorted((m, cm_fp(ctx.fingerprints[m])) for m in models), cfg.analysis_settings(),
                 code_fingerprint())
     maps, meta = run_steps(ctx, STUDY, stages, _Cache(Path(cfg.out) / "cache"), base_key)
@@ -323,19 +327,6 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     meta["families"] = ctx.families
     meta["frames"] = ctx.frames
     return ctx.records, maps, meta
-
-
-def pin_eigensolver() -> None:
-    """Import torch when it is installed, so that LFRE's Gram engine always uses torch's eigensolver.
-
-    The engine takes torch's ``eigh`` when torch is imported and LAPACK's otherwise; the two differ in
-    the last digits, so without this a record's last digit depended on whether some earlier step
-    happened to import torch (seen between two runs of the same study).
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is not None:
-        import torch  # noqa: F401
 
 
 def screen_outliers(last, rows, threshold: float, console=None):
@@ -401,8 +392,10 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(console)
     prep = prepare_features(cfg, stages, console)
-    with blas_threads():
-        records, maps, meta_extra = run_analyses(cfg, prep, stages, console)
+    from mlipspace.experiments.distributed import analysis_client
+
+    with blas_threads(), analysis_client(cfg.workers, cfg.scheduler) as client:
+        records, maps, meta_extra = run_analyses(cfg, prep, stages, console, client=client)
     store, key = prep["store"], prep["key"]
     frames = meta_extra.pop("frames")
     with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):

@@ -76,6 +76,8 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
             for s in names:
                 Xs = scaled[s]
                 targets = [t for (ss, t) in pairs if ss == s]
+                if not targets:
+                    continue
                 by_k: dict[int, list[str]] = {}
                 for t in targets:
                     kt = default_k(Xs.shape[1], scaled[t].shape[1], train.size) if k is None else k
