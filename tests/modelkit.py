@@ -59,3 +59,25 @@ def check_two_runs_bit_identical(model, frames):
     b = model.extract(frames, layers="all", batch_size=2)
     for layer in model.layers:
         np.testing.assert_array_equal(a.layers[layer], b.layers[layer])
+
+
+#: Python source (for a subprocess that a test kills mid-run) defining ``SlowDescriptor(delay)``:
+#: descriptor-rdf, same name, fingerprint and features, whose ``extract`` first sleeps ``delay`` s,
+#: so every shard task takes long enough to be killed between two shards or inside one.
+SLOW_DESCRIPTOR = """
+import time
+
+from mlipspace.models import load
+
+
+class SlowDescriptor:
+    def __init__(self, delay):
+        inner = load("descriptor-rdf", device="cpu")
+        self.inner, self.delay = inner, delay
+        for attr in ("name", "family", "layers", "dims", "elements", "fingerprint", "device"):
+            setattr(self, attr, getattr(inner, attr))
+
+    def extract(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return self.inner.extract(*args, **kwargs)
+"""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mlipspace.store import FeatureStore, extract_to_store
-from mlipspace.store.pipeline import DELAY_ENV
+from modelkit import SLOW_DESCRIPTOR
 
 MODEL = "descriptor-rdf"
 SPEC = "builtin:mad-mini?size=16"
@@ -39,12 +39,12 @@ def _completed_shards(path: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     path = tmp_path / "fs"
-    code = textwrap.dedent(f"""
+    code = SLOW_DESCRIPTOR + textwrap.dedent(f"""
         from mlipspace.store import extract_to_store
-        extract_to_store({SPEC!r}, {MODEL!r}, {str(path)!r}, layers="all", shard_size=2, progress=False)
+        extract_to_store({SPEC!r}, SlowDescriptor(0.4), {str(path)!r}, layers="all", shard_size=2,
+                         progress=False)
     """)
-    env = dict(os.environ, **{DELAY_ENV: "0.4"})
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 60
         while _completed_shards(path) < 2:

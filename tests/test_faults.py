@@ -19,7 +19,7 @@ import pytest
 
 from mlipspace.errors import StoreError
 from mlipspace.store import FeatureStore, extract_to_store
-from mlipspace.store.pipeline import DELAY_ENV
+from modelkit import SLOW_DESCRIPTOR
 
 MODELS = "descriptor-rdf,test-rdf-coarse"
 # the CLI in a fresh interpreter, with a second (coarser) radial descriptor registered
@@ -180,14 +180,13 @@ def test_dask_worker_killed_mid_task(tmp_path):
     ref = tmp_path / "ref"
     extract_to_store(SPEC, "descriptor-rdf", ref, layers="all", shard_size=2, progress=False)
     path = tmp_path / "fs"
-    code = textwrap.dedent(f"""
+    code = SLOW_DESCRIPTOR + textwrap.dedent(f"""
         from mlipspace.store import extract_to_store
         if __name__ == "__main__":
-            extract_to_store({SPEC!r}, "descriptor-rdf", {str(path)!r}, layers="all", shard_size=2,
+            extract_to_store({SPEC!r}, SlowDescriptor(0.6), {str(path)!r}, layers="all", shard_size=2,
                              workers=2, progress=False)
     """)
-    env = dict(os.environ, **{DELAY_ENV: "0.6"})
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     victim = None
     try:

@@ -12,7 +12,8 @@ from ase.neighborlist import neighbor_list
 
 from mlipspace.errors import InputError, ModelUnavailableError, UnsupportedElementsError
 from mlipspace.models import registry
-from mlipspace.models._torch_utils import parse_layers, sha256_files, unsupported_frames, with_vacuum
+from mlipspace.models.base import sha256_files
+from mlipspace.models._torch_utils import parse_layers, unsupported_frames, with_vacuum
 
 MINE = {"chgnet-0.3.0": "chgnet", "chgnet-0.2.0": "chgnet", "chgnet-r2scan": "chgnet", "diep-r2scan": "diep"}
 

@@ -33,7 +33,7 @@ def run_metric(x_path: Path, y_path: Path, metric: str, *, test_idx: Path | None
     """Compute one measure between two .npy files; returns the JSON-able summary the CLI prints."""
     from mlipspace import metrics
     from mlipspace.errors import InputError
-    from mlipspace.metrics._checks import check_rows, resolve_split
+    from mlipspace.metrics import check_rows, resolve_split
 
     metric = metric.lower()
     if metric not in ("gfre", "gfrd", "lfre"):

@@ -47,12 +47,10 @@ def _open(store: Path, dataset: str | None, models: str | None, layer: str = "la
         raise InputError(f"{store}: dataset {key} has no features of {', '.join(missing)} "
                          f"(stored: {', '.join(st.models(key)) or 'none'})")
     feats, rows = load_features(st, key, names, layer)
-    import os
-
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread for this command's analyses (see mlipspace.experiments.study.blas_threads)
-    threadpool_limits(limits=int(os.environ.get("MLIPSPACE_BLAS_THREADS", "1")))
+    threadpool_limits(limits=1)
     spec = st.dataset_info(key).get("spec") or key
     fps = {m: st.fingerprint(key, m) for m in names}
     return feats, rows, spec, fps, st, key, names
@@ -115,6 +113,7 @@ def run(
     finetune_epochs: int = typer.Option(3, "--finetune-epochs", help="Epochs of the live fine-tuning."),
     outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median (0: keep all)."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
+    blas_threads: int = typer.Option(1, "--blas-threads", help="BLAS/OpenMP threads of the analyses (1 is fastest on a shared, loaded machine)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, timing) at the end."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every warning of the model packages (default: one summary line per model)."),
@@ -134,7 +133,7 @@ def run(
                       lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
                       energy_key=energy_key, forces_key=forces_key,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs,
-                      verbose=verbose, workers=workers, scheduler=scheduler)
+                      blas_threads=blas_threads, verbose=verbose, workers=workers, scheduler=scheduler)
     if no_create_env and cfg.models:
         from mlipspace.commands.envs import refuse_missing_envs
 

@@ -13,7 +13,7 @@ from ase.geometry import wrap_positions
 
 from mlipspace.errors import InputError, StructureError
 
-__all__ = ["validate", "consistent", "fingerprint", "closest_pair", "MIN_DISTANCE"]
+__all__ = ["validate", "consistent", "fingerprint", "closest_pair", "frame_problem", "frame_source", "MIN_DISTANCE"]
 
 #: Atoms closer than this (Å) make a frame invalid (periodic images included).
 MIN_DISTANCE = 0.3
@@ -21,8 +21,12 @@ MIN_DISTANCE = 0.3
 _FINGERPRINT_VERSION = b"mlipspace-frames-v1"
 
 
-def _where(atoms: Atoms, i: int) -> tuple[str | None, int]:
-    """Source file and frame-in-file of ``atoms`` (falls back to the position ``i`` in the list)."""
+def frame_source(atoms: Atoms, i: int) -> tuple[str | None, int]:
+    """Source file and frame-in-file of ``atoms`` (falls back to the position ``i`` in the list).
+
+    What a :class:`~mlipspace.errors.StructureError` names (``source=``, ``frame=``), so an error
+    raised anywhere (reading, model adapters, the store) points at the same file and frame.
+    """
     source = atoms.info.get("source")
     frame = atoms.info.get("source_index", i)
     return (str(source) if source is not None else None), int(frame)
@@ -69,8 +73,8 @@ def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={int(z)}"
 
 
-def _problem(atoms: Atoms, labels: bool = True, elements: bool = True) -> str | None:
-    """The first reason ``atoms`` cannot be used, or ``None``.
+def frame_problem(atoms: Atoms, *, labels: bool = True, elements: bool = True) -> str | None:
+    """The first reason ``atoms`` cannot be used, or ``None`` (the per-frame test of :func:`validate`).
 
     ``labels=False`` skips the energy/forces checks, ``elements=False`` the Z range (for model
     adapters, which report unsupported elements themselves and may skip such frames).
@@ -131,11 +135,11 @@ def validate(frames: Sequence[Atoms], on_error: str = "raise") -> tuple[list[Ato
     for k, atoms in enumerate(frames):
         if not isinstance(atoms, Atoms):
             raise InputError(f"frame {k} is a {type(atoms).__name__}, not ase.Atoms")
-        reason = _problem(atoms)
+        reason = frame_problem(atoms)
         if reason is None:
             kept.append(atoms)
             continue
-        source, frame = _where(atoms, k)
+        source, frame = frame_source(atoms, k)
         if on_error == "raise":
             raise StructureError(reason, source=source, frame=frame)
         report.append({"frame": k, "source": source, "source_index": frame, "reason": reason})
@@ -182,7 +186,7 @@ def consistent(frames: Sequence[Atoms], models: Any) -> tuple[list[Atoms], list[
         if reason is None:
             kept.append(atoms)
         else:
-            source, frame = _where(atoms, k)
+            source, frame = frame_source(atoms, k)
             report.append({"frame": k, "source": source, "source_index": frame, "reason": reason})
     return kept, report
 

@@ -318,7 +318,7 @@ def _chgnet_checkpoint_extractor(path):
     version = str(model.model_args.get("version") or "0.3.0")
     ext = adapter.CHGNetExtractor(f"chgnet:{path.name}", model, version if version in adapter.VERSIONS else "0.3.0",
                                   "cpu")
-    from mlipspace.models._torch_utils import make_fingerprint
+    from mlipspace.models import make_fingerprint
 
     ext.fingerprint = make_fingerprint(ext.name, "chgnet", path, "chgnet", head=None, version=version)
     return ext

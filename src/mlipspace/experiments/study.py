@@ -68,6 +68,7 @@ class StudyConfig:
     probe: bool = True
     maps: bool = True
     device: str = "auto"
+    blas_threads: int = 1  # BLAS/OpenMP threads of the analyses (see blas_threads())
     verbose: bool = False  # show every warning of the model packages (default: a summary per model)
     workers: int | None = None  # cross-model analyses on a Dask LocalCluster of this many processes
     scheduler: str | None = None  # ... or on an existing Dask cluster (same results either way)
@@ -365,20 +366,19 @@ def layer_order(stored: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def blas_threads(n: int | None = None):
-    """Limit BLAS/OpenMP threads (default 1, or ``$MLIPSPACE_BLAS_THREADS``) for the analyses.
+def blas_threads(n: int = 1):
+    """Limit BLAS/OpenMP threads to ``n`` (``StudyConfig.blas_threads``, default 1) for the analyses.
 
     The analyses are many small factorisations; on a shared, loaded 2-core machine multi-threaded
     OpenBLAS spends most of its time spinning (measured 3x slower than one thread for the same
     comparison; equal when the machine is quiet, see benchmarks/bench_study.py).
     LFRE parallelises over test rows itself.
     """
-    import os
-
     from threadpoolctl import threadpool_limits
 
-    n = int(os.environ.get("MLIPSPACE_BLAS_THREADS", "1")) if n is None else int(n)
-    with threadpool_limits(limits=n):
+    if int(n) < 1:
+        raise InputError(f"blas_threads must be >= 1, not {n}")
+    with threadpool_limits(limits=int(n)):
         yield
 
 
@@ -394,7 +394,7 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     prep = prepare_features(cfg, stages, console)
     from mlipspace.experiments.distributed import analysis_client
 
-    with blas_threads(), analysis_client(cfg.workers, cfg.scheduler) as client:
+    with blas_threads(cfg.blas_threads), analysis_client(cfg.workers, cfg.scheduler) as client:
         records, maps, meta_extra = run_analyses(cfg, prep, stages, console, client=client)
     store, key = prep["store"], prep["key"]
     frames = meta_extra.pop("frames")

@@ -7,9 +7,11 @@ dict of spaces, LFRE's neighbour count :func:`default_k`. Similarity measures
 :func:`procrustes_distance`, :func:`cknna`, with :func:`similarity_with_uncertainty` and :func:`rank_agreement`.
 Two samples of one space: :func:`mmd`, :func:`mmd_permutation_test`.
 :data:`MEASURES` declares each measure's orientation, symmetry and invariances; engine settings are
-keywords of each call, with defaults from :func:`get_config` / :func:`config_context`.
+keywords of each call, with defaults from :func:`get_config` / :func:`config_context`. Input checks
+shared with the CLI: :func:`check_rows` (same row count), :func:`resolve_split` (train/test indices).
 """
 
+from mlipspace.metrics._checks import check_rows, resolve_split
 from mlipspace.metrics._config import config_context, get_config, set_config
 from mlipspace.metrics._pairwise import pairwise
 from mlipspace.metrics._registry import TRANSFORMATIONS, Measure
@@ -46,6 +48,7 @@ __all__ = [
     "MEASURES",
     "Measure",
     "TRANSFORMATIONS",
+    "check_rows",
     "cknna",
     "config_context",
     "default_k",
@@ -65,6 +68,7 @@ __all__ = [
     "procrustes_distance",
     "rank_agreement",
     "rbf_cka",
+    "resolve_split",
     "rms",
     "set_config",
     "similarity_with_uncertainty",

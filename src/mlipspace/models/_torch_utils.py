@@ -35,7 +35,6 @@ What an adapter gets from here:
   :func:`readout_input` (the argument checks of every ``readout(last, numbers)``).
 
 - :class:`Tap`, :func:`capture` (forward hooks / pre-hooks that store detached copies),
-  :func:`sha256_file`, :func:`sha256_files`, :func:`make_fingerprint`, :func:`package_version`,
   :func:`check_frames`, :func:`unsupported_frames`, :func:`parse_layers`, :func:`with_vacuum`
   (non-periodic axes -> a box with enough vacuum that no periodic image is within the cutoff).
 """
@@ -43,8 +42,6 @@ What an adapter gets from here:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,79 +53,7 @@ from ase.data import chemical_symbols
 
 from mlipspace.data.rows import row_table
 from mlipspace.errors import InputError, StructureError, UnsupportedElementsError
-from mlipspace.models.base import Extractor, FeatureSet
-
-# --------------------------------------------------------------------------------------------
-# provenance
-# --------------------------------------------------------------------------------------------
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of the file at ``path`` (cached on path, size and mtime)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
-    """One sha256 for a checkpoint made of several files (e.g. a model directory).
-
-    A single file gives its own sha256; several give the sha256 of the lines
-    ``"<file name> <sha256>\\n"`` sorted by file name, so renaming the folder does not change it.
-    """
-    paths = [Path(p) for p in paths]
-    if len(paths) == 1:
-        return sha256_file(paths[0])
-    lines = sorted(f"{p.name} {sha256_file(p)}\n" for p in paths)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def package_version(distribution: str) -> str | None:
-    """Installed version of ``distribution`` (its PyPI name), or ``None`` if unknown."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def make_fingerprint(
-    name: str,
-    family: str,
-    checkpoint: Sequence[str | os.PathLike] | str | os.PathLike,
-    package: str,
-    head: str | None = None,
-    **extra,
-) -> dict:
-    """The provenance dict of a loaded model, stored with its features.
-
-    Keys: ``model`` (registry name), ``family``, ``checkpoint`` (file or folder name),
-    ``checkpoint_sha256`` (:func:`sha256_files`), ``package``, ``package_version``, ``head``
-    (``None`` for single-head models), plus ``extra``. Two feature sets are comparable only if
-    their fingerprints are equal.
-    """
-    paths = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
-    paths = [Path(p) for p in paths]
-    label = paths[0].name if len(paths) == 1 else paths[0].parent.name
-    return {
-        "model": name,
-        "family": family,
-        "checkpoint": label,
-        "checkpoint_sha256": sha256_files(paths),
-        "package": package,
-        "package_version": package_version(package),
-        "head": head,
-        **extra,
-    }
-
+from mlipspace.models.base import Extractor, FeatureSet, check_finite
 
 # --------------------------------------------------------------------------------------------
 # hook capture
@@ -203,7 +128,7 @@ def check_frames(frames) -> list[Atoms]:
     or cell, zero periodic cell vector, atoms closer than 0.3 Å); labels are not looked at, and
     elements are left to the unsupported-element policy. A model would otherwise return finite but meaningless features for such frames.
     """
-    from mlipspace.data.checks import _problem, _where
+    from mlipspace.data.checks import frame_problem, frame_source
 
     if isinstance(frames, Atoms):
         frames = [frames]
@@ -219,33 +144,11 @@ def check_frames(frames) -> list[Atoms]:
             reason = (f"periodic along axes {np.flatnonzero(pbc).tolist()} but the cell vector of such an "
                       "axis is zero")
         else:
-            reason = _problem(atoms, labels=False, elements=False)
+            reason = frame_problem(atoms, labels=False, elements=False)
         if reason is not None:
-            source, frame = _where(atoms, i)
+            source, frame = frame_source(atoms, i)
             raise StructureError(reason, source=source, frame=frame)
     return frames
-
-
-def check_finite(model: str, layers: dict[str, np.ndarray], frame_of_row: np.ndarray,
-                 frames: Sequence[Atoms] | None = None) -> None:
-    """Raise :class:`StructureError` naming the first frame whose features are NaN/inf.
-
-    ``frame_of_row`` gives each row's frame (index into ``frames`` when given, so the error can
-    name the frame's source file and frame-in-file). A NaN feature is never stored silently.
-    """
-    from mlipspace.data.checks import _where
-
-    for layer, arr in layers.items():
-        ok = np.isfinite(arr).all(axis=1) if arr.ndim == 2 else np.isfinite(arr)
-        if ok.all():
-            continue
-        bad_rows = np.flatnonzero(~ok)
-        bad_frames = sorted({int(f) for f in np.asarray(frame_of_row)[bad_rows]})
-        k = bad_frames[0]
-        source, frame = _where(frames[k], k) if frames is not None else (None, k)
-        more = f" (and {len(bad_frames) - 1} more frame(s))" if len(bad_frames) > 1 else ""
-        raise StructureError(f"{model} returned non-finite (NaN/inf) features in layer {layer!r} "
-                             f"for {len(bad_rows)} atom(s){more}", source=source, frame=frame)
 
 
 def unsupported_frames(frames: Sequence[Atoms], elements: Iterable[int]) -> dict[int, list[int]]:

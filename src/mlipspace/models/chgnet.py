@@ -36,7 +36,8 @@ from pathlib import Path
 
 from ase import Atoms
 
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint, with_vacuum
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, with_vacuum
 
 #: versions shipped in the chgnet 0.4.2 wheel (``CHGNet.load(model_name=...)``)
 VERSIONS = ("0.3.0", "0.2.0", "r2scan")

@@ -32,7 +32,7 @@ from ase import Atoms
 
 from mlipspace.data.rows import row_table
 from mlipspace.errors import InputError, UnsupportedElementsError
-from mlipspace.models.base import Extractor, FeatureSet
+from mlipspace.models.base import Extractor, FeatureSet, check_finite
 
 VERSION = "1"
 _NOBLE = (0, 2, 10, 18, 36, 54, 86, 118)
@@ -156,10 +156,7 @@ class RadialDescriptor(Extractor):
             raise InputError(f"{self.name} has no layer(s) {unknown}; layers: {', '.join(self.layers)}")
         if on_unsupported not in ("raise", "skip"):
             raise InputError(f"on_unsupported must be 'raise' or 'skip', not {on_unsupported!r}")
-        from mlipspace.models._torch_utils import (  # imports no torch
-            check_finite,
-            check_frames,
-        )
+        from mlipspace.models._torch_utils import check_frames  # imports no torch
 
         frames = check_frames(frames)
         kept, skipped = [], []

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from ase import Atoms
 
-from mlipspace.models._torch_utils import Tap, TorchExtractor, make_fingerprint
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor
 
 N_BLOCKS = 3
 WIDTH = 64

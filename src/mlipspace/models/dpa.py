@@ -50,13 +50,8 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    checkpoint_options,
-    make_fingerprint,
-    with_vacuum,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
 
 FAMILY = "dpa"
 DISTRIBUTION = "deepmd-kit"

@@ -48,7 +48,7 @@ from mlipspace.models._e3nn_common import (
     gate_hooks,
     readout_input_width,
 )
-from mlipspace.models._torch_utils import make_fingerprint
+from mlipspace.models.base import make_fingerprint
 
 N_BLOCKS = 4
 INV_WIDTH = 384

@@ -48,14 +48,8 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import ModelUnavailableError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    capture,
-    checkpoint_options,
-    make_fingerprint,
-    readout_input,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, capture, checkpoint_options, readout_input
 
 DISTRIBUTION = "mace-torch"
 DTYPES = ("float32", "float64")

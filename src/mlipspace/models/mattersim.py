@@ -46,13 +46,8 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    checkpoint_options,
-    make_fingerprint,
-    with_vacuum,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
 
 DISTRIBUTION = "mattersim"
 MODEL_NAME = "m3gnet"

@@ -57,13 +57,8 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    checkpoint_options,
-    make_fingerprint,
-    with_vacuum,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
 
 DISTRIBUTION = "orb-models"
 DEFAULT_ARCH = "orb-v3-conservative-inf-omat"
@@ -280,13 +275,13 @@ class ORBExtractor(TorchExtractor):
         """As :meth:`TorchExtractor.extract`; models with a charge/spin conditioner first check
         that every frame has ``atoms.info["charge"]`` and ``["spin"]`` (error naming the frame)."""
         if self.needs_charge_spin:
-            from mlipspace.data.checks import _where
+            from mlipspace.data.checks import frame_source
             from mlipspace.models._torch_utils import check_frames
 
             frames = check_frames(frames)
             for i, atoms in enumerate(frames):
                 if not ("charge" in atoms.info and "spin" in atoms.info):
-                    source, frame = _where(atoms, i)
+                    source, frame = frame_source(atoms, i)
                     raise StructureError(f"{self.name} has a charge/spin conditioner (an omol model): set "
                                          "atoms.info['charge'] and atoms.info['spin']", source=source, frame=frame)
         return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)

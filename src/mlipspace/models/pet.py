@@ -59,13 +59,8 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import ModelUnavailableError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    checkpoint_options,
-    make_fingerprint,
-    readout_input,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, readout_input
 
 DISTRIBUTION = "metatrain"
 OPTIONS = ("target",)

@@ -53,13 +53,8 @@ import numpy as np
 from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
-from mlipspace.models._torch_utils import (
-    Tap,
-    TorchExtractor,
-    checkpoint_options,
-    make_fingerprint,
-    with_vacuum,
-)
+from mlipspace.models.base import make_fingerprint
+from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
 
 DISTRIBUTION = "fairchem-core"
 OPTIONS = ("checkpoint", "task")
@@ -227,7 +222,7 @@ class UMAExtractor(TorchExtractor):
         A charge/spin fairchem rejects (not an integer, out of range) raises a :class:`StructureError`
         naming the frame's position in ``frames`` (and its source file, when known).
         """
-        from mlipspace.data.checks import _where
+        from mlipspace.data.checks import frame_source
         from mlipspace.models._torch_utils import check_frames
 
         frames = check_frames(frames)
@@ -238,7 +233,7 @@ class UMAExtractor(TorchExtractor):
                 with _quiet():
                     self.model.validate_atoms_data(probe, self.task)
             except (TypeError, ValueError) as exc:
-                source, frame = _where(atoms, i)
+                source, frame = frame_source(atoms, i)
                 raise StructureError(f"{self.name} (task {self.task}): {exc}", source=source, frame=frame) from exc
         return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
 

@@ -36,8 +36,6 @@ from mlipspace.store.core import RESERVED_MODEL_NAMES, FeatureStore, _check_name
 
 #: Frames per shard when none is given: small enough to resume cheaply and to balance workers.
 DEFAULT_SHARD_SIZE = 32
-#: Testing hook: seconds each shard task sleeps before writing (lets tests kill a run mid-way).
-DELAY_ENV = "MLIPSPACE_STORE_SHARD_DELAY"
 
 _MODELS: dict[tuple[str, str], object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -141,15 +139,12 @@ def _run_shard(store_path, key, model, model_name, device, start, stop, indices,
                 raise StoreError(f"{model_name}: layer {layer!r} of frames {start}..{stop - 1} has shape "
                                  f"{arr.shape}, expected ({len(local)}, d)")
             feats[layer] = arr.astype(np.float32, copy=False)
-        from mlipspace.models._torch_utils import check_finite
+        from mlipspace.models import check_finite
 
         check_finite(model_name, feats, rows["frame"])  # never stage NaN features silently
     else:
         rows = {"frame": np.zeros(0, np.int64), "atom": np.zeros(0, np.int32), "Z": np.zeros(0, np.int32)}
         feats = {layer: np.zeros((0, int(extractor.dims[layer])), np.float32) for layer in layers}
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    if delay > 0:
-        time.sleep(delay)
     tmp = _io.tmp_dir(root)
     for name, arr in rows.items():
         np.save(tmp / f"rows.{name}.npy", arr)
