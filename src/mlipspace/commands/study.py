@@ -5,6 +5,7 @@ mlipspace.report, print."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -123,7 +124,7 @@ def run(
 ) -> None:
     """Run the whole study: data, features of every model, all analyses, then the report (OUT/index.html)."""
     from mlipspace.errors import InputError
-    from mlipspace.experiments.study import StudyConfig, run_study
+    from mlipspace.experiments.study import StudyConfig
     from mlipspace.report import findings, load_results
 
     if seeds < 1:
@@ -378,3 +379,68 @@ def report_cmd(
 
     path = write_report(results, out, merge=merge or ())
     Console().print(f"report: [bold]{path}[/]", highlight=False)
+
+
+def run_study(cfg, console=None) -> dict:
+    """Run the whole study (:mod:`mlipspace.experiments.study`), then write its results and report;
+    returns ``{"results": path, "report": path, "timing": {...}}``. It lives here, above both the
+    experiments and the report, so that neither imports the other."""
+    from mlipspace.experiments.distributed import analysis_client
+    from mlipspace.experiments.study import (
+        RESULTS_NAME,
+        Stages,
+        blas_threads,
+        cm_fp,
+        layer_order,
+        prepare_features,
+        run_analyses,
+    )
+    from mlipspace.report import write_report
+    from mlipspace.report.results import make_results, write_results, write_table
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(console)
+    prep = prepare_features(cfg, stages, console)
+    with blas_threads(cfg.blas_threads), analysis_client(cfg.workers, cfg.scheduler) as client:
+        records, maps, meta_extra = run_analyses(cfg, prep, stages, console, client=client)
+    store, key = prep["store"], prep["key"]
+    frames = meta_extra.pop("frames")
+    with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
+        from mlipspace.data import write as write_frames
+
+        write_frames(frames, out / "structures.xyz")
+        models_meta = {}
+        for m in prep["models"]:
+            fp = store.fingerprint(key, m)
+            models_meta[m] = {"family": meta_extra["families"].get(m, m), "fingerprint": fp,
+                              "fingerprint_id": cm_fp(fp), "layers": layer_order(store.layers(key, m))}
+        info = store.dataset_info(key)
+        meta = {
+            "dataset": {"name": prep["spec"], "key": key, "fingerprint": info.get("fingerprint"),
+                        "n_frames": len(frames), "n_atoms": int(sum(len(a) for a in frames)),
+                        "subsets": info.get("subsets", {}), "dropped": len(prep["dropped"]),
+                        "outliers": meta_extra.get("outliers", [])},
+            "models": models_meta,
+            "model_order": list(prep["models"]),
+            "settings": cfg.analysis_settings(),
+            "notes": list(cfg.notes) + meta_extra.get("notes", []),
+            "structures": "structures.xyz",
+        }
+        for k in ("probe_note", "finetune_note", "map_colour", "map_colour_label", "finetune"):
+            if k in meta_extra:
+                meta[k] = meta_extra[k]
+        if maps:
+            meta["chemiscope"] = "chemiscope.json.gz"
+        results = make_results(records, meta, maps)
+        path = write_results(out / RESULTS_NAME, results)
+        write_table(path.with_suffix(".csv"), results)  # the same records as one CSV row each
+        report = write_report(path, out, frames=frames)
+    timing = dict(stages.times)
+    timing["total"] = time.perf_counter() - t0
+    (out / "timing.json").write_text(json.dumps({k: round(v, 2) for k, v in timing.items()}, indent=1) + "\n")
+    # what the model packages warned during this run's loading/extraction (none on a rerun from the
+    # store, so it stays out of the deterministic results.json, like the wall times)
+    (out / "warnings.json").write_text(json.dumps(prep.get("warnings", {}), indent=1, sort_keys=True) + "\n")
+    return {"results": str(path), "report": str(report), "timing": timing, "n_records": len(records)}

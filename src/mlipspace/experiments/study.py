@@ -1,6 +1,7 @@
 """The whole study as one job: data -> consistent filtering -> feature store -> analyses -> report.
 
-:func:`run_study` is what ``mlipspace run`` calls. Stages (each timed, shown with rich):
+:func:`mlipspace.commands.study.run_study` (what ``mlipspace run`` calls) puts these together with the
+report; the stages (each timed, shown with rich):
 
 1. data: read the structures (default ``builtin:mad-mini`` at :data:`DEFAULT_SIZE`), keep those all
    models support (:func:`mlipspace.data.consistent`);
@@ -121,7 +122,7 @@ def data_spec(data: str, size: int | None) -> str:
     return data
 
 
-class _Stages:
+class Stages:
     """Timing and progress display of the stages (rich console; silent when ``console`` is None)."""
 
     def __init__(self, console):
@@ -193,7 +194,7 @@ class _Cache:
         return out, False
 
 
-def prepare_features(cfg: StudyConfig, stages: _Stages, console=None):
+def prepare_features(cfg: StudyConfig, stages: Stages, console=None):
     """Stages 1–2: frames, models, store key and loaded features. Returns a dict of the pieces."""
     from mlipspace.data import consistent, read
     from mlipspace.models import get_spec
@@ -302,7 +303,7 @@ def load_features(store, key, models: Sequence[str], layer: str = "last"):
     return {m: np.asarray(x, dtype=np.float64) for m, x in feats.items()}, rows
 
 
-def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None, client=None
+def run_analyses(cfg: StudyConfig, prep: Mapping, stages: Stages, console=None, client=None
                  ) -> tuple[list[dict], dict, dict]:
     """Stage 3: screen outlier structures, then every step of :data:`mlipspace.experiments.analyses.STUDY`.
     With a Dask ``client`` the cross-model comparisons run as tasks reading the store
@@ -380,58 +381,3 @@ def blas_threads(n: int = 1):
         raise InputError(f"blas_threads must be >= 1, not {n}")
     with threadpool_limits(limits=int(n)):
         yield
-
-
-def run_study(cfg: StudyConfig, console=None) -> dict:
-    """Run the whole study (see the module docstring); returns ``{"results": path, "report": path, "timing": {...}}``."""
-    from mlipspace.report import write_report
-    from mlipspace.report.results import make_results, write_results, write_table
-
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(console)
-    prep = prepare_features(cfg, stages, console)
-    from mlipspace.experiments.distributed import analysis_client
-
-    with blas_threads(cfg.blas_threads), analysis_client(cfg.workers, cfg.scheduler) as client:
-        records, maps, meta_extra = run_analyses(cfg, prep, stages, console, client=client)
-    store, key = prep["store"], prep["key"]
-    frames = meta_extra.pop("frames")
-    with stages.stage("report", f"results.json, index.html, chemiscope file in {out}"):
-        from mlipspace.data import write as write_frames
-
-        write_frames(frames, out / "structures.xyz")
-        models_meta = {}
-        for m in prep["models"]:
-            fp = store.fingerprint(key, m)
-            models_meta[m] = {"family": meta_extra["families"].get(m, m), "fingerprint": fp,
-                              "fingerprint_id": cm_fp(fp), "layers": layer_order(store.layers(key, m))}
-        info = store.dataset_info(key)
-        meta = {
-            "dataset": {"name": prep["spec"], "key": key, "fingerprint": info.get("fingerprint"),
-                        "n_frames": len(frames), "n_atoms": int(sum(len(a) for a in frames)),
-                        "subsets": info.get("subsets", {}), "dropped": len(prep["dropped"]),
-                        "outliers": meta_extra.get("outliers", [])},
-            "models": models_meta,
-            "model_order": list(prep["models"]),
-            "settings": cfg.analysis_settings(),
-            "notes": list(cfg.notes) + meta_extra.get("notes", []),
-            "structures": "structures.xyz",
-        }
-        for k in ("probe_note", "finetune_note", "map_colour", "map_colour_label", "finetune"):
-            if k in meta_extra:
-                meta[k] = meta_extra[k]
-        if maps:
-            meta["chemiscope"] = "chemiscope.json.gz"
-        results = make_results(records, meta, maps)
-        path = write_results(out / RESULTS_NAME, results)
-        write_table(path.with_suffix(".csv"), results)  # the same records as one CSV row each
-        report = write_report(path, out, frames=frames)
-    timing = dict(stages.times)
-    timing["total"] = time.perf_counter() - t0
-    (out / "timing.json").write_text(json.dumps({k: round(v, 2) for k, v in timing.items()}, indent=1) + "\n")
-    # what the model packages warned during this run's loading/extraction (none on a rerun from the
-    # store, so it stays out of the deterministic results.json, like the wall times)
-    (out / "warnings.json").write_text(json.dumps(prep.get("warnings", {}), indent=1, sort_keys=True) + "\n")
-    return {"results": str(path), "report": str(report), "timing": timing, "n_records": len(records)}
