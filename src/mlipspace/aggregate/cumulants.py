@@ -298,17 +298,7 @@ def cumulants(
         columns = tuple((k, c) for k in range(1, order + 1) for c in range(d))
         column_names = ("order", "column")
     else:
-        pos, el = _element_positions(species, len(x), f, elements)
-        frames, frame_rank = np.unique(f, return_inverse=True)
-        n_el = len(el)
-        seg = segments_of(frame_rank.astype(np.int64) * n_el + pos)
-        with np.errstate(over="ignore", invalid="ignore"):
-            kap = _segment_cumulants(x, seg, order, frames[seg.keys // n_el])
-        full = np.zeros((len(frames), order, n_el, d))
-        full[seg.keys // n_el, :, seg.keys % n_el, :] = kap
-        values = full.reshape(len(frames), order * n_el * d)
-        species_counts = np.zeros((len(frames), n_el), dtype=np.int64)
-        species_counts[seg.keys // n_el, seg.keys % n_el] = seg.counts
+        frames, values, species_counts, el = _per_species(x, f, species, elements, order)
         n_atoms = species_counts.sum(axis=1)
         columns = tuple((k, z, c) for k in range(1, order + 1) for z in el for c in range(d))
         column_names = ("order", "element", "column")
@@ -331,6 +321,22 @@ def cumulants(
         species_counts=species_counts,
     )
     return values, info
+
+
+def _per_species(x, f, species, elements, order):
+    """Cumulants per (frame, element): ``(frames, values (n_frames, order*n_el*d), species counts, elements)``."""
+    d = x.shape[1]
+    pos, el = _element_positions(species, len(x), f, elements)
+    frames, frame_rank = np.unique(f, return_inverse=True)
+    n_el = len(el)
+    seg = segments_of(frame_rank.astype(np.int64) * n_el + pos)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported as InputError
+        kap = _segment_cumulants(x, seg, order, frames[seg.keys // n_el])
+    full = np.zeros((len(frames), order, n_el, d))
+    full[seg.keys // n_el, :, seg.keys % n_el, :] = kap
+    species_counts = np.zeros((len(frames), n_el), dtype=np.int64)
+    species_counts[seg.keys // n_el, seg.keys % n_el] = seg.counts
+    return frames, full.reshape(len(frames), order * n_el * d), species_counts, el
 
 
 def frame_values(values, frame_index) -> np.ndarray:

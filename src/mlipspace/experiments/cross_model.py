@@ -110,27 +110,18 @@ def pair_errors(
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
-    ``features`` maps a name to a matrix whose rows the splits index (a split may carry its own
-    features as a third item); ``groups`` gives the structure of each row (default: every row its own
-    structure), the unit the intervals resample
-    (:mod:`mlipspace.intervals`); ``extra`` optionally maps ``(source, target)`` to additional record
-    fields. The errors come from :func:`mlipspace.metrics.pairwise` (scaling and, for LFRE, neighbour
-    search shared per source); LFRE uses k = min(d_source, d_target) capped by the training size and
-    at most ``lfre_max_test`` test rows (seeded subsample); LFRE's k is
-    :func:`mlipspace.metrics.default_k` (min(d_source, d_target), at most n_train // 4) unless ``k``
-    is given.
-    Similarity measures (``cka``, ``mknn``, ``procrustes``, ...; :data:`SIMILARITY_METRICS`) need no
-    fit: each is computed on the test rows of every split (:func:`similarity_values`), and the record
-    also carries ``null_mean``, the same measure with the target's rows shuffled (chance level).
-    A pair outside the method's valid regime (see :mod:`mlipspace.intervals`) gets a record with
-    ``value: None`` and the ``reason``. ``progress`` is called once per (split, metric).
-    ``subsets`` (:class:`TestSubsets`) adds, per pair, the FRE over a subset of the test atoms (e.g.
-    those inside the training coverage) as records of the subset's own ``analysis``, and per source
-    the share of test atoms in it.
-    ``client``: a Dask client; the (seed, metric, pair or source) units then run as tasks that read
-    their features from the store themselves (``features`` must be a
-    :class:`~mlipspace.experiments.distributed.StoreFeatures` unless every split carries its own,
-    small, derived features); the records are identical.
+    ``features``: name -> matrix whose rows the splits index (a split may carry its own as a third
+    item); ``groups``: the structure of each row (default: each row its own), the unit the intervals
+    resample (:mod:`mlipspace.intervals`); ``extra``: ``(source, target)`` -> more record fields.
+    FREs come from :func:`mlipspace.metrics.pairwise` (LFRE: :func:`~mlipspace.metrics.default_k`
+    unless ``k`` is given, on at most ``lfre_max_test`` seeded test rows); similarity measures
+    (:data:`SIMILARITY_METRICS`) are computed on each split's test rows with a shuffled-target
+    ``null_mean``. A pair outside its valid regime gets ``value: None`` and a ``reason``. ``subsets``
+    (:class:`TestSubsets`) adds the FREs over subsets of the test atoms as records of their own
+    analysis. ``client``: a Dask client; the (seed, metric, pair or source) units then run as tasks
+    reading their features from the store (``features`` a
+    :class:`~mlipspace.experiments.distributed.StoreFeatures`), with identical records.
+    ``progress`` is called once per (split, metric).
     """
     from mlipspace.experiments.distributed import StoreFeatures, run_units
 

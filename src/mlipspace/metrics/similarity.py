@@ -931,6 +931,27 @@ def similarity_with_uncertainty(
 KNOWN_ORIENTATION: dict[str, bool] = {"lfrd": False, **{n: m.higher_is_better for n, m in RECONSTRUCTION_MEASURES.items()}}
 
 
+def _metric_sums(records, metrics, a_key, b_key, metric_key, value_key, include_diagonal):
+    """``{metric: {(a, b): [values]}}`` of the tidy records (finite values; diagonal only if asked)."""
+    sums: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for i, rec in enumerate(records):
+        try:
+            a, b, name, val = rec[a_key], rec[b_key], rec[metric_key], rec[value_key]
+        except KeyError as exc:
+            raise InputError(f"record {i} lacks the key {exc.args[0]!r}: {dict(rec)!r}") from None
+        if metrics is not None and name not in metrics:
+            continue
+        try:
+            val = float(val)
+        except (TypeError, ValueError):
+            raise InputError(f"record {i}: value {val!r} of metric {name!r} is not a number") from None
+        if not math.isfinite(val) or (a == b and not include_diagonal):
+            continue
+        sums.setdefault(name, {}).setdefault((str(a), str(b)), []).append(val)
+
+    return sums
+
+
 def rank_agreement(
     records: Iterable[Mapping[str, Any]],
     *,
@@ -965,22 +986,7 @@ def rank_agreement(
     orient.update(higher_is_better or {})
     sym = {name for name, m in SIMILARITY_MEASURES.items() if m.symmetric} | set(symmetric or ())
 
-    sums: dict[str, dict[tuple[str, str], list[float]]] = {}
-    for i, rec in enumerate(records):
-        try:
-            a, b, name, val = rec[a_key], rec[b_key], rec[metric_key], rec[value_key]
-        except KeyError as exc:
-            raise InputError(f"record {i} lacks the key {exc.args[0]!r}: {dict(rec)!r}") from None
-        if metrics is not None and name not in metrics:
-            continue
-        try:
-            val = float(val)
-        except (TypeError, ValueError):
-            raise InputError(f"record {i}: value {val!r} of metric {name!r} is not a number") from None
-        if not math.isfinite(val) or (a == b and not include_diagonal):
-            continue
-        sums.setdefault(name, {}).setdefault((str(a), str(b)), []).append(val)
-
+    sums = _metric_sums(records, metrics, a_key, b_key, metric_key, value_key, include_diagonal)
     names = list(metrics) if metrics is not None else sorted(sums)
     for name in names:
         if name not in orient:
