@@ -183,7 +183,7 @@ def test_sorted_checkpoints_use_trajectory_order(tmp_path):
 
 def test_finetune_needs_labels(frames):
     with pytest.raises(Exception, match="no DFT energy label"):
-        finetune._labels(frames[:3])
+        finetune.labels(frames[:3])
 
 
 def test_outlier_frames_flag_structures_far_outside(rows):

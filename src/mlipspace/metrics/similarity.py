@@ -948,7 +948,6 @@ def _metric_sums(records, metrics, a_key, b_key, metric_key, value_key, include_
         if not math.isfinite(val) or (a == b and not include_diagonal):
             continue
         sums.setdefault(name, {}).setdefault((str(a), str(b)), []).append(val)
-
     return sums
 
 
