@@ -215,18 +215,7 @@ def mean_interval(records: Sequence[Mapping]) -> tuple[float, float, float]:
     return tuple(float(x) for x in v.mean(axis=0))
 
 
-def mean_off_diagonal(
-    records: Sequence[Mapping],
-    metric: str,
-    level: str = "atom",
-    *,
-    analysis: str = "cross-model",
-    families: Mapping[str, str] | None = None,
-    across_families: bool = False,
-) -> float:
-    """Mean of the off-diagonal values; with ``across_families`` only pairs of different families.
-
-    NaN if there is no such pair.
-    """
-    recs = off_diagonal(records, metric, level, analysis=analysis, families=families, across_families=across_families)
-    return mean_interval(recs)[0]
+def mean_off_diagonal(records: Sequence[Mapping], metric: str, level: str = "atom", **where) -> float:
+    """Mean of the off-diagonal values (``where``: the options of :func:`off_diagonal`, e.g.
+    ``families=..., across_families=True``); NaN if there is no such pair."""
+    return mean_interval(off_diagonal(records, metric, level, **where))[0]

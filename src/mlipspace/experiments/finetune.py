@@ -93,7 +93,6 @@ def finetune_summary(records: Sequence[Mapping], metric: str = "gfre") -> dict[s
 # --- live fine-tuning ---------------------------------------------------------------------------------
 
 
-
 def track(
     frames: Sequence,
     out_dir: str | os.PathLike,
