@@ -162,7 +162,7 @@ ZBL_CHECK = textwrap.dedent("""
     from ase.build import bulk
     from mlipspace.models.mace import MACEExtractor
 
-    m = MACEExtractor("zbl", sys.argv[1], "cpu")
+    m = MACEExtractor("zbl", sys.argv[1], device="cpu")
     assert m.pair_repulsion
     frames = [Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 1.3]]), bulk("Cu", "fcc", a=3.0) * (2, 1, 1)]
     calc = m.calculator()

@@ -224,7 +224,7 @@ ZBL_CHECK = textwrap.dedent("""
     frames = [Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 1.3]]), bulk("Cu", "fcc", a=3.0) * (2, 1, 1),
               fcc111("Cu", size=(2, 2, 1), a=3.0, vacuum=5.0), bulk("NaCl", "rocksalt", a=5.64)]
     for path, arch in ((sys.argv[1], "orb-v3-conservative-inf-omat"), (sys.argv[2], "orb-v3-direct-20-omat")):
-        m = ORBExtractor("zbl", path, arch, "cpu")
+        m = ORBExtractor("zbl", path, device="cpu", arch=arch)
         calc = m.calculator()
         pairs = m.pair_energy(frames)
         # the dimer is deep in the repulsive wall, the compressed bulk and slab inside ZBL range; NaCl is not
@@ -237,7 +237,7 @@ ZBL_CHECK = textwrap.dedent("""
             assert abs(readout + pairs[k] - energy) < 1e-5 * max(1.0, abs(energy)), (arch, k, readout, pairs[k], energy)
 
     # omol models (charge/spin conditioner): every frame needs atoms.info charge and spin
-    m = ORBExtractor("omol", sys.argv[3], "orb-v3-conservative-omol", "cpu")
+    m = ORBExtractor("omol", sys.argv[3], device="cpu", arch="orb-v3-conservative-omol")
     assert m.needs_charge_spin and m.layers == ("interaction.0", "last")
     water, methane = molecule("H2O"), molecule("CH4")
     for atoms, spin in ((water, 1), (methane, 3)):

@@ -171,8 +171,8 @@ def test_bad_checkpoints_and_options_name_the_file(built, key, suffix, match):
 
 
 def test_unknown_option_names_the_file_and_the_valid_ones(built):
-    with pytest.raises(InputError, match=r"small\.pt.*unknown option\(s\) head; valid options: target"):
-        remote(built["spec"] + "?head=omat")
+    with pytest.raises(InputError, match=r"small\.pt.*unknown option\(s\) arch; valid options: head, target"):
+        remote(built["spec"] + "?arch=omat")
 
 
 def test_missing_file_names_it(tmp_path):
@@ -192,7 +192,7 @@ EDGE_BIAS_CHECK = textwrap.dedent("""
     frames = [si, molecule("CH3OH")]
     ends = np.cumsum([len(a) for a in frames])
     for path in sys.argv[1:]:
-        m = PETExtractor("pet-check", path, "cpu")
+        m = PETExtractor("pet-check", path, device="cpu")
         w, b_node, b_edge, scale, comp = m._readout_parameters()
         assert abs(b_edge) > 1e-3, b_edge  # random init: the edge biases are not zero
         fs = m.extract(frames)

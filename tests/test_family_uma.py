@@ -154,7 +154,9 @@ def test_unknown_task_names_the_file_and_the_tasks(built):
 
 
 def test_unknown_option_and_missing_file(built, tmp_path):
-    with pytest.raises(InputError, match=r"uma-tiny\.pt.*unknown option\(s\) head"):
+    with pytest.raises(InputError, match=r"uma-tiny\.pt.*unknown option\(s\) arch; valid options: head, task"):
+        remote(built["spec"] + "&arch=omat")
+    with pytest.raises(InputError, match=r"uma-tiny\.pt.*give head or task, not both"):
         remote(built["spec"] + "&head=omat")
     with pytest.raises((ModelUnavailableError, InputError), match=r"missing\.pt"):
         remote(f"uma:{tmp_path / 'missing.pt'}?task=omat")
@@ -182,8 +184,8 @@ IN_ENV = textwrap.dedent("""
             assert abs(readout - energy) < 1e-6 * max(1.0, abs(energy)) + 1e-5, (m.name, readout, energy)
 
     # the task selects the dataset embedding (and MoLE experts): every layer differs between tasks
-    omat = UMAExtractor("omat", uma, "omat")
-    omol = UMAExtractor("omol", uma, "omol")
+    omat = UMAExtractor("omat", uma, head="omat")
+    omol = UMAExtractor("omol", uma, head="omol")
     a, b = omat.extract(frames, layers="all"), omol.extract(frames, layers="all")
     for layer in omat.layers:
         assert np.abs(a.layers[layer] - b.layers[layer]).max() > 1e-3, layer
@@ -205,14 +207,14 @@ IN_ENV = textwrap.dedent("""
 
     # several tasks and no ?task=: refused with the choices
     try:
-        UMAExtractor("none", uma, None)
+        UMAExtractor("none", uma, head=None)
         raise AssertionError("no error without a task")
     except ModelUnavailableError as exc:
         assert "uma-tiny.pt" in str(exc) and "oc20, odac, omat, omc, omol" in str(exc), exc
 
     # a DatasetSpecificMoEWrapper head: readout uses the task's expert of the energy MLP
     for task in ("omat", "oc20"):
-        m = UMAExtractor(task, moe_head, task)
+        m = UMAExtractor(task, moe_head, head=task)
         assert m.energy_path == "output_heads.energyandforcehead.head.energy_block", m.energy_path
         check_energies(m, frames)
 

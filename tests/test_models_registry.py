@@ -231,3 +231,24 @@ def test_torch_extractor_checks_arguments():
         toy.extract([Atoms("H", positions=[[0, 0, 0]], pbc=True)])
     empty = toy.extract([], layers="last")
     assert empty.layers["last"].shape == (0, 4) and len(empty.rows["frame"]) == 0
+
+
+def test_checkpoint_head_option_has_one_name_and_the_familys_own(tmp_path):
+    """``head`` is the output selection of every checkpoint family; UMA's ``task`` and PET's ``target``
+    are the same option (either spelling, not both); a family without heads refuses it."""
+    from mlipspace.errors import InputError
+    from mlipspace.models.mattersim import MatterSimExtractor
+    from mlipspace.models.pet import PETExtractor
+    from mlipspace.models.registry import parse_checkpoint_spec
+    from mlipspace.models.uma import UMAExtractor
+
+    f = tmp_path / "x.pt"
+    f.write_bytes(b"")
+    assert UMAExtractor.spec_options(parse_checkpoint_spec(f"uma:{f}?task=omat"))[1] == {"head": "omat"}
+    assert UMAExtractor.spec_options(parse_checkpoint_spec(f"uma:{f}?head=omat"))[1] == {"head": "omat"}
+    assert PETExtractor.spec_options(parse_checkpoint_spec(f"pet:{f}"))[1] == {"head": "energy"}
+    assert parse_checkpoint_spec(f"uma:{f}?task=omat").name == "uma-x@omat"
+    with pytest.raises(InputError, match="give head or task, not both"):
+        UMAExtractor.spec_options(parse_checkpoint_spec(f"uma:{f}?task=omat&head=omol"))
+    with pytest.raises(InputError, match=r"unknown option\(s\) head; MatterSim checkpoints take no options"):
+        MatterSimExtractor.spec_options(parse_checkpoint_spec(f"mattersim:{f}?head=omat"))

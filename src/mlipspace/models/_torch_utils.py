@@ -371,3 +371,79 @@ class TorchExtractor(Extractor):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, layers={list(self.layers)}, device={self.device!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint adapters (FAMILY:/path?key=value specs)
+# --------------------------------------------------------------------------------------------
+
+
+def is_slab(atoms: Atoms) -> bool:
+    """Periodic along some axes but not all (a slab or a wire)."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    return bool(pbc.any() and not pbc.all())
+
+
+class CheckpointExtractor(TorchExtractor):
+    """Base of the adapters loaded from a user checkpoint spec ``FAMILY:/path[?key=value&...]``.
+
+    What every checkpoint family shares lives here once: the options table and its validation
+    (:meth:`from_spec`), the device resolved once (``"auto"`` -> CUDA when visible), one name for
+    the output selection, the per-frame input check (:meth:`_check_frame`, e.g. charge/spin) and
+    the per-frame preparation (:meth:`_prepare`, slabs padded with vacuum when ``pad_slabs``).
+
+    A subclass sets ``family``, ``label`` (the name in messages), ``usage`` (spec syntax),
+    ``OPTIONS`` (option -> default, ``head`` included when the family selects an output) and,
+    when the family's own word for the output differs, ``HEAD_ALIAS`` (UMA ``task``, PET
+    ``target``): the spec may use either spelling, the constructor receives ``head``. Its
+    ``__init__(name, checkpoint, *, device, **OPTIONS)`` loads the weights.
+    """
+
+    label: str = ""
+    usage: str = ""
+    OPTIONS: dict[str, object] = {}
+    HEAD_ALIAS: str | None = None
+    #: pad slabs and wires with vacuum to ``cutoff`` in :meth:`_prepare` (packages that need a 3D cell)
+    pad_slabs: bool = False
+    cutoff: float = 0.0
+
+    @classmethod
+    def spec_options(cls, spec) -> tuple[str, dict]:
+        """``(checkpoint, options)`` of ``spec``: unknown options refused, the head alias mapped to ``head``."""
+        allowed = list(cls.OPTIONS) + ([cls.HEAD_ALIAS] if cls.HEAD_ALIAS else [])
+        checkpoint, options = checkpoint_options(spec, allowed, cls.label, cls.usage)
+        if cls.HEAD_ALIAS and cls.HEAD_ALIAS in options:
+            if "head" in options:
+                raise InputError(f"{cls.label} checkpoint {checkpoint!r}: give head or {cls.HEAD_ALIAS}, not both "
+                                 "(they are the same option)")
+            options["head"] = options.pop(cls.HEAD_ALIAS)
+        return checkpoint, {**cls.OPTIONS, **options}
+
+    @classmethod
+    def from_spec(cls, spec, device: str = "auto"):
+        """Registry entry point (each adapter module's ``load``): the extractor of ``spec`` on ``device``."""
+        from mlipspace._device import resolve_device
+
+        checkpoint, options = cls.spec_options(spec)
+        return cls(spec.name, checkpoint, device=resolve_device(device), **options)
+
+    def _check_frame(self, atoms: Atoms) -> str | None:
+        """Why this model cannot take ``atoms`` (e.g. a missing charge/spin), or ``None``."""
+        return None
+
+    def _prepare(self, atoms: Atoms) -> Atoms:
+        """``atoms`` as the model package takes it: slabs and wires padded with vacuum when ``pad_slabs``."""
+        return with_vacuum(atoms, self.cutoff) if self.pad_slabs and is_slab(atoms) else atoms
+
+    def extract(self, frames, layers=("last",), batch_size: int = 8, on_unsupported: str = "raise") -> FeatureSet:
+        """As :meth:`TorchExtractor.extract`, after :meth:`_check_frame` on every frame
+        (a :class:`StructureError` naming the frame's source file and position)."""
+        from mlipspace.data.checks import frame_source
+
+        frames = check_frames(frames)
+        for i, atoms in enumerate(frames):
+            reason = self._check_frame(atoms)
+            if reason is not None:
+                source, frame = frame_source(atoms, i)
+                raise StructureError(reason, source=source, frame=frame)
+        return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)

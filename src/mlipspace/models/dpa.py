@@ -51,15 +51,14 @@ from ase.data import atomic_numbers
 
 from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap
 
 FAMILY = "dpa"
 DISTRIBUTION = "deepmd-kit"
 #: how to treat deepmd-kit's compiled op library: "auto" (load it only when built for this torch
 #: and its MPI library is present), "skip" (never), "load" (always; deepmd raises on a mismatch)
-OPS_VAR = "MLIPSPACE_DPA_OPS"
-#: options a ``dpa:`` spec may carry (``name`` and ``python`` are consumed by the registry)
-OPTIONS = ("head",)
+#: values of the ``ops`` option (deepmd's compiled op library): see :func:`import_deepmd_pt`
+OPS_MODES = ("auto", "skip", "load")
 _PROBE = "mlipspace_probe"
 
 
@@ -81,23 +80,23 @@ def _ops_loadable() -> bool:
     return True
 
 
-def import_deepmd_pt() -> bool:
+def import_deepmd_pt(ops: str = "auto") -> bool:
     """Import ``deepmd.pt``; returns whether deepmd's compiled op library is in use.
 
     ``deepmd/pt/cxx_op.py`` loads ``libdeepmd_op_pt.so`` at import and raises when it was built
     for another torch (3.2.0 wheels: torch 2.11.0). When the library is absent, deepmd-kit runs
     with ``ENABLE_CUSTOMIZED_OP = False`` and pure-PyTorch code everywhere except compression /
-    LAMMPS / multi-GPU ops. With ``$MLIPSPACE_DPA_OPS`` ``skip`` (the dpa recipe sets it) or ``auto``
-    on a mismatch, this registers a ``deepmd.pt.cxx_op`` module equal to that library-absent one
+    LAMMPS / multi-GPU ops. With ``ops="skip"`` (spec option ``?ops=skip``), or ``"auto"``
+    (default) when the library does not fit this torch / lacks MPI, this registers a ``deepmd.pt.cxx_op`` module equal to that library-absent one
     before the import, so the same pure-PyTorch path runs; deepmd's own files are not changed.
     """
     import types
 
     if "deepmd.pt" in sys.modules:
         return bool(getattr(sys.modules.get("deepmd.pt.cxx_op"), "ENABLE_CUSTOMIZED_OP", False))
-    mode = os.environ.get(OPS_VAR, "auto").strip().lower() or "auto"
-    if mode not in ("auto", "skip", "load"):
-        raise InputError(f"${OPS_VAR} must be auto, skip or load, not {mode!r}")
+    mode = str(ops).strip().lower() or "auto"
+    if mode not in OPS_MODES:
+        raise InputError(f"dpa option ops must be one of {', '.join(OPS_MODES)}, not {ops!r}")
     use_ops = mode == "load" or (mode == "auto" and _ops_loadable())
     if not use_ops:
         stub = types.ModuleType("deepmd.pt.cxx_op")
@@ -108,10 +107,6 @@ def import_deepmd_pt() -> bool:
     import deepmd.pt  # noqa: F401
 
     return use_ops
-
-
-def describe(spec) -> None:
-    """Layers, widths and elements live in the checkpoint: only loading tells (returns ``None``)."""
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -172,13 +167,80 @@ def _flat(x):
     return x.reshape(-1, x.shape[-1])
 
 
-class DPAExtractor(TorchExtractor):
+def _check_model_params(path: Path, mparams: dict) -> None:
+    """Refuse (naming the file) a model this adapter does not read: not DPA-3, not energy, ZBL/spin."""
+    desc = mparams.get("descriptor", {})
+    if not isinstance(desc, dict) or desc.get("type") != "dpa3":
+        kind = desc.get("type") if isinstance(desc, dict) else desc
+        raise ModelUnavailableError(f"dpa checkpoint {path}: descriptor type {kind!r}; this adapter reads "
+                                    "DPA-3 models (descriptor type 'dpa3')")
+    if mparams.get("type", "standard") not in ("standard", "ener") or mparams.get("fitting_net", {}).get(
+            "type", "ener") != "ener":
+        raise ModelUnavailableError(f"dpa checkpoint {path}: not an energy model (model type "
+                                    f"{mparams.get('type')!r}, fitting {mparams.get('fitting_net', {}).get('type')!r})")
+    extra = [k for k in ("use_srtab", "spin") if mparams.get(k)]
+    if extra:
+        raise ModelUnavailableError(f"dpa checkpoint {path}: a model with {' and '.join(extra)} (ZBL pair "
+                                    "table / spin) is not supported; plain DPA-3 energy models only")
+
+
+def _build_model(path: Path, mparams: dict, state: dict, branch: str, device: str):
+    """deepmd's model of ``mparams`` with the weights of ``branch`` loaded, in eval mode on ``device``."""
+    from deepmd.pt.model.model import get_model
+
+    try:
+        model = get_model(mparams)
+    except Exception as exc:  # deepmd raises many kinds on a config it cannot build
+        raise ModelUnavailableError(f"dpa checkpoint {path}: deepmd-kit cannot build its model "
+                                    f"({type(exc).__name__}: {exc})") from exc
+    prefix = f"model.{branch}."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ModelUnavailableError(f"dpa checkpoint {path}: no weights under {prefix!r}")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    params_missing = [k for k in missing if k in dict(model.named_parameters())]
+    if params_missing or unexpected:
+        raise ModelUnavailableError(
+            f"dpa checkpoint {path}: weights do not match the model it describes (missing parameters "
+            f"{params_missing[:5]}, unexpected {unexpected[:5]})")
+    if missing:
+        warnings.warn(f"dpa checkpoint {path}: buffers {missing[:5]} absent, left at their defaults",
+                      stacklevel=3)
+    model.eval()
+    model.to(device)
+    return model
+
+
+def _check_fitting(path: Path, am) -> None:
+    """Refuse a fitting net that needs what mlipspace cannot supply (per-type nets, fparam, aparam, charge)."""
+    fit = am.fitting_net
+    if not getattr(fit, "mixed_types", False):
+        raise ModelUnavailableError(f"dpa checkpoint {path}: the fitting net has one network per type; "
+                                    "only mixed-type fitting (DPA-3) is supported")
+    if fit.numb_fparam > 0 and getattr(fit, "default_fparam_tensor", None) is None:
+        raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs {fit.numb_fparam} frame "
+                                    "parameter(s) (fparam) per structure, which mlipspace cannot supply")
+    if fit.numb_aparam > 0 and not getattr(fit, "use_aparam_as_mask", False):
+        raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs atomic parameters (aparam)")
+    if am.add_chg_spin_ebd and am.descriptor.get_default_chg_spin() is None:
+        raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs a charge/spin per structure "
+                                    "and has no default")
+
+
+class DPAExtractor(CheckpointExtractor):
     """Per-atom features of a DPA-3 energy model (one head) from a deepmd-kit ``.pt`` checkpoint."""
 
     family = FAMILY
+    label = "dpa"
+    usage = "dpa:/path/file.pt[?head=NAME]"
+    OPTIONS = {"head": None, "ops": "auto"}
+    pad_slabs = True
     _calculator = None
 
-    def __init__(self, name: str, checkpoint: str, device: str = "cpu", head: str | None = None):
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu", head: str | None = None,
+                 ops: str = "auto"):
+        import torch
+
         self.name = name
         self.device = device
         path = Path(checkpoint)
@@ -186,63 +248,24 @@ class DPAExtractor(TorchExtractor):
         state, params = _read_checkpoint(path)  # checks first: torch only, no deepmd import
         branch, mparams = _select_head(path, params, head)
         self.head = branch if "model_dict" in params else None
-        desc = mparams.get("descriptor", {})
-        if not isinstance(desc, dict) or desc.get("type") != "dpa3":
-            kind = desc.get("type") if isinstance(desc, dict) else desc
-            raise ModelUnavailableError(f"dpa checkpoint {path}: descriptor type {kind!r}; this adapter reads "
-                                        "DPA-3 models (descriptor type 'dpa3')")
-        if mparams.get("type", "standard") not in ("standard", "ener") or mparams.get("fitting_net", {}).get(
-                "type", "ener") != "ener":
-            raise ModelUnavailableError(f"dpa checkpoint {path}: not an energy model (model type "
-                                        f"{mparams.get('type')!r}, fitting {mparams.get('fitting_net', {}).get('type')!r})")
-        extra = [k for k in ("use_srtab", "spin") if mparams.get(k)]
-        if extra:
-            raise ModelUnavailableError(f"dpa checkpoint {path}: a model with {' and '.join(extra)} (ZBL pair "
-                                        "table / spin) is not supported; plain DPA-3 energy models only")
+        _check_model_params(path, mparams)
         if device == "cpu":
-            os.environ.setdefault("DEVICE", "cpu")  # deepmd builds neighbour lists on its env.DEVICE
-        self.custom_ops = import_deepmd_pt()
-        import torch
-        from deepmd.pt.model.model import get_model
+            os.environ.setdefault("DEVICE", "cpu")  # deepmd's own setting: it builds neighbour lists on env.DEVICE
+        self.custom_ops = import_deepmd_pt(ops)
+        self.model = _build_model(path, mparams, state, branch, device)
+        am = self.model.atomic_model
+        _check_fitting(path, am)
+        self._read_type_map()
+        self._set_taps(am)
+        self.precision = str(am.fitting_net.precision)
+        self.fingerprint = make_fingerprint(
+            name, FAMILY, path, DISTRIBUTION, head=self.head, descriptor="dpa3", type_map=self.type_map,
+            precision=self.precision, torch=torch.__version__.split("+")[0], custom_ops=self.custom_ops)
 
-        try:
-            model = get_model(mparams)
-        except Exception as exc:  # deepmd raises many kinds on a config it cannot build
-            raise ModelUnavailableError(f"dpa checkpoint {path}: deepmd-kit cannot build its model "
-                                        f"({type(exc).__name__}: {exc})") from exc
-        prefix = f"model.{branch}."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not weights:
-            raise ModelUnavailableError(f"dpa checkpoint {path}: no weights under {prefix!r}")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        params_missing = [k for k in missing if k in dict(model.named_parameters())]
-        if params_missing or unexpected:
-            raise ModelUnavailableError(
-                f"dpa checkpoint {path}: weights do not match the model it describes (missing parameters "
-                f"{params_missing[:5]}, unexpected {unexpected[:5]})")
-        if missing:
-            warnings.warn(f"dpa checkpoint {path}: buffers {missing[:5]} absent, left at their defaults",
-                          stacklevel=2)
-        model.eval()
-        model.to(device)
-        self.model = model
-
-        am = model.atomic_model
-        fit = am.fitting_net
-        if not getattr(fit, "mixed_types", False):
-            raise ModelUnavailableError(f"dpa checkpoint {path}: the fitting net has one network per type; "
-                                        "only mixed-type fitting (DPA-3) is supported")
-        if fit.numb_fparam > 0 and getattr(fit, "default_fparam_tensor", None) is None:
-            raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs {fit.numb_fparam} frame "
-                                        "parameter(s) (fparam) per structure, which mlipspace cannot supply")
-        if fit.numb_aparam > 0 and not getattr(fit, "use_aparam_as_mask", False):
-            raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs atomic parameters (aparam)")
-        if am.add_chg_spin_ebd and am.descriptor.get_default_chg_spin() is None:
-            raise ModelUnavailableError(f"dpa checkpoint {path}: the model needs a charge/spin per structure "
-                                        "and has no default")
-
-        self.type_map = list(model.get_type_map())
-        self.rcut = float(model.get_rcut())
+    def _read_type_map(self) -> None:
+        """``type_map``, ``rcut`` (= ``cutoff``), the Z -> type table and ``elements`` of the model."""
+        self.type_map = list(self.model.get_type_map())
+        self.rcut = self.cutoff = float(self.model.get_rcut())
         self._z2type = np.full(119, -1, dtype=np.int64)
         for t, sym in enumerate(self.type_map):
             z = atomic_numbers.get(sym)
@@ -250,6 +273,9 @@ class DPAExtractor(TorchExtractor):
                 self._z2type[z] = t
         self.elements = frozenset(int(z) for z in np.flatnonzero(self._z2type >= 0))
 
+    def _set_taps(self, am) -> None:
+        """Taps, ``layers`` and ``dims``: every repflow layer, the descriptor, and the fitting net's last input."""
+        fit = am.fitting_net
         # repflow layers: deepmd calls layer.forward(...) directly, so give hooks a probe to see
         self._blocks = list(am.descriptor.repflows.layers)
         for layer in self._blocks:
@@ -266,10 +292,6 @@ class DPAExtractor(TorchExtractor):
         self.dims = {f"interaction.{i}": int(am.descriptor.repflows.n_dim) for i in range(len(self._blocks))}
         self.dims["descriptor"] = int(am.descriptor.get_dim_out())
         self.dims["last"] = int(self._readout_layer.matrix.shape[0])
-        self.precision = str(fit.precision)
-        self.fingerprint = make_fingerprint(
-            name, FAMILY, path, DISTRIBUTION, head=self.head, descriptor="dpa3", type_map=self.type_map,
-            precision=self.precision, torch=torch.__version__.split("+")[0], custom_ops=self.custom_ops)
 
     # ---------------------------------------------------------------------------------------
     def _taps(self) -> dict[str, Tap]:
@@ -289,10 +311,8 @@ class DPAExtractor(TorchExtractor):
         import torch
         from deepmd.pt.utils.env import GLOBAL_PT_FLOAT_PRECISION
 
+        atoms = self._prepare(atoms)
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        if pbc.any() and not pbc.all():
-            atoms = with_vacuum(atoms, self.rcut)
-            pbc = np.ones(3, dtype=bool)
         kw = {"device": self.device}
         coord = torch.as_tensor(atoms.positions.reshape(1, -1, 3), dtype=GLOBAL_PT_FLOAT_PRECISION, **kw)
         atype = torch.as_tensor(self.atom_types(atoms.numbers).reshape(1, -1), dtype=torch.long, **kw)
@@ -376,9 +396,5 @@ def _attach_probe(layer) -> None:
     layer.forward = forward
 
 
-def load(spec, device: str) -> DPAExtractor:
-    """Registry entry point: the extractor of ``dpa:/path/file.pt[?head=NAME]``."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, opts = checkpoint_options(spec, OPTIONS, "dpa", "dpa:/path/file.pt[?head=NAME]")
-    return DPAExtractor(spec.name, checkpoint, resolve_device(device), opts.get("head"))
+#: registry entry point: ``spec.options`` = ``checkpoint``, optional ``head`` and ``ops``
+load = DPAExtractor.from_spec

@@ -49,14 +49,10 @@ from ase import Atoms
 
 from mlipspace.errors import ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, capture, checkpoint_options, readout_input
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, capture, readout_input
 
 DISTRIBUTION = "mace-torch"
 DTYPES = ("float32", "float64")
-
-
-def describe(spec) -> dict | None:
-    """Layers, widths and elements depend on the checkpoint: only loading tells (``None``)."""
 
 
 def _torch():
@@ -154,12 +150,15 @@ def _irreps_in(readout):
     return first.irreps_in
 
 
-class MACEExtractor(TorchExtractor):
+class MACEExtractor(CheckpointExtractor):
     """Features of a MACE checkpoint (one head of a multi-head one); see the module docstring."""
 
     family = "mace"
+    label = "MACE"
+    usage = "mace:/path/model.model"
+    OPTIONS = {"head": None, "dtype": None}
 
-    def __init__(self, name: str, checkpoint: str, device: str = "cpu", head: str | None = None,
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu", head: str | None = None,
                  dtype: str | None = None):
         if dtype is not None and dtype not in DTYPES:
             raise ModelUnavailableError(
@@ -387,10 +386,5 @@ class MACEExtractor(TorchExtractor):
             logging.getLogger().setLevel(level)
 
 
-def load(spec, device: str) -> MACEExtractor:
-    """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``head``, ``dtype``."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, options = checkpoint_options(spec, ("head", "dtype"), "MACE", "mace:/path/model.model")
-    return MACEExtractor(spec.name, checkpoint, resolve_device(device), head=options.get("head"),
-                         dtype=options.get("dtype"))
+#: registry entry point: ``spec.options`` = ``checkpoint`` and optional ``head``, ``dtype``
+load = MACEExtractor.from_spec

@@ -47,16 +47,11 @@ from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap
 
 DISTRIBUTION = "mattersim"
 MODEL_NAME = "m3gnet"
-OPTIONS = ("checkpoint",)
 _ARGS = ("num_blocks", "units", "cutoff", "max_z", "threebody_cutoff")
-
-
-def describe(spec) -> None:
-    """Layers and widths depend on the checkpoint's ``model_args``: only loading tells (``None``)."""
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -125,14 +120,17 @@ def load_potential(checkpoint: str | Path, device: str = "cpu"):
     return potential.eval()
 
 
-class MatterSimExtractor(TorchExtractor):
+class MatterSimExtractor(CheckpointExtractor):
     """Per-atom features of a MatterSim checkpoint (see the module docstring for layers and energy)."""
 
     family = "mattersim"
+    label = "MatterSim"
+    usage = "mattersim:/path/mattersim-v1.0.0-5M.pth"
+    pad_slabs = True
     #: energy added once per structure on top of the per-atom readout (none for MatterSim)
     energy_offset = 0.0
 
-    def __init__(self, name: str, checkpoint: str, device: str = "cpu"):
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu"):
         self.name = name
         self.checkpoint = str(checkpoint)
         self.device = device
@@ -155,11 +153,6 @@ class MatterSimExtractor(TorchExtractor):
         taps["last"] = Tap("final", pre=True)  # inputs = (atom_attr,)
         return taps
 
-    def _prepared(self, atoms: Atoms) -> Atoms:
-        """Slabs and wires padded with vacuum; crystals and molecules as they are."""
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        return with_vacuum(atoms, self.cutoff) if pbc.any() and not pbc.all() else atoms
-
     def _input(self, frames: list[Atoms]) -> dict:
         """mattersim's input dict of one batched graph of ``frames`` (atoms in input order)."""
         from mattersim.datasets.utils.build import build_dataloader
@@ -167,7 +160,7 @@ class MatterSimExtractor(TorchExtractor):
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No PBC detected")
-            loader = build_dataloader([self._prepared(a) for a in frames], model_type=MODEL_NAME,
+            loader = build_dataloader([self._prepare(a) for a in frames], model_type=MODEL_NAME,
                                       cutoff=self.cutoff, threebody_cutoff=self.threebody_cutoff,
                                       batch_size=len(frames), only_inference=True)
         (batch,) = list(loader)
@@ -202,9 +195,5 @@ class MatterSimExtractor(TorchExtractor):
         return MatterSimCalculator(potential=self.potential, device=self.device)
 
 
-def load(spec, device: str) -> MatterSimExtractor:
-    """Registry entry point: ``spec.options`` = ``checkpoint`` (MatterSim takes no other option)."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, _ = checkpoint_options(spec, (), "MatterSim", "mattersim:/path/mattersim-v1.0.0-5M.pth")
-    return MatterSimExtractor(spec.name, checkpoint, resolve_device(device))
+#: registry entry point: ``spec.options`` = ``checkpoint`` (MatterSim takes no other option)
+load = MatterSimExtractor.from_spec

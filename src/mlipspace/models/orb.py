@@ -56,9 +56,9 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from mlipspace.errors import InputError, ModelUnavailableError, StructureError
+from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, check_frames, is_slab, with_vacuum
 
 DISTRIBUTION = "orb-models"
 DEFAULT_ARCH = "orb-v3-conservative-inf-omat"
@@ -88,13 +88,7 @@ ARCHS: dict[str, tuple[str, int, bool]] = {
 RADIUS = 6.0
 #: Z accepted by the embedding table and the reference-energy one-hot
 ELEMENTS = frozenset(range(1, 118))
-OPTIONS = ("checkpoint", "arch")
 _KIND_TEXT = {"conservative": "orb-v3 conservative", "direct": "orb-v3 direct", "v2": "orb-v2 (direct)"}
-
-
-def describe(spec) -> None:
-    """Layers and widths depend on the checkpoint's weights: only loading tells (``None``)."""
-    return
 
 
 def _archs_text(kind: str | None = None) -> str:
@@ -241,14 +235,22 @@ def load_model(checkpoint: str | Path, arch: str = DEFAULT_ARCH, device: str = "
 # --------------------------------------------------------------------------------------------
 
 
-class ORBExtractor(TorchExtractor):
-    """Per-atom features of an ORB checkpoint (see the module docstring for layers and energy)."""
+class ORBExtractor(CheckpointExtractor):
+    """Per-atom features of an ORB checkpoint (see the module docstring for layers and energy).
+
+    ``arch`` is not an output selection (ORB checkpoints have one energy head) but the architecture
+    the weights are built into, which the file does not record.
+    """
 
     family = "orb"
+    label = "ORB"
+    usage = "orb:/path/model.ckpt[?arch=NAME]"
+    OPTIONS = {"arch": DEFAULT_ARCH}
+    pad_slabs = True
     #: energy added once per structure on top of the per-atom readout (the ZBL term is pair_energy)
     energy_offset = 0.0
 
-    def __init__(self, name: str, checkpoint: str, arch: str = DEFAULT_ARCH, device: str = "cpu"):
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu", arch: str = DEFAULT_ARCH):
         self.name = name
         self.checkpoint = str(checkpoint)
         self.arch = arch
@@ -271,31 +273,18 @@ class ORBExtractor(TorchExtractor):
         taps["last"] = Tap("heads.energy", pre=True)  # inputs = (node_features, batch)
         return taps
 
-    def extract(self, frames, layers=("last",), batch_size=8, on_unsupported="raise"):
-        """As :meth:`TorchExtractor.extract`; models with a charge/spin conditioner first check
-        that every frame has ``atoms.info["charge"]`` and ``["spin"]`` (error naming the frame)."""
-        if self.needs_charge_spin:
-            from mlipspace.data.checks import frame_source
-            from mlipspace.models._torch_utils import check_frames
-
-            frames = check_frames(frames)
-            for i, atoms in enumerate(frames):
-                if not ("charge" in atoms.info and "spin" in atoms.info):
-                    source, frame = frame_source(atoms, i)
-                    raise StructureError(f"{self.name} has a charge/spin conditioner (an omol model): set "
-                                         "atoms.info['charge'] and atoms.info['spin']", source=source, frame=frame)
-        return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
-
-    def _prepared(self, atoms: Atoms) -> Atoms:
-        """``atoms`` as ORB accepts it: slabs and wires padded with vacuum along non-periodic axes."""
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        return with_vacuum(atoms, self.cutoff) if pbc.any() and not pbc.all() else atoms
+    def _check_frame(self, atoms: Atoms) -> str | None:
+        """Models with a charge/spin conditioner need ``atoms.info["charge"]`` and ``["spin"]``."""
+        if self.needs_charge_spin and not ("charge" in atoms.info and "spin" in atoms.info):
+            return (f"{self.name} has a charge/spin conditioner (an omol model): set atoms.info['charge'] and "
+                    "atoms.info['spin']")
+        return None
 
     def _batch(self, frames: list[Atoms]):
         from orb_models.forcefield.atomic_system import ase_atoms_to_atom_graphs
         from orb_models.forcefield.base import batch_graphs
 
-        graphs = [ase_atoms_to_atom_graphs(self._prepared(a), system_config=self.system_config, device=self.device)
+        graphs = [ase_atoms_to_atom_graphs(self._prepare(a), system_config=self.system_config, device=self.device)
                   for a in frames]
         batch = graphs[0] if len(graphs) == 1 else batch_graphs(graphs)
         return batch.to(self.device)
@@ -338,8 +327,6 @@ class ORBExtractor(TorchExtractor):
         """
         import torch
 
-        from mlipspace.models._torch_utils import check_frames
-
         frames = check_frames(frames)
         out = np.zeros(len(frames))
         if not getattr(self.model, "pair_repulsion", False):
@@ -362,8 +349,7 @@ class ORBExtractor(TorchExtractor):
             """ORBCalculator that accepts slabs (pbc on some axes) by padding them with vacuum."""
 
             def calculate(self, atoms=None, properties=None, system_changes=None):
-                pbc = np.asarray(atoms.pbc, dtype=bool) if atoms is not None else None
-                if pbc is not None and pbc.any() and not pbc.all():
+                if atoms is not None and is_slab(atoms):
                     super().calculate(with_vacuum(atoms, cutoff), properties)
                     self.atoms = atoms.copy()
                 else:
@@ -372,9 +358,5 @@ class ORBExtractor(TorchExtractor):
         return _Calculator(self.model, device=self.device)
 
 
-def load(spec, device: str) -> ORBExtractor:
-    """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``arch``."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, options = checkpoint_options(spec, ("arch",), "ORB", "orb:/path/model.ckpt[?arch=NAME]")
-    return ORBExtractor(spec.name, checkpoint, options.get("arch", DEFAULT_ARCH), resolve_device(device))
+#: registry entry point: ``spec.options`` = ``checkpoint`` and optional ``arch``
+load = ORBExtractor.from_spec

@@ -41,8 +41,8 @@ a function of the geometry, not of ``last``: :meth:`PETExtractor.readout` gives 
 (edge biases, and ZBL when the model has it, evaluated by the model's own module), so that
 ``sum(readout(last)) + pair_energy == E``.
 
-Options: ``target`` (default ``energy``): which energy-like output's last-layer features are
-``last``, one of the model's outputs that has ``mtt::aux::..._last_layer_features``.
+Options: ``head`` (also spelled ``target``, metatrain's word; default ``energy``): which energy-like
+output's last-layer features are ``last``, one of the model's outputs that has ``mtt::aux::..._last_layer_features``.
 
 Geometry: metatomic systems with the cell rows of non-periodic axes zero (molecules: no cell,
 slabs: ``pbc=(T, T, F)``); neighbour lists from vesin with the model's own options.
@@ -60,15 +60,9 @@ from ase import Atoms
 
 from mlipspace.errors import ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, readout_input
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, readout_input
 
 DISTRIBUTION = "metatrain"
-OPTIONS = ("target",)
-
-
-def describe(spec) -> None:
-    """Layers, widths and elements depend on the checkpoint: only loading tells (``None``)."""
-    return
 
 
 def last_layer_features_name(target: str) -> str:
@@ -155,13 +149,19 @@ def _runner_class():
     return Runner
 
 
-class PETExtractor(TorchExtractor):
+class PETExtractor(CheckpointExtractor):
     """Features of a PET model from its metatomic outputs; see the module docstring."""
 
     family = "pet"
+    label = "PET"
+    usage = "pet:/path/model.pt or pet:/path/model.ckpt"
+    OPTIONS = {"head": "energy"}
+    HEAD_ALIAS = "target"  # metatrain's word: which energy-like output
 
-    def __init__(self, name: str, checkpoint: str, device: str = "cpu", target: str = "energy"):
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu", head: str = "energy"):
         import torch
+
+        target = head
 
         self.name = name
         self.checkpoint = str(checkpoint)
@@ -525,9 +525,5 @@ def _target_calculator(metatomic_calculator, target: str):
     return TargetCalculator()
 
 
-def load(spec, device: str) -> PETExtractor:
-    """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``target``."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, options = checkpoint_options(spec, OPTIONS, "PET", "pet:/path/model.pt or pet:/path/model.ckpt")
-    return PETExtractor(spec.name, checkpoint, resolve_device(device), target=options.get("target", "energy"))
+#: registry entry point: ``spec.options`` = ``checkpoint`` and optional ``head`` (or ``target``)
+load = PETExtractor.from_spec

@@ -8,8 +8,8 @@ path ``FAIRChemCalculator`` uses), in full float32 with the mixture of linear ex
 unmerged and no ``torch.compile`` (fairchem's ``"batch"`` settings without activation
 checkpointing), so frames of any composition can share a batch.
 
-Option ``task`` (``omat``, ``omol``, ``oc20``, ``odac``, ``omc`` for UMA; whatever datasets the
-checkpoint's tasks name): it selects the dataset embedding that is mixed into every atom's initial
+Option ``task`` (also accepted as ``head``, the name every checkpoint family shares; ``omat``,
+``omol``, ``oc20``, ``odac``, ``omc`` for UMA; whatever datasets the checkpoint's tasks name): it selects the dataset embedding that is mixed into every atom's initial
 features and the MoLE expert coefficients, so every layer depends on it -- each task is a separate
 model here (display name ``<family>-<stem>@<task>``). It is passed as fairchem does, as
 ``AtomicData.dataset`` (``AtomicData.from_ase(..., task_name=task)``). A checkpoint with a single
@@ -54,15 +54,9 @@ from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError, StructureError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import Tap, TorchExtractor, checkpoint_options, with_vacuum
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, is_slab, with_vacuum
 
 DISTRIBUTION = "fairchem-core"
-OPTIONS = ("checkpoint", "task")
-
-
-def describe(spec) -> None:
-    """Layers, widths and elements depend on the checkpoint: only loading tells (``None``)."""
-    return None
 
 
 def inference_settings():
@@ -109,13 +103,19 @@ def load_unit(checkpoint: str | Path, device: str = "cpu", settings=None):
         ) from exc
 
 
-class UMAExtractor(TorchExtractor):
+class UMAExtractor(CheckpointExtractor):
     """Per-atom features of one task of a fairchem UMA/eSEN checkpoint (see the module docstring)."""
 
     family = "uma"
+    label = "UMA"
+    usage = "uma:/path/uma-s-1p1.pt?task=omat"
+    OPTIONS = {"head": None}
+    HEAD_ALIAS = "task"  # fairchem's word: the dataset/task whose embedding and heads are used
 
-    def __init__(self, name: str, checkpoint: str, task: str | None = None, device: str = "cpu"):
+    def __init__(self, name: str, checkpoint: str, *, device: str = "cpu", head: str | None = None):
         import torch
+
+        task = head
 
         self.name = name
         self.checkpoint = str(checkpoint)
@@ -216,33 +216,22 @@ class UMAExtractor(TorchExtractor):
         taps["last"] = Tap(self.energy_path, pre=True)  # inputs = (scalar node embedding,)
         return taps
 
-    def extract(self, frames, layers=("last",), batch_size: int = 8, on_unsupported: str = "raise"):
-        """As :meth:`TorchExtractor.extract`; first checks every frame's charge/spin as fairchem does.
-
-        A charge/spin fairchem rejects (not an integer, out of range) raises a :class:`StructureError`
-        naming the frame's position in ``frames`` (and its source file, when known).
-        """
-        from mlipspace.data.checks import frame_source
-        from mlipspace.models._torch_utils import check_frames
-
-        frames = check_frames(frames)
-        for i, atoms in enumerate(frames):
-            probe = Atoms()
-            probe.info = dict(atoms.info)  # fairchem's check sets defaults in info: work on a copy
-            try:
-                with _quiet():
-                    self.model.validate_atoms_data(probe, self.task)
-            except (TypeError, ValueError) as exc:
-                source, frame = frame_source(atoms, i)
-                raise StructureError(f"{self.name} (task {self.task}): {exc}", source=source, frame=frame) from exc
-        return super().extract(frames, layers=layers, batch_size=batch_size, on_unsupported=on_unsupported)
+    def _check_frame(self, atoms: Atoms) -> str | None:
+        """A charge/spin fairchem rejects (not an integer, out of range), checked as fairchem does."""
+        probe = Atoms()
+        probe.info = dict(atoms.info)  # fairchem's check sets defaults in info: work on a copy
+        try:
+            with _quiet():
+                self.model.validate_atoms_data(probe, self.task)
+        except (TypeError, ValueError) as exc:
+            return f"{self.name} (task {self.task}): {exc}"
+        return None
 
     def _prepared(self, atoms: Atoms, index: int) -> Atoms:
         """A copy of ``atoms`` with charge/spin set and checked as fairchem's calculator does."""
-        pbc = np.asarray(atoms.pbc, dtype=bool)
         work = atoms.copy()
         work.calc = None
-        if pbc.any() and not pbc.all() and abs(work.cell.volume) < 0.1:
+        if is_slab(work) and abs(work.cell.volume) < 0.1:
             work = with_vacuum(work, self.cutoff)
         try:
             with _quiet():
@@ -326,9 +315,5 @@ class UMAExtractor(TorchExtractor):
         return FAIRChemCalculator(unit, task_name=self.task)
 
 
-def load(spec, device: str) -> UMAExtractor:
-    """Registry entry point: ``spec.options`` = ``checkpoint`` and optional ``task``."""
-    from mlipspace._device import resolve_device
-
-    checkpoint, options = checkpoint_options(spec, ("task",), "UMA", "uma:/path/uma-s-1p1.pt?task=omat")
-    return UMAExtractor(spec.name, checkpoint, options.get("task"), resolve_device(device))
+#: registry entry point: ``spec.options`` = ``checkpoint`` and ``head`` (or ``task``, fairchem's word)
+load = UMAExtractor.from_spec
