@@ -219,14 +219,14 @@ IN_ENV = textwrap.dedent("""
         check_energies(m, frames)
 
     # eSEN: plain eSCNMDBackbone and an 'efs' head, a single task taken without an option
-    m = UMAExtractor("esen", esen, None)
+    m = UMAExtractor("esen", esen, head=None)
     assert m.task == "omat" and m.energy_path == "output_heads.efs.energy_block", m.energy_path
     assert m.layers == ("interaction.0", "interaction.1", "last")
     check_energies(m, frames)
 
     # a torch file of another kind
     try:
-        UMAExtractor("foreign", foreign, "omat")
+        UMAExtractor("foreign", foreign, head="omat")
         raise AssertionError("foreign file loaded")
     except ModelUnavailableError as exc:
         assert "not-uma.pt" in str(exc) and "not a fairchem inference checkpoint" in str(exc), exc
