@@ -1,0 +1,88 @@
+"""Layer correspondence across two models: on a constructed pair whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlipspace.data import builtin, row_table
+from mlipspace.errors import InputError
+from mlipspace.experiments.layers import layer_correspondence, layer_matches
+from mlipspace.records import select
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return row_table(builtin("mad-mini", size=60, seed=1))  # >= 10 test structures per split
+
+
+def shuffled_images(rows, seed=0, noise=0.05):
+    """Model A: 4 unrelated layers; model B: a noisy random linear image of each, in shuffled order.
+    Returns ``(layers_a, layers_b, order)`` with B's layer ``order[i]`` built from A's layer i."""
+    rng = np.random.default_rng(seed)
+    n = len(rows["frame"])
+    a = {f"a{i}": rng.normal(size=(n, 6)) for i in range(4)}
+    order = [2, 0, 3, 1]  # B's layer b{order[i]} is the image of A's layer a{i}
+    b = {}
+    for j in range(4):
+        i = order.index(j)
+        x = a[f"a{i}"] @ rng.normal(size=(6, 8))
+        b[f"b{j}"] = x + noise * x.std() * rng.normal(size=x.shape)
+    return a, b, order
+
+
+@pytest.fixture(scope="module")
+def recs(rows):
+    a, b, _ = shuffled_images(rows)
+    return layer_correspondence(a, b, rows, model_a="A", model_b="B", seeds=(0,), dataset="toy")
+
+
+def test_best_matches_recover_the_shuffled_depth_order(rows, recs):
+    _, _, order = shuffled_images(rows)
+    for metric in ("gfre", "cka"):
+        fwd = {r["source_layer"]: r["best_layer"] for r in select(recs, analysis="layer-match", source="A",
+                                                                  metric=metric)}
+        assert fwd == {f"a{i}": f"b{order[i]}" for i in range(4)}, metric
+        back = {r["source_layer"]: r["best_layer"] for r in select(recs, analysis="layer-match", source="B",
+                                                                   metric=metric)}
+        assert back == {f"b{order[i]}": f"a{i}" for i in range(4)}, metric
+
+
+def test_clear_matches_are_not_ambiguous_and_carry_intervals(recs):
+    for r in select(recs, analysis="layer-match"):
+        assert r["ambiguous"] is False
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        assert abs(r["best_depth"] * 3 - round(r["best_depth"] * 3)) < 1e-5  # depths of 4 layers: k / 3
+
+
+def test_matrix_records_cover_both_directions_and_cka(recs):
+    cor = select(recs, analysis="layer-correspondence")
+    assert len(select(cor, metric="gfre", source="A")) == 16
+    assert len(select(cor, metric="gfre", source="B")) == 16
+    assert len(select(cor, metric="cka")) == 16
+    for r in cor:
+        assert {"source_layer", "target_layer", "source_depth", "target_depth"} <= set(r)
+        assert r["ci_low"] is not None and r["dataset"] == "toy"
+    off = [r["value"] for r in select(cor, metric="gfre", source="A") if r["target_layer"] != "b2"
+           and r["source_layer"] == "a0"]
+    assert min(off) > 0.9  # unrelated layers do not reconstruct each other
+
+
+def test_overlapping_intervals_make_a_match_ambiguous():
+    """Two candidates whose intervals overlap: the match is flagged, not silently trusted."""
+    def rec(metric, s, t, sl, tl, v, lo, hi):
+        return {"analysis": "layer-correspondence", "metric": metric, "source": s, "target": t, "source_layer": sl,
+                "target_layer": tl, "source_depth": 0.0 if sl in ("x0", "y0") else 1.0,
+                "target_depth": 0.0 if tl in ("x0", "y0") else 1.0, "value": v, "ci_low": lo, "ci_high": hi}
+    recs = [rec("cka", "X", "Y", "x0", "y0", 0.80, 0.70, 0.90), rec("cka", "X", "Y", "x0", "y1", 0.78, 0.68, 0.88),
+            rec("cka", "X", "Y", "x1", "y0", 0.20, 0.15, 0.25), rec("cka", "X", "Y", "x1", "y1", 0.90, 0.88, 0.92)]
+    m = {r["source_layer"]: r for r in layer_matches(recs, model_a="X", model_b="Y") if r["source"] == "X"
+         and r["metric"] == "cka"}
+    assert m["x0"]["best_layer"] == "y0" and m["x0"]["ambiguous"] is True and m["x0"]["second_layer"] == "y1"
+    assert m["x1"]["best_layer"] == "y1" and m["x1"]["ambiguous"] is False
+
+
+def test_same_model_twice_is_refused(rows):
+    a, _, _ = shuffled_images(rows)
+    with pytest.raises(InputError, match="two different models"):
+        layer_correspondence(a, a, rows, model_a="A", model_b="A")
