@@ -43,27 +43,28 @@ def structure_energies(extractor, last: np.ndarray, rows: Mapping[str, np.ndarra
 
 
 def readout_energies(last: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray], *, device: str = "cpu",
-                     notes: list[str] | None = None) -> dict[str, np.ndarray]:
+                     notes: list[str] | None = None, verbose: bool = False) -> dict[str, np.ndarray]:
     """``{model: total energies (eV) per structure}`` of the models of ``last`` that can run a readout here.
 
     Each model is loaded (:func:`mlipspace.store.pipeline.get_model`: cached per process); a model that
-    cannot be loaded here or has no ``readout`` is left out with a line in ``notes``.
+    cannot be loaded here or has no ``readout`` is left out with a line in ``notes``. The packages'
+    warnings are shown only with ``verbose``.
     """
+    from mlipspace.models.pkgwarnings import capture_warnings
     from mlipspace.store.pipeline import get_model
 
     out = {}
     for name, X in last.items():
         try:
-            ext = get_model(name, device)
+            with capture_warnings(verbose=verbose):  # the packages' load and neighbour-list chatter
+                ext = get_model(name, device)
+                if callable(getattr(ext, "readout", None)):
+                    out[name] = structure_energies(ext, X, rows)
+                elif notes is not None:
+                    notes.append(f"Energy agreement: {name} left out (its adapter has no readout).")
         except (MlipspaceError, ImportError, OSError, RuntimeError) as exc:
             if notes is not None:
                 notes.append(f"Energy agreement: {name} left out (cannot be loaded here: {exc}).")
-            continue
-        if not callable(getattr(ext, "readout", None)):
-            if notes is not None:
-                notes.append(f"Energy agreement: {name} left out (its adapter has no readout).")
-            continue
-        out[name] = structure_energies(ext, X, rows)
     return out
 
 

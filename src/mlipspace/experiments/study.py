@@ -40,6 +40,9 @@ BASELINE_FAMILIES = frozenset({"descriptor"})
 RESULTS_NAME = "results.json"
 
 
+#: The pair of models whose layers are matched by default (when both are in the run): measured 3 s.
+LAYER_CORRESPONDENCE = ("chgnet-0.3.0", "sevennet-0")
+
 #: Similarity measures the study reports beside GFRE/LFRE (cheap: no fit, test rows only).
 SIMILARITY_DEFAULT = ("cka", "mknn", "procrustes")
 
@@ -69,6 +72,8 @@ class StudyConfig:
     finetune_epochs: int = 3
     probe: bool = True
     maps: bool = True
+    layer_correspondence: bool = True  # CHGNet-0.3.0 vs SevenNet-0, every layer (LAYER_CORRESPONDENCE)
+    agreement: bool = True  # energy disagreement of the models with a readout vs feature distance
     device: str = "auto"
     verbose: bool = False  # show every warning of the model packages (default: a summary per model)
     notes: list[str] = field(default_factory=list)
@@ -411,6 +416,13 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                                             dataset=dataset, fingerprints=fps, progress=adv,
                                             targets=representatives(models, fam)))
                 records += recs
+            a, b = LAYER_CORRESPONDENCE
+            if cfg.layer_correspondence and a in model_layers and b in model_layers:
+                recs, _ = cache.get("layer-corr", _cache_key(base_key, "layer-corr", a, b),
+                                    lambda: layers.layer_correspondence(
+                                        model_layers[a], model_layers[b], rows, model_a=a, model_b=b,
+                                        seeds=seeds[:1], n_test=cfg.n_test, dataset=dataset, fingerprints=fps))
+                records += recs
 
     if cfg.orders:
         import warnings
@@ -443,6 +455,9 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
                         last, rows, energy, level=level, order=cfg.order, seeds=seeds, dataset=dataset,
                         fingerprints=fps))
                     records += recs
+    if cfg.agreement and len(models) >= 2:
+        with stages.stage("agreement", "energies from each model's readout vs feature distance"):
+            records += _agreement_records(last, rows, records, cfg, cache, base_key, meta, dataset, fps)
     maps: dict = {}
     if cfg.maps:
         with stages.stage("maps", "PCA (and PCovR) maps of the structure features"):
@@ -464,6 +479,25 @@ def run_analyses(cfg: StudyConfig, prep: Mapping, stages: _Stages, console=None)
     meta["families"] = fam
     meta["frames"] = frames
     return records, maps, meta
+
+
+def _agreement_records(last, rows, records, cfg: StudyConfig, cache, base_key, meta, dataset, fps) -> list[dict]:
+    """Energy disagreement of the models whose readout runs here, and its correlation with the
+    cross-model GFRE/CKA already computed (cached: a rerun loads no model)."""
+    from mlipspace.experiments import agreement
+
+    def compute():
+        notes: list[str] = []
+        energies = agreement.readout_energies(last, rows, device=cfg.device, notes=notes, verbose=cfg.verbose)
+        if len(energies) < 2:
+            return {"records": [], "notes": notes + ["Energy agreement not run: fewer than 2 models with a readout."]}
+        feats = [r for r in records if r.get("analysis") == "cross-model" and r.get("level") == "atom"]
+        return {"records": agreement.agreement(energies, rows, feats, dataset=dataset, fingerprints=fps),
+                "notes": notes}
+
+    got, _ = cache.get("agreement", _cache_key(base_key, "agreement"), compute)
+    meta["notes"] += got["notes"]
+    return got["records"]
 
 
 def representatives(models: Sequence[str], families: Mapping[str, str]) -> list[str]:
