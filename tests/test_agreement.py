@@ -111,3 +111,16 @@ def test_readout_energies_of_sevennet_equal_its_own(one_torch_thread):
         work = atoms.copy()
         work.calc = calc
         assert abs(e - work.get_potential_energy()) <= 1e-5 * abs(e)
+
+
+def test_report_section_states_the_correlation_and_its_uncertainty(tmp_path, rows):
+    from mlipspace.report.html import build_report
+
+    energies, pos = line_models(rows, n_models=5)
+    feats = gfre_records({(a, b): 0.1 + 0.05 * abs(pos[a] - pos[b]) for a, b in itertools.combinations(pos, 2)})
+    recs = ag.agreement(energies, rows, feats, metrics=("gfre", "cka"))
+    html = build_report({"records": recs, "meta": {}}, tmp_path).read_text()
+    assert '<details class="sec" id="agreement">' in html and 'href="#agreement"' in html
+    assert "Spearman ρ = " in html and "exact test over all 120 relabellings" in html
+    assert "no cka record" in html  # the metric without records says why it has no number
+    assert (tmp_path / "figures" / "agreement_scatter.png").is_file()

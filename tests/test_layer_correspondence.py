@@ -86,3 +86,13 @@ def test_same_model_twice_is_refused(rows):
     a, _, _ = shuffled_images(rows)
     with pytest.raises(InputError, match="two different models"):
         layer_correspondence(a, a, rows, model_a="A", model_b="A")
+
+
+def test_report_has_a_folded_section_with_the_matched_depths(tmp_path, recs):
+    from mlipspace.report.html import build_report
+
+    html = build_report({"records": recs, "meta": {}}, tmp_path).read_text()
+    assert '<details class="sec" id="layer-correspondence">' in html
+    assert 'href="#layer-correspondence"' in html  # in the table of contents
+    assert "figures/layer_match_A_B.png" in html and (tmp_path / "figures" / "layer_match_A_B.svg").is_file()
+    assert "figures/layer_corr_A_B_cka.png" in html
