@@ -96,3 +96,34 @@ def test_report_has_a_folded_section_with_the_matched_depths(tmp_path, recs):
     assert 'href="#layer-correspondence"' in html  # in the table of contents
     assert "figures/layer_match_A_B.png" in html and (tmp_path / "figures" / "layer_match_A_B.svg").is_file()
     assert "figures/layer_corr_A_B_cka.png" in html
+
+
+def test_cli_layers_across_two_stored_models(tmp_path):
+    """``mlipspace layers --across A,B`` on a store: the matrix and the matches of each layer."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlipspace.cli import app
+    from mlipspace.models import ModelSpec, register, registry
+
+    register(ModelSpec("test-rdf-coarse-lc", "descriptor", "descriptor", (), "coarse radial descriptor (tests)",
+                       {"cutoff": 4.0, "n_bins": 8, "seed": 1}), replace=True)
+    try:
+        runner = CliRunner()
+        store = tmp_path / "s.zarr"
+        r = runner.invoke(app, ["extract", "builtin:mad-mini?size=44", "--model", "descriptor-rdf,test-rdf-coarse-lc",
+                                "--store", str(store), "--layers", "all", "--no-progress"])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["layers", "--store", str(store), "--across", "descriptor-rdf,test-rdf-coarse-lc",
+                                "--output", str(tmp_path / "x.json")])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        recs = json.loads((tmp_path / "x.json").read_text())
+        assert {x["analysis"] for x in recs} == {"layer-correspondence", "layer-match"}
+        assert "best match of each layer" in r.output
+        bad = runner.invoke(app, ["layers", "--store", str(store), "--across", "descriptor-rdf"])
+        assert bad.exit_code != 0 and "two different models" in str(bad.exception)
+        bad = runner.invoke(app, ["layers", "--store", str(store)])
+        assert bad.exit_code != 0 and "--across" in str(bad.exception)
+    finally:
+        registry._REGISTRY.pop("test-rdf-coarse-lc", None)
