@@ -19,9 +19,10 @@ _METRIC_LABEL = {"gfre": "GFRE (both directions)", "cka": "linear CKA"}
 
 def matched_depths(matches: Sequence[Mapping], stem: str | os.PathLike, *, title: str = "") -> tuple[str, str]:
     """Relative depth of each layer (x) against the depth of its best match in the other model (y), one
-    series per direction and criterion; ambiguous matches (overlapping intervals) drawn hollow."""
+    series per direction and criterion (nudged apart vertically by 0.012 so coincident matches stay
+    visible); ambiguous matches (overlapping intervals) drawn hollow."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = plt.subplots(figsize=(5.2, 5.2))
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="same relative depth")
     markers = {"gfre": "o", "cka": "s"}
     for k, (src, tgt, metric) in enumerate(dict.fromkeys((r["source"], r["target"], r["metric"]) for r in matches)):
@@ -30,7 +31,7 @@ def matched_depths(matches: Sequence[Mapping], stem: str | os.PathLike, *, title
         if not sel:
             continue
         x = [r["source_depth"] for r in sel]
-        y = [r["best_depth"] for r in sel]
+        y = [r["best_depth"] + 0.012 * (k - 1.5) for r in sel]
         colour = f"C{k}"
         ax.plot(x, y, lw=1.0, color=colour, alpha=0.6)
         amb = np.array([bool(r.get("ambiguous")) for r in sel])
@@ -43,7 +44,7 @@ def matched_depths(matches: Sequence[Mapping], stem: str | os.PathLike, *, title
     ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
     ax.set_ylabel("relative depth of its best match in the other model")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     if title:
         ax.set_title(title)
     return save(fig, stem)
@@ -67,7 +68,8 @@ def section(page, results: Mapping) -> None:
         page.add(f"<h3>{_e(a)} ↔ {_e(b)}</h3>")
         page.figure(matched_depths(pair, page.fig_dir / f"layer_match_{_safe(a)}_{_safe(b)}",
                                    title=f"Matched depths: {a} ↔ {b}"),
-                    f"Relative depth of each layer and of its best match in the other model ({a} ↔ {b})")
+                    f"Relative depth of each layer and of its best match in the other model ({a} ↔ {b}); "
+                    "hollow = ambiguous, series nudged apart vertically so coincident matches stay visible")
         rows = [[_e(r["source"]), f"{_e(r['source_layer'])} ({_fmt(r['source_depth'], 2)})",
                  _e(_METRIC_LABEL.get(r["metric"], r["metric"])),
                  "n/a" if r.get("value") is None else f"{_e(r['best_layer'])} ({_fmt(r['best_depth'], 2)})",
