@@ -124,3 +124,19 @@ def test_report_section_states_the_correlation_and_its_uncertainty(tmp_path, row
     assert "Spearman ρ = " in html and "exact test over all 120 relabellings" in html
     assert "no cka record" in html  # the metric without records says why it has no number
     assert (tmp_path / "figures" / "agreement_scatter.png").is_file()
+
+
+def test_cli_agreement_without_two_readout_models_says_so(tmp_path):
+    """The descriptor baseline has no readout: the command names it and refuses with a clear error."""
+    from typer.testing import CliRunner
+
+    from mlipspace.cli import app
+
+    runner = CliRunner()
+    store = tmp_path / "s.zarr"
+    r = runner.invoke(app, ["extract", "builtin:mad-mini?size=12", "--model", "descriptor-rdf", "--store", str(store),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    bad = runner.invoke(app, ["agreement", "--store", str(store)])
+    assert bad.exit_code != 0 and "fewer than 2 stored models can run their readout" in str(bad.exception)
+    assert "descriptor-rdf left out (its adapter has no readout)" in bad.output

@@ -204,7 +204,8 @@ def agreement_correlation(
         W = boot_weights(n_struct, seed, n_boot)
         dis = np.stack([np.sqrt(W @ sq[q] / W.sum(axis=1)) for q in pairs], axis=1)  # (B, pairs)
         rng = np.random.default_rng([0xA6EE, int(seed)])
-        feat = np.array([dist[q][0] for q in pairs]) + rng.normal(size=dis.shape) * np.array([dist[q][1] for q in pairs])
+        value, se = (np.array([dist[q][i] for q in pairs]) for i in (0, 1))
+        feat = value + rng.normal(size=dis.shape) * se  # (B, pairs): each distance drawn from its interval
         reps = _spearman(dis, feat)
         ci = pooled_interval([reps[np.isfinite(reps)]], rho)
         points = [[a, b, dist[(a, b)][0], D[idx[a], idx[b]]] for a, b in pairs]

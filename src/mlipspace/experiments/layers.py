@@ -182,7 +182,8 @@ def layer_matches(records: Sequence[Mapping], *, model_a: str, model_b: str) -> 
         cka = {}
         for r in recs:
             if r["metric"] == "cka" and r.get("value") is not None:
-                k = (r["source_layer"], r["target_layer"]) if r["source"] == x else (r["target_layer"], r["source_layer"])
+                mine_first = r["source"] == x
+                k = (r["source_layer"], r["target_layer"]) if mine_first else (r["target_layer"], r["source_layer"])
                 cka[k] = (r["value"], r["ci_low"], r["ci_high"])
         crit["cka"] = (cka, True)
         mine = list(dict.fromkeys(lay for (m, lay) in depth if m == x))
