@@ -127,3 +127,14 @@ def test_cli_layers_across_two_stored_models(tmp_path):
         assert bad.exit_code != 0 and "--across" in str(bad.exception)
     finally:
         registry._REGISTRY.pop("test-rdf-coarse-lc", None)
+
+
+def test_an_exact_copy_of_the_best_layer_is_not_a_rival(rows):
+    """B's last layer is a copy of its b1 (as SevenNet's last is its interaction.4): the match of a1
+    names both, and the tie does not make it ambiguous."""
+    a, b, order = shuffled_images(rows)
+    b = dict(b, last=b["b0"].copy())  # a1's image is b0
+    recs = layer_correspondence(a, b, rows, model_a="A", model_b="B")
+    m = {r["source_layer"]: r for r in select(recs, analysis="layer-match", source="A", metric="cka")}
+    assert m["a1"]["best_layer"] == "b0" and m["a1"]["same_as"] == ["last"] and m["a1"]["ambiguous"] is False
+    assert m["a1"]["second_layer"] not in ("b0", "last")

@@ -147,7 +147,21 @@ def layer_correspondence(
                  source_depth=depth[src][sl], target_depth=depth[tgt][tl],
                  source_fingerprint=fingerprint_id(fps.get(src)), target_fingerprint=fingerprint_id(fps.get(tgt)))
         out.append(r)
-    return out + layer_matches(out, model_a=model_a, model_b=model_b)
+    twins = {model_a: identical_layers(model_layers_a), model_b: identical_layers(model_layers_b)}
+    return out + layer_matches(out, model_a=model_a, model_b=model_b, identical=twins)
+
+
+def identical_layers(layers: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """``{layer: earlier layer with exactly the same features}`` (e.g. SevenNet's ``last`` is its
+    ``interaction.4``): such twins tie as match candidates without making a match ambiguous."""
+    out: dict[str, str] = {}
+    names = list(layers)
+    for i, n in enumerate(names):
+        for m in names[:i]:
+            if m not in out and layers[m].shape == layers[n].shape and np.array_equal(layers[m], layers[n]):
+                out[n] = m
+                break
+    return out
 
 
 def _gfre_both(recs: Sequence[Mapping], x: str, y: str) -> dict:
@@ -162,15 +176,20 @@ def _gfre_both(recs: Sequence[Mapping], x: str, y: str) -> dict:
     return {k: tuple(float(np.mean(c)) for c in zip(*v)) for k, v in one.items() if len(v) == 2}
 
 
-def layer_matches(records: Sequence[Mapping], *, model_a: str, model_b: str) -> list[dict]:
+def layer_matches(records: Sequence[Mapping], *, model_a: str, model_b: str,
+                  identical: Mapping[str, Mapping[str, str]] | None = None) -> list[dict]:
     """For each layer of each model, its best-matching layer of the other (``analysis="layer-match"``).
 
     Two criteria (``metric``): ``"gfre"`` = lowest mean of the GFREs in both directions (one layer
     reconstructs the other *and* back: mutual, so a rich layer does not match every poorer one) and
     ``"cka"`` = highest linear CKA. Each record: ``best_layer``/``best_depth``, ``value`` and interval
     of the criterion at the match, ``second_layer`` and ``ambiguous`` (True when the best and
-    second-best intervals overlap: the data do not single out the match).
+    second-best intervals overlap: the data do not single out the match). ``identical`` maps a model
+    to its layers that are exact copies of an earlier one (:func:`identical_layers`): a copy of the
+    best layer is not a rival (it is named in ``same_as``), so it neither becomes the second best
+    nor makes the match ambiguous.
     """
+    identical = identical or {}
     recs = [r for r in records if r.get("analysis") == "layer-correspondence"]
     depth = {}
     for r in recs:
@@ -196,14 +215,17 @@ def layer_matches(records: Sequence[Mapping], *, model_a: str, model_b: str) -> 
                     out.append(record("layer-match", x, y, metric, [], reason="no layer pair with a number", **common))
                     continue
                 (v, lo, hi), best = cand[0]
-                second = cand[1] if len(cand) > 1 else None
+                twin = identical.get(y, {})
+                same = [yl for _, yl in cand[1:] if twin.get(yl, yl) == twin.get(best, best)]
+                rivals = [c for c in cand[1:] if c[1] not in same]
+                second = rivals[0] if rivals else None
                 ambiguous = bool(second is not None and (second[0][1] <= hi if not higher else second[0][2] >= lo))
                 out.append(record(
                     "layer-match", x, y, metric, [v], ci=(lo, hi),
                     ci_method="cluster-bootstrap" if higher else "cluster-bootstrap, mean of both directions' bounds",
                     best_layer=best, best_depth=depth[(y, best)], target_layer=best, target_depth=depth[(y, best)],
                     second_layer=None if second is None else second[1],
-                    second_value=None if second is None else second[0][0], ambiguous=ambiguous,
+                    second_value=None if second is None else second[0][0], ambiguous=ambiguous, same_as=same,
                     criterion="mean GFRE of both directions (lowest)" if metric == "gfre" else "linear CKA (highest)",
                     **common))
     return out

@@ -62,7 +62,9 @@ def section(page, results: Mapping) -> None:
     page.add('<p class="note">For each layer of one model, the layer of the other model it matches best: '
              "lowest mean GFRE of both directions (each layer reconstructs the other and back) or highest linear "
              "CKA. <i>Ambiguous</i>: the 95 % intervals of the best and second-best candidates overlap, so the data "
-             "do not single out the match (hollow markers in the figure).</p>")
+             "do not single out the match (hollow markers in the figure). A layer that is an exact copy of the "
+             "match (SevenNet's <code>last</code> is its <code>interaction.4</code>) is shown as <i>= copy</i> and is "
+             "no rival.</p>")
     for a, b in dict.fromkeys(tuple(sorted((r["source"], r["target"]))) for r in matches):
         pair = [r for r in matches if {r["source"], r["target"]} == {a, b}]
         page.add(f"<h3>{_e(a)} ↔ {_e(b)}</h3>")
@@ -72,7 +74,8 @@ def section(page, results: Mapping) -> None:
                     "hollow = ambiguous, series nudged apart vertically so coincident matches stay visible")
         rows = [[_e(r["source"]), f"{_e(r['source_layer'])} ({_fmt(r['source_depth'], 2)})",
                  _e(_METRIC_LABEL.get(r["metric"], r["metric"])),
-                 "n/a" if r.get("value") is None else f"{_e(r['best_layer'])} ({_fmt(r['best_depth'], 2)})",
+                 "n/a" if r.get("value") is None else f"{_e(r['best_layer'])} ({_fmt(r['best_depth'], 2)})"
+                 + "".join(f" = {_e(t)}" for t in r.get("same_as") or ()),
                  _cell(r), _e(r.get("second_layer") or "–"), "yes" if r.get("ambiguous") else "no"]
                 for r in pair]
         page.table(["model", "layer (depth)", "criterion", "best match (depth)", "value", "second best",
