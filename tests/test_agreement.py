@@ -54,7 +54,7 @@ def test_disagreement_that_grows_with_gfre_gives_a_positive_significant_rho(rows
     # a model's own reference energy (a constant per atom) is removed before comparing
     counts, _ = composition(rows)
     shifted = {"x": energies["m0"], "y": energies["m0"] + 1.7 * counts.sum(axis=1)}
-    (same,) = ag.energy_disagreement(ag.residual_energies(shifted, rows))
+    (same,) = ag.energy_disagreement(ag.residual_differences(shifted, rows))
     assert same["value"] < 1e-6
 
 
