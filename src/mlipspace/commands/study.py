@@ -372,16 +372,29 @@ def agreement_cmd(
     models: str = _MODELS,
     seeds: int = _SEEDS,
     device: str = typer.Option("cpu", "--device", help="Device the models' readouts run on."),
+    outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median, as `run` does (0: keep all)."),
     as_json: bool = _JSON,
     output: Path = _OUTPUT,
 ) -> None:
     """Does feature similarity predict behaviour? Energy disagreement of every pair of models with a readout
     (from their stored last-layer features) and its rank correlation with GFRE and CKA."""
+    import numpy as np
+
     from mlipspace.errors import InputError
     from mlipspace.experiments import agreement as ag
     from mlipspace.experiments.cross_model import cross_model
 
     feats, rows, spec, fps, *_ = _open(store, dataset, models)
+    if outlier_threshold:
+        from mlipspace.experiments._common import drop_frames, outlier_frames
+
+        outliers = outlier_frames(feats, rows, outlier_threshold)
+        if outliers:  # one such structure dominates every RMS (energies of thousands of meV/atom)
+            keep = drop_frames(rows, outliers)
+            feats = {m: x[keep] for m, x in feats.items()}
+            rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
+            Console(stderr=True).print(f"left out {len(outliers)} outlier structure(s): "
+                                       + "; ".join(f"frame {f} ({why})" for f, why in outliers.items()), highlight=False)
     notes: list[str] = []
     energies = ag.readout_energies(feats, rows, device=device, notes=notes)
     for n in notes:
