@@ -52,7 +52,7 @@ def verdict(c: Mapping) -> str:
 
 def section(page, results: Mapping) -> None:
     """The folded "Feature similarity vs energy agreement" section (nothing without records)."""
-    from mlipspace.report.html import _cell, _e
+    from mlipspace.report.html import _cell, _e, _fmt
 
     recs = results["records"]
     pairs = select(recs, analysis="agreement")
@@ -74,5 +74,10 @@ def section(page, results: Mapping) -> None:
     if ok:
         page.figure(scatter(ok, page.fig_dir / "agreement_scatter"),
                     "Energy disagreement against feature distance, one point per model pair")
-    page.table(["model A", "model B", "energy disagreement (meV/atom)"],
-               [[_e(r["source"]), _e(r["target"]), _cell(r, nd=1)] for r in pairs], left=2)
+    page.table(["model A", "model B", "energy disagreement, RMS (meV/atom)", "median |difference| (meV/atom)"],
+               [[_e(r["source"]), _e(r["target"]), _cell(r, nd=1), _fmt(r.get("median_abs"), 1)] for r in pairs],
+               left=2)
+    page.add('<p class="note">The RMS is dominated by a few far-from-equilibrium structures (compare the '
+             "median). The composition offset is a ridge fit of each pair's energy difference on the element "
+             "fractions: where two models' per-element references differ a lot, its shrinkage leaves part of "
+             "that difference in the residual.</p>")
