@@ -1,5 +1,5 @@
 """CLI commands of the study: ``run`` (the main job), ``compare``, ``variants``, ``finetune``,
-``finetune-track``, ``layers``, ``probe`` and ``report``. Thin: parse, call mlipspace.experiments /
+``finetune-track``, ``layers``, ``agreement``, ``probe`` and ``report``. Thin: parse, call mlipspace.experiments /
 mlipspace.report, print."""
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def run(
     energy_key: str = ENERGY_KEY,
     forces_key: str = FORCES_KEY,
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Layer analyses (every layer of every model)."),
+    layer_correspondence: bool = typer.Option(True, "--layer-correspondence/--no-layer-correspondence", help="Match the layers of CHGNet-0.3.0 and SevenNet-0 (when both run; a few seconds)."),
+    agreement: bool = typer.Option(True, "--agreement/--no-agreement", help="Energy disagreement of the models with a readout vs feature distance (loads those models once; cached)."),
     finetune: str = typer.Option(None, "--finetune", help="Also fine-tune CHGNet live on this labelled data (e.g. ../shared/data/mlearn/Si_training.json) and track every epoch (slow: minutes per epoch)."),
     finetune_epochs: int = typer.Option(3, "--finetune-epochs", help="Epochs of the live fine-tuning."),
     outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median (0: keep all)."),
@@ -132,6 +134,7 @@ def run(
     cfg = StudyConfig(data=data, models=_split(models), out=str(out), size=size, seeds=seeds,
                       store=None if store is None else str(store), order=order, lfre=lfre,
                       lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, layers=layers, device=device,
+                      layer_correspondence=layer_correspondence, agreement=agreement,
                       energy_key=energy_key, forces_key=forces_key,
                       outlier_threshold=outlier_threshold, finetune_data=finetune, finetune_epochs=finetune_epochs,
                       blas_threads=blas_threads, verbose=verbose, workers=workers, scheduler=scheduler)
@@ -313,17 +316,24 @@ def finetune_track_cmd(
 def layers_cmd(
     store: Path = _STORE,
     dataset: str = _DATASET,
-    model: str = typer.Option(..., "--model", help="Model whose layers are compared with each other."),
+    model: str = typer.Option(None, "--model", help="Model whose layers are compared with each other."),
     cross: bool = typer.Option(False, "--cross", help="Also each layer of MODEL vs the last layer of every other stored model."),
+    across: str = typer.Option(None, "--across", help="MODEL_A,MODEL_B: every layer of A vs every layer of B (GFRE both ways, CKA) and each layer's best match."),
     metric: str = typer.Option("gfre", "--metric", help="Metrics, comma-separated."),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeded grouped splits."),
     as_json: bool = _JSON,
     output: Path = _OUTPUT,
 ) -> None:
-    """FRE between every pair of layers of one model (and, with --cross, each layer vs other models)."""
+    """FRE between every pair of layers of one model (and, with --cross, each layer vs other models);
+    with --across A,B, the layer correspondence between two models."""
+    from mlipspace.errors import InputError
     from mlipspace.experiments import layers
     from mlipspace.experiments.study import layer_order, load_features
 
+    if across:
+        return _layers_across(store, dataset, across, seeds, as_json, output)
+    if not model:
+        raise InputError("give --model MODEL (layers of one model) or --across MODEL_A,MODEL_B")
     _, rows, spec, fps, st, key, _ = _open(store, dataset, model)
     order = layer_order(st.layers(key, model))
     feats = {lay: load_features(st, key, [model], lay)[0][model] for lay in order}
@@ -339,6 +349,90 @@ def layers_cmd(
                                                       dataset=spec, fingerprints=fps) if r["source"] == model]
     _emit(recs, as_json, output, lambda: Console().print(
         _record_table(recs, f"layers of {model}", ["analysis", "source_layer", "target", "target_layer", "metric"])))
+
+
+def _layers_across(store: Path, dataset: str | None, across: str, seeds: int, as_json: bool, output: Path | None):
+    """``layers --across A,B``: layer x layer GFRE/CKA of two models and each layer's best match."""
+    from mlipspace.errors import InputError
+    from mlipspace.experiments.layers import layer_correspondence
+    from mlipspace.experiments.study import _layer_order, load_features
+
+    pair = _split(across) or []
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise InputError(f"--across takes two different models, MODEL_A,MODEL_B; got {across!r}")
+    _, rows, spec, fps, st, key, _ = _open(store, dataset, ",".join(pair))
+    ml = {m: {lay: load_features(st, key, [m], lay)[0][m] for lay in _layer_order(st, key, m, st.layers(key, m))}
+          for m in pair}
+    recs = layer_correspondence(ml[pair[0]], ml[pair[1]], rows, model_a=pair[0], model_b=pair[1],
+                                seeds=list(range(seeds)), dataset=spec, fingerprints=fps)
+
+    def table():
+        t = Table(title=f"layer correspondence {pair[0]} ↔ {pair[1]}: best match of each layer")
+        for c in ("model", "layer", "depth", "criterion", "best", "depth ", "value", "95 % interval", "ambiguous"):
+            t.add_column(c, justify="right" if c in ("depth", "depth ", "value") else "left")
+        for r in recs:
+            if r["analysis"] != "layer-match":
+                continue
+            ok = r["value"] is not None
+            t.add_row(r["source"], r["source_layer"], f"{r['source_depth']:.2f}", r["metric"],
+                      r.get("best_layer", "n/a"), f"{r['best_depth']:.2f}" if ok else "",
+                      f"{r['value']:.3f}" if ok else r.get("reason", ""),
+                      f"{r['ci_low']:.3f}–{r['ci_high']:.3f}" if ok else "", "yes" if r.get("ambiguous") else "no")
+        Console(width=max(Console().width, 150)).print(t)
+
+    _emit(recs, as_json, output, table)
+
+
+@app.command("agreement")
+def agreement_cmd(
+    store: Path = _STORE,
+    dataset: str = _DATASET,
+    models: str = _MODELS,
+    seeds: int = _SEEDS,
+    device: str = typer.Option("cpu", "--device", help="Device the models' readouts run on."),
+    outlier_threshold: float = typer.Option(20.0, "--outlier-threshold", help="Leave out structures with an atom whose features lie this many median distances from the median, as `run` does (0: keep all)."),
+    as_json: bool = _JSON,
+    output: Path = _OUTPUT,
+) -> None:
+    """Does feature similarity predict behaviour? Energy disagreement of every pair of models with a readout
+    (from their stored last-layer features) and its rank correlation with GFRE and CKA."""
+    import numpy as np
+
+    from mlipspace.errors import InputError
+    from mlipspace.experiments import agreement as ag
+    from mlipspace.experiments.cross_model import cross_model
+
+    feats, rows, spec, fps, *_ = _open(store, dataset, models)
+    if outlier_threshold:
+        from mlipspace.experiments._common import drop_frames, outlier_frames
+
+        outliers = outlier_frames(feats, rows, outlier_threshold)
+        if outliers:  # one such structure dominates every RMS (energies of thousands of meV/atom)
+            keep = drop_frames(rows, outliers)
+            feats = {m: x[keep] for m, x in feats.items()}
+            rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
+            Console(stderr=True).print(f"left out {len(outliers)} outlier structure(s): "
+                                       + "; ".join(f"frame {f} ({why})" for f, why in outliers.items()), highlight=False)
+    notes: list[str] = []
+    energies = ag.readout_energies(feats, rows, device=device, notes=notes)
+    for n in notes:
+        Console(stderr=True).print(f"[yellow]{n}[/]", highlight=False)
+    if len(energies) < 2:
+        raise InputError(f"{store}: fewer than 2 stored models can run their readout here ({', '.join(energies) or 'none'})")
+    used = {m: feats[m] for m in energies}
+    frecs = cross_model(used, rows, metrics=("gfre", "cka"), seeds=list(range(seeds)), dataset=spec, fingerprints=fps)
+    recs = ag.agreement(energies, rows, frecs, dataset=spec, fingerprints=fps)
+
+    def table():
+        Console().print(_record_table([r for r in recs if r["analysis"] == "agreement"],
+                                      "energy disagreement (meV/atom, RMS over structures)", ["source", "target"]))
+        from mlipspace.report.agreement import verdict
+
+        for r in recs:
+            if r["analysis"] == "agreement-correlation":
+                Console().print(verdict(r), highlight=False)
+
+    _emit(recs, as_json, output, table)
 
 
 @app.command("probe")

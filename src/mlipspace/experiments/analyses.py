@@ -223,6 +223,37 @@ def _layers_cross(ctx: Context, advance) -> dict:
                                                  targets=representatives(ctx.models, ctx.families))}
 
 
+def _layer_correspondence(ctx: Context, advance) -> dict:
+    from mlipspace.experiments import layers
+    from mlipspace.experiments.study import LAYER_CORRESPONDENCE
+
+    a, b = LAYER_CORRESPONDENCE
+    return {"records": layers.layer_correspondence(
+        ctx.model_layers[a], ctx.model_layers[b], ctx.rows, model_a=a, model_b=b, seeds=ctx.seeds[:1],
+        n_test=ctx.cfg.n_test, dataset=ctx.dataset, fingerprints=ctx.fingerprints)}
+
+
+def _has_layer_pair(ctx: Context) -> bool:
+    from mlipspace.experiments.study import LAYER_CORRESPONDENCE
+
+    return ctx.cfg.layers and ctx.cfg.layer_correspondence and set(LAYER_CORRESPONDENCE) <= set(ctx.models)
+
+
+def _agreement(ctx: Context, advance) -> dict:
+    """Energy disagreement of the models whose readout runs here, and its correlation with the
+    cross-model GFRE/CKA already computed (cached: a rerun loads no model)."""
+    from mlipspace.experiments import agreement
+
+    notes: list[str] = []
+    energies = agreement.readout_energies(ctx.last, ctx.rows, device=ctx.cfg.device, notes=notes,
+                                          verbose=ctx.cfg.verbose)
+    if len(energies) < 2:
+        return {"records": [], "notes": notes + ["Energy agreement not run: fewer than 2 models with a readout."]}
+    feats = [r for r in ctx.records if r.get("analysis") == "cross-model" and r.get("level") == "atom"]
+    return {"records": agreement.agreement(energies, ctx.rows, feats, dataset=ctx.dataset,
+                                           fingerprints=ctx.fingerprints), "notes": notes}
+
+
 def _orders(ctx: Context, advance) -> dict:
     from mlipspace.experiments import cumulant_orders
 
@@ -291,12 +322,16 @@ STUDY: tuple[Analysis, ...] = (
     Analysis("layers", lambda c: f"layer pairs of {len(c.models)} models", _layer_pairs, lambda c: c.cfg.layers),
     Analysis("layers-cross", lambda c: "each layer vs one model per family", _layers_cross,
              lambda c: c.cfg.layers and len(c.models) >= 2, steps=lambda c: sum(map(len, c.model_layers.values()))),
+    Analysis("layer correspondence", lambda c: "every layer of CHGNet-0.3.0 vs every layer of SevenNet-0 "
+             "(GFRE both ways, CKA) and the best-matching depths", _layer_correspondence, _has_layer_pair),
     Analysis("cumulant orders", lambda c: f"orders 1..{c.cfg.max_order} of each model's last layer", _orders,
              lambda c: c.cfg.orders),
     Analysis("probe", lambda c: "energy per atom from features (ridge, cross-validated)", _probe,
              lambda c: c.cfg.probe, key=lambda c: (c.energy is not None,)),
     Analysis("maps", lambda c: "PCA (and PCovR) maps of the structure features", _maps, lambda c: c.cfg.maps,
              key=lambda c: (c.energy is not None,)),
+    Analysis("agreement", lambda c: "energies from each model's readout vs feature distance", _agreement,
+             lambda c: c.cfg.agreement and len(c.models) >= 2),
     Analysis("live fine-tuning", lambda c: f"CHGNet on {c.cfg.finetune_data}, {c.cfg.finetune_epochs} epochs + "
              "control", _finetune_live, lambda c: bool(c.cfg.finetune_data), cached=False),
 )

@@ -41,6 +41,8 @@ BASELINE_FAMILIES = frozenset({"descriptor"})
 RESULTS_NAME = "results.json"
 
 
+#: The pair of models whose layers are matched by default (when both are in the run): measured 3 s.
+LAYER_CORRESPONDENCE = ("chgnet-0.3.0", "sevennet-0")
 
 
 @dataclass
@@ -68,6 +70,8 @@ class StudyConfig:
     finetune_epochs: int = 3
     probe: bool = True
     maps: bool = True
+    layer_correspondence: bool = True  # CHGNet-0.3.0 vs SevenNet-0, every layer (LAYER_CORRESPONDENCE)
+    agreement: bool = True  # energy disagreement of the models with a readout vs feature distance
     device: str = "auto"
     blas_threads: int = 1  # BLAS/OpenMP threads of the analyses (see blas_threads())
     verbose: bool = False  # show every warning of the model packages (default: a summary per model)

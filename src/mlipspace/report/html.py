@@ -468,8 +468,10 @@ def build_report(results: Mapping, out_dir: str | os.PathLike, *, timing: Mappin
     _summary(page, results)
     _overview(page, results)
     toc_at = len(page.parts)
+    from mlipspace.report import agreement as _agreement, layers as _layer_match  # their own sections
+
     for section in (_cross_section, _trust_section, per_atom.section, _variants_section, _finetune_section,
-                    _layers_section, _orders_section, _probe_section):
+                    _layers_section, _layer_match.section, _orders_section, _probe_section, _agreement.section):
         section(page, results)
     _models_section(page, results, timing)
     page.close()
