@@ -355,13 +355,13 @@ def _layers_across(store: Path, dataset: str | None, across: str, seeds: int, as
     """``layers --across A,B``: layer x layer GFRE/CKA of two models and each layer's best match."""
     from mlipspace.errors import InputError
     from mlipspace.experiments.layers import layer_correspondence
-    from mlipspace.experiments.study import _layer_order, load_features
+    from mlipspace.experiments.study import layer_order, load_features
 
     pair = _split(across) or []
     if len(pair) != 2 or pair[0] == pair[1]:
         raise InputError(f"--across takes two different models, MODEL_A,MODEL_B; got {across!r}")
     _, rows, spec, fps, st, key, _ = _open(store, dataset, ",".join(pair))
-    ml = {m: {lay: load_features(st, key, [m], lay)[0][m] for lay in _layer_order(st, key, m, st.layers(key, m))}
+    ml = {m: {lay: load_features(st, key, [m], lay)[0][m] for lay in layer_order(st.layers(key, m))}
           for m in pair}
     recs = layer_correspondence(ml[pair[0]], ml[pair[1]], rows, model_a=pair[0], model_b=pair[1],
                                 seeds=list(range(seeds)), dataset=spec, fingerprints=fps)
