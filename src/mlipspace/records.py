@@ -51,20 +51,20 @@ def fingerprint_id(fingerprint: Mapping | None) -> str:
     """A short, stable id (12 hex digits of a sha256) of a model's fingerprint dict ("" if none)."""
     if not fingerprint:
         return ""
-    blob = json.dumps(_jsonable(fingerprint), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(jsonable(fingerprint), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Plain-JSON copy of ``obj`` (numpy scalars/arrays, tuples, sets made serialisable)."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
-        return sorted(_jsonable(v) for v in obj)
+        return sorted(jsonable(v) for v in obj)
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
@@ -133,7 +133,7 @@ def record(
     elif ci_method:
         extra["ci_method"] = ci_method
     for key in sorted(extra):
-        rec[key] = _jsonable(extra[key])
+        rec[key] = jsonable(extra[key])
     return rec
 
 

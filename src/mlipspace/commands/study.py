@@ -403,16 +403,12 @@ def agreement_cmd(
     from mlipspace.experiments.cross_model import cross_model
 
     feats, rows, spec, fps, *_ = _open(store, dataset, models)
-    if outlier_threshold:
-        from mlipspace.experiments._common import drop_frames, outlier_frames
+    if outlier_threshold:  # one such structure dominates every RMS (energies of thousands of meV/atom)
+        from mlipspace.experiments.study import screen_outliers
 
-        outliers = outlier_frames(feats, rows, outlier_threshold)
-        if outliers:  # one such structure dominates every RMS (energies of thousands of meV/atom)
-            keep = drop_frames(rows, outliers)
-            feats = {m: x[keep] for m, x in feats.items()}
-            rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
-            Console(stderr=True).print(f"left out {len(outliers)} outlier structure(s): "
-                                       + "; ".join(f"frame {f} ({why})" for f, why in outliers.items()), highlight=False)
+        feats, rows, _, notes, _ = screen_outliers(feats, rows, outlier_threshold)
+        for note in notes:
+            Console(stderr=True).print(note, highlight=False)
     notes: list[str] = []
     energies = ag.readout_energies(feats, rows, device=device, notes=notes)
     for n in notes:

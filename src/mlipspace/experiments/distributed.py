@@ -137,9 +137,9 @@ def run_units(units: Sequence[Unit], client=None) -> Iterator:
 def analysis_client(workers: int | None = None, scheduler: str | None = None):
     """A Dask client for the analyses (``None`` when neither ``workers`` nor ``scheduler`` is given):
     a LocalCluster of ``workers`` single-threaded processes or an existing scheduler; closed on exit."""
-    from mlipspace.store.pipeline import _client
+    from mlipspace.store.pipeline import dask_client
 
-    client, cluster = _client(workers, scheduler, device="cpu")
+    client, cluster = dask_client(workers, scheduler, device="cpu")
     try:
         yield client
     finally:

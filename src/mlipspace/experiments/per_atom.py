@@ -249,6 +249,6 @@ def write_per_atom(path: str | os.PathLike, result: Mapping) -> Path:
 
 def as_json(result: Mapping) -> dict:
     """A plain-JSON copy of a :func:`per_atom` result (for the study's cache); NaN errors stay NaN."""
-    from mlipspace.records import _jsonable
+    from mlipspace.records import jsonable
 
-    return {k: _jsonable(v) for k, v in result.items()}
+    return {k: jsonable(v) for k, v in result.items()}

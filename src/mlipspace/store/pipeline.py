@@ -326,7 +326,7 @@ def _gpu_count() -> int:
         return 0
 
 
-def _client(workers: int | None, scheduler: str | None, device: str = "auto"):
+def dask_client(workers: int | None, scheduler: str | None, device: str = "auto"):
     """A Dask client: an existing scheduler, or a LocalCluster of ``workers`` processes.
 
     With GPUs (and a device other than ``cpu``) the cluster has one worker per GPU at most. On the
@@ -419,7 +419,7 @@ def _extract_to_store(frames, models, store_path, layers="last", shard_size: int
     store = FeatureStore(store_path, mode="a")
     _io.clean_tmp(store.path)
     key = store.add_dataset(frames, spec)
-    client, cluster = _client(workers, scheduler, device)
+    client, cluster = dask_client(workers, scheduler, device)
     summary = {"dataset": key, "fingerprint": store.dataset_info(key)["fingerprint"], "models": {}}
     from mlipspace.models.pkgwarnings import WarningLog
 
