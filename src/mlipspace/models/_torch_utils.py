@@ -52,7 +52,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from mlipspace.data.rows import row_table
-from mlipspace.errors import InputError, StructureError, UnsupportedElementsError
+from mlipspace.errors import InputError, ModelUnavailableError, StructureError, UnsupportedElementsError
 from mlipspace.models.base import Extractor, FeatureSet, check_finite
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +383,28 @@ def is_slab(atoms: Atoms) -> bool:
     pbc = np.asarray(atoms.pbc, dtype=bool)
     return bool(pbc.any() and not pbc.all())
 
+
+
+def load_weights_only(path, label: str, expected: str):
+    """``torch.load(path, weights_only=True)`` on the CPU, as the family's own loader reads it.
+
+    A missing file or one that is not such a torch file raises :class:`ModelUnavailableError`
+    "LABEL checkpoint 'path' does not exist" / "LABEL checkpoint 'path' EXPECTED: Type: message --
+    a checkpoint of another family?".
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailableError(f"{label} checkpoint {str(path)!r} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelUnavailableError(
+            f"{label} checkpoint {str(path)!r} {expected}: {type(exc).__name__}: {msg[:300]} -- a checkpoint of "
+            "another family?"
+        ) from exc
 
 class CheckpointExtractor(TorchExtractor):
     """Base of the adapters loaded from a user checkpoint spec ``FAMILY:/path[?key=value&...]``.

@@ -47,7 +47,7 @@ from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import CheckpointExtractor, Tap
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, load_weights_only
 
 DISTRIBUTION = "mattersim"
 MODEL_NAME = "m3gnet"
@@ -60,20 +60,9 @@ def read_checkpoint(path: str | Path) -> dict:
     Raises :class:`ModelUnavailableError` naming the file when it is missing, is not a weights-only
     torch file, or is not a MatterSim (``Potential.save``) checkpoint.
     """
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelUnavailableError(f"MatterSim checkpoint {str(path)!r} does not exist (or is not a file)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelUnavailableError(
-            f"MatterSim checkpoint {str(path)!r} cannot be read as a weights-only torch file, as "
-            f"Potential.from_checkpoint reads it: {type(exc).__name__}: {msg[:300]} -- a checkpoint of "
-            "another family?"
-        ) from exc
+    ckpt = load_weights_only(path, "MatterSim", "cannot be read as a weights-only torch file, as "
+                             "Potential.from_checkpoint reads it")
     if not isinstance(ckpt, dict) or not {"model_name", "model", "model_args"} <= set(ckpt):
         keys = ", ".join(sorted(map(str, ckpt))[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelUnavailableError(

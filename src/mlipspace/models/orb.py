@@ -58,7 +58,7 @@ from ase import Atoms
 
 from mlipspace.errors import InputError, ModelUnavailableError
 from mlipspace.models.base import make_fingerprint
-from mlipspace.models._torch_utils import CheckpointExtractor, Tap, check_frames, is_slab, with_vacuum
+from mlipspace.models._torch_utils import CheckpointExtractor, Tap, check_frames, is_slab, load_weights_only, with_vacuum
 
 DISTRIBUTION = "orb-models"
 DEFAULT_ARCH = "orb-v3-conservative-inf-omat"
@@ -106,20 +106,9 @@ def read_state_dict(path: str | Path) -> dict:
     Raises :class:`ModelUnavailableError` naming the file when it is missing, is not a weights-only
     torch file (e.g. a pickled whole model of another family), or holds no ORB weights.
     """
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelUnavailableError(f"ORB checkpoint {str(path)!r} does not exist (or is not a file)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelUnavailableError(
-            f"ORB checkpoint {str(path)!r} is not a weights-only torch state dict, as ORB checkpoints are "
-            f"(torch.save(model.state_dict())): {type(exc).__name__}: {msg[:300]} -- a checkpoint of "
-            "another family?"
-        ) from exc
+    sd = load_weights_only(path, "ORB", "is not a weights-only torch state dict, as ORB checkpoints are "
+                           "(torch.save(model.state_dict()))")
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
         raise ModelUnavailableError(f"ORB checkpoint {str(path)!r} holds a {type(sd).__name__}, not a state dict")
     sd = dict(sd)
