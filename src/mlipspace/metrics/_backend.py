@@ -71,6 +71,22 @@ class NumpyBackend:
     maximum = staticmethod(np.maximum)
     nonzero = staticmethod(np.flatnonzero)
     einsum = staticmethod(np.einsum)
+    sqrt = staticmethod(np.sqrt)
+    where = staticmethod(np.where)
+    tril = staticmethod(np.tril)
+
+    @staticmethod
+    def cat(arrays, axis):
+        return np.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def eye(n, like=None):
+        return np.eye(n)
+
+    @staticmethod
+    def as_float(mask):
+        """A boolean mask as float64 0/1."""
+        return mask.astype(np.float64)
 
     @staticmethod
     def asarray(a):
@@ -208,3 +224,22 @@ class TorchBackend:
 
     def einsum(self, spec, *ops):
         return self.torch.einsum(spec, *ops)
+
+    def sqrt(self, a):
+        return self.torch.sqrt(a)
+
+    def where(self, cond, a, b):
+        return self.torch.where(cond, a, b)
+
+    def tril(self, a, k=0):
+        return self.torch.tril(a, k)
+
+    def cat(self, arrays, axis):
+        return self.torch.cat(arrays, dim=axis)
+
+    def eye(self, n, like=None):
+        return self.torch.eye(n, dtype=self.torch.float64, device=self.device if like is None else like.device)
+
+    def as_float(self, mask):
+        """A boolean mask as float64 0/1."""
+        return mask.to(self.torch.float64)

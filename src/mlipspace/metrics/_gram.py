@@ -49,13 +49,13 @@ _EPS = np.spacing(1.0)
 REFIT_ATOL = 1e-9
 
 
-def source_ok(lmax, fold_lams, scaled, k: int, d: int) -> np.ndarray:
+def source_ok(lmax, fold_lams, scaled, k: int, d: int):
     r"""Rows (B,) whose fold Gram spectra a Gram engine resolves: with the eigenvalue error bound
     :math:`\epsilon_K = 2(k+d)\,\epsilon\,\lambda_{max}`, every fold eigenvalue (descending,
     ``fold_lams``) lies clearly above the rcond cutoff (else the fold is numerically rank
     deficient, e.g. near-duplicate rows, with singular values only an SVD resolves) and none lies
     within its error of an alpha's cutoff ``scaled`` (B, n_alphas) squared (the truncation levels
-    are those of an exact SVD)."""
+    are those of an exact SVD). NumPy arrays or torch tensors (same operations, same result)."""
     ok = lmax > 0
     rc2 = (max(k, d) * _EPS) ** 2
     thr2 = scaled**2
@@ -63,7 +63,7 @@ def source_ok(lmax, fold_lams, scaled, k: int, d: int) -> np.ndarray:
         dl = 2.0 * (k + d) * _EPS * lam[:, :1].clip(min=0)
         ok &= (lam[:, -1] - dl[:, 0]) > rc2
         tol = dl[:, :, None] + 4 * _EPS * thr2[:, :, None]
-        ok &= ~(np.abs(lam[:, None, :] - thr2[:, :, None]) <= tol).any((-2, -1))
+        ok &= ~(abs(lam[:, None, :] - thr2[:, :, None]) <= tol).any(-1).any(-1)
     return ok
 
 
@@ -83,16 +83,31 @@ class GramSource:
 
     ``Xn`` (B, k, d): neighbourhoods in fold order (fold 1 rows first, ``n1`` of them); ``x`` (B, d)
     the test rows. ``certify``: check every row and fall back to the SVD path where needed.
+    ``ns``: the array backend (:mod:`._backend`; None: NumPy), so the same steps run on NumPy
+    arrays or on float64 torch tensors of its device (batched ``torch.linalg.eigh``, the same
+    certificate, the SVD fallback on that device). ``torch``: with NumPy, the module whose MKL
+    ``eigh`` decomposes the NumPy stacks (None: NumPy's).
     """
 
-    def __init__(self, Xn, x, n1: int, alphas, certify: bool = True, torch=None):
-        self.torch = torch
+    def __init__(self, Xn, x, n1: int, alphas, certify: bool = True, torch=None, ns=None):
+        self.ns = ns if ns is not None else NumpyBackend()
+        self.torch = torch if self.ns.name == "numpy" else None
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             self._setup(Xn, x, n1, alphas, certify)
 
+    def _eig(self, K):
+        """Eigenpairs of a stack of symmetric matrices, largest first (vectors as columns)."""
+        ns = self.ns
+        if ns.name == "numpy":
+            return _eig_desc(np.ascontiguousarray(K), self.torch)
+        lam, V = ns.eigh(K)
+        return ns.flip(lam, -1), ns.flip(V, -1)
+
     def _setup(self, Xn, x, n1, alphas, certify):
+        ns = self.ns
         B, k, d = Xn.shape
-        self.Xn, self.x, self.alphas = Xn, x, np.asarray(alphas, dtype=np.float64)
+        self.Xn, self.x = Xn, x
+        self.alphas = np.asarray(alphas, dtype=np.float64)  # host copy, for the SVD fallback
         self.n1, self.n2 = int(n1), k - int(n1)
         self.certify = certify
         self._svd = None  # lazily built SVD fallback of the rows that fail the source checks
@@ -115,66 +130,60 @@ class GramSource:
         # two matrices Qa (rows x n1), Qb (rows x n2) such that Qa @ Y_1 and Qb @ Y_2 hold, per
         # fold f (other fold o), B = U^T Y_f, G~ B and -2 A^T Y_o (G~ = diag G + 2 strict lower of
         # G = A^T A) [and the two halves of U^T Y_l for the refit]: two BLAS products per target
-        r1, r2 = f1[1].shape[1], f2[1].shape[1]
-        self.Qa = np.empty((B, 2 * r1 + r2, n1))
-        self.Qb = np.empty((B, 2 * r2 + r1, n2))
-        for Q, (f, o) in ((self.Qa, (f1, f2)), (self.Qb, (f2, f1))):
-            r = f[1].shape[1]
-            Q[:, :r] = f[1]
-            np.matmul(f[3], f[1], out=Q[:, r : 2 * r])
-            np.multiply(o[2], -2.0, out=Q[:, 2 * r :])
-        self.r1, self.r2 = r1, r2
-        lmax = np.maximum(self.lam1[:, 0], self.lam2[:, 0]).clip(min=0)
-        smax = np.sqrt(lmax)
-        self.scaled = smax[:, None] * self.alphas[None, :]  # (B, n_alphas)
-        s1 = np.sqrt(self.lam1.clip(min=0))
-        s2 = np.sqrt(self.lam2.clip(min=0))
-        self.L1 = np.minimum((s1[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r1valid[:, None])
-        self.L2 = np.minimum((s2[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r2valid[:, None])
+        self.Qa = ns.cat([f1[1], f1[3] @ f1[1], f2[2] * -2.0], 1)
+        self.Qb = ns.cat([f2[1], f2[3] @ f2[1], f1[2] * -2.0], 1)
+        self.r1, self.r2 = f1[1].shape[1], f2[1].shape[1]
+        lmax = ns.maximum(self.lam1[:, 0], self.lam2[:, 0]).clip(min=0)
+        smax = ns.sqrt(lmax)
+        self.scaled = smax[:, None] * ns.asarray(self.alphas)[None, :]  # (B, n_alphas)
+        s1 = ns.sqrt(self.lam1.clip(min=0))
+        s2 = ns.sqrt(self.lam2.clip(min=0))
+        self.L1 = ns.minimum((s1[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r1valid[:, None])
+        self.L2 = ns.minimum((s2[:, None, :] > self.scaled[:, :, None]).sum(-1), self.r2valid[:, None])
 
         # source-level test (also in fast mode: a Gram matrix cannot resolve what it flags)
         self.ok = source_ok(lmax, (self.lam1, self.lam2), self.scaled, k, d)
         # most rows uncertifiable (rank-deficient data): no refit decomposition, all rows by SVD
-        self.skip = bool(self.ok.mean() < 0.5)
+        self.skip = bool(self.ok.sum() < 0.5 * B)
         if self.skip:
             self.ok[:] = False
             return
 
         # refit: eigenpairs of the smaller Gram of the whole neighbourhood
         if k <= d:
-            lam, U = _eig_desc(K, self.torch)
+            lam, U = self._eig(K)
             kappa = (Xl @ xt[:, :, None])[:, :, 0]  # X_l x~  (B, k)
             self.z = (kappa[:, None, :] @ U)[:, 0, :]  # u_i . kappa
             self.Ufull = U  # coefficient c = U (z / lam) restricted
         else:
-            lam, V = _eig_desc(Xl.mT @ Xl, self.torch)
+            lam, V = self._eig(Xl.mT @ Xl)
             self.z = (xt[:, None, :] @ V)[:, 0, :]  # v_i . x~
             self.Ufull = Xl @ V  # c = X_l V (z / lam)
         self.lam = lam
         floor = FAST_FLOOR * lam[:, :1].clip(min=0)
         self.lam_pos = (lam > floor) & (lam > 0)
 
-
     def _fold(self, F, O, K, sf, so):
         """(eigenvalues desc, M with U^T Y_f = M Y_f, cross design A = O V S^-1, A^T A, n valid)."""
+        ns = self.ns
         n_f, d = F.shape[1], F.shape[2]
         if n_f <= d:
             Kf = K[:, sf, sf] if K is not None else F @ F.mT
-            lam, U = _eig_desc(np.ascontiguousarray(Kf), self.torch)
+            lam, U = self._eig(Kf)
             valid = self._valid(lam)
-            inv = np.where(valid, 1.0 / np.where(valid, lam, 1.0), 0.0)
+            inv = ns.where(valid, 1.0 / ns.where(valid, lam, 1.0), 0.0)
             C = K[:, so, sf] if K is not None else O @ F.mT  # (B, n_o, n_f) cross Gram
             A = (C @ U) * inv[:, None, :]
             M = U.mT * valid[:, :, None]
         else:
-            lam, V = _eig_desc(F.mT @ F, self.torch)
+            lam, V = self._eig(F.mT @ F)
             valid = self._valid(lam)
-            sinv = np.where(valid, 1.0 / np.sqrt(np.where(valid, lam, 1.0)), 0.0)
+            sinv = ns.where(valid, 1.0 / ns.sqrt(ns.where(valid, lam, 1.0)), 0.0)
             A = (O @ V) * sinv[:, None, :]
             M = (V.mT @ F.mT) * sinv[:, :, None]
         G = A.mT @ A
-        gd = np.einsum("bii->bi", G)
-        Gt = np.tril(G, -1) * 2.0 + gd[:, :, None] * np.eye(G.shape[-1])
+        gd = ns.einsum("bii->bi", G)
+        Gt = ns.tril(G, -1) * 2.0 + gd[:, :, None] * ns.eye(G.shape[-1], like=G)
         self._trG.append(gd.sum(-1))
         return lam, M, A.mT, Gt, valid.sum(-1)
 
@@ -190,25 +199,27 @@ class GramSource:
 
         :math:`e(L) = \|y\|^2 + \sum_{l<L} B_{lc} R_{lc}`, the prefix sums of the levels in use
         taken as one product with 0/1 prefix masks."""
+        ns = self.ns
         r = Bm.shape[1]
-        T = (np.arange(r)[None, None, :] < levels[:, :, None]).astype(np.float64)  # prefix masks
+        T = ns.as_float(ns.arange(0, r)[None, None, :] < levels[:, :, None])  # prefix masks
         e = T @ (Bm * R)
         e += ysq[:, None, :]
-        val = -np.sqrt(e.clip(min=0) / n_rows).mean(-1)
+        val = -ns.sqrt(e.clip(min=0) / n_rows).mean(-1)
         if not self.certify:
             return val, None
         # error bar: c eps (lambda_max / lambda_L + lambda_max / gap_L) (2|y| + sqrt e)^2 for the
         # eigenvector errors (|A_L b_L| <= |y| + |y - A_L b_L|), plus the summation rounding
         # 4 r eps sum_l |q_l| <= 4 r eps 2 ||A||^2 |y_f|^2
-        mag = (2.0 * np.sqrt(ysq)[:, None, :] + np.sqrt(e.clip(min=0))) ** 2
+        mag = (2.0 * ns.sqrt(ysq)[:, None, :] + ns.sqrt(e.clip(min=0))) ** 2
         lmax = lam[:, :1].clip(min=1e-300)
         lpos = lam.clip(min=1e-300)
-        gap = np.abs(np.diff(lam, axis=1, append=0.0)).clip(min=1e-300)  # lambda_l - lambda_{l+1}
-        fac = np.concatenate([np.zeros_like(lmax), lmax / lpos + lmax / gap], axis=1)  # (B, r+1)
-        de = (self.c_eig * np.take_along_axis(fac, levels, 1))[:, :, None] * mag
+        nxt = ns.cat([lam[:, 1:], ns.zeros((lam.shape[0], 1), like=lam)], 1)
+        gap = abs(nxt - lam).clip(min=1e-300)  # lambda_l - lambda_{l+1}
+        fac = ns.cat([ns.zeros((lam.shape[0], 1), like=lam), lmax / lpos + lmax / gap], 1)  # (B, r+1)
+        de = (self.c_eig * ns.take(fac, levels, 1))[:, :, None] * mag
         de += (8 * r * _EPS * trG)[:, None, None] * yf_sq[:, None, :]
-        lo = -np.sqrt((e + de).clip(min=0) / n_rows).mean(-1)
-        hi = -np.sqrt((e - de).clip(min=0) / n_rows).mean(-1)
+        lo = -ns.sqrt((e + de).clip(min=0) / n_rows).mean(-1)
+        hi = -ns.sqrt((e - de).clip(min=0) / n_rows).mean(-1)
         return val, (lo, hi)
 
     def errors(self, Yn, y):
@@ -217,28 +228,29 @@ class GramSource:
             return self._errors(Yn, y)
 
     def _errors(self, Yn, y):
+        ns = self.ns
         if self.skip:
             self.n_fallback = Yn.shape[0]
-            return self._fallback(np.ones(Yn.shape[0], dtype=bool), Yn, y)
+            return self._fallback(~self.ok, Yn, y)  # skip cleared every row's ok: all rows
         my = _exact_mean(Yn)
         Yl = Yn - my[:, None, :]
         Y1, Y2 = Yl[:, : self.n1], Yl[:, self.n1 :]
         Sa = self.Qa @ Y1
         Sb = self.Qb @ Y2
         r1, r2 = self.r1, self.r2
-        y1sq = np.einsum("bij,bij->bj", Y1, Y1)
-        y2sq = np.einsum("bij,bij->bj", Y2, Y2)
+        y1sq = ns.einsum("bij,bij->bj", Y1, Y1)
+        y2sq = ns.einsum("bij,bij->bj", Y2, Y2)
         R1 = Sa[:, r1 : 2 * r1] + Sb[:, 2 * r2 : 2 * r2 + r1]
         R2 = Sb[:, r2 : 2 * r2] + Sa[:, 2 * r1 : 2 * r1 + r2]
         t12, b12 = self._table(Sa[:, :r1], R1, y1sq, y2sq, self.lam1, self.L1, self.trG12, self.n2)
         t21, b21 = self._table(Sb[:, :r2], R2, y2sq, y1sq, self.lam2, self.L2, self.trG21, self.n1)
-        take = np.take_along_axis
+        take = ns.take
         cv = (t12 + t21) / 2
         best = cv.argmax(-1)
         thr = take(self.scaled, best[:, None], 1)  # (B, 1)
         thr2 = thr**2
         keep = (self.lam > thr2) & self.lam_pos
-        w = np.where(keep, self.z / np.where(keep, self.lam, 1.0), 0.0)
+        w = ns.where(keep, self.z / ns.where(keep, self.lam, 1.0), 0.0)
         coef = self.Ufull @ w[:, :, None]  # (B, k, 1)
         pred = my + (coef.mT @ Yl)[:, 0, :]
         out = ((y - pred) ** 2).sum(-1) ** 0.5
@@ -248,7 +260,7 @@ class GramSource:
             if self.n_fallback:
                 out[bad] = self._fallback(bad, Yn, y)
             return out
-        ok = self.ok.copy()
+        ok = self.ok.clone() if ns.name == "torch" else self.ok.copy()
         # (2) the chosen alpha wins the CV beyond the error bars
         lo = (b12[0] + b21[0]) / 2
         hi = (b12[1] + b21[1]) / 2
@@ -269,42 +281,44 @@ class GramSource:
         by :math:`\epsilon_K = c\,\epsilon\lambda_{max}`: weights change by
         :math:`\epsilon_K/\lambda_i`, kept and discarded eigenvectors mix by
         :math:`\epsilon_K/|\lambda_i - \lambda_j|`."""
+        ns = self.ns
         lam = self.lam
         eps_k = self.c_eig * lam[:, :1].clip(min=0)  # (B, 1)
         UY = self.Ufull.mT @ Yl
-        bn = np.sqrt(np.einsum("bij,bij->bi", UY, UY))
+        bn = ns.sqrt(ns.einsum("bij,bij->bi", UY, UY))
         if self.kernel_form:
-            a = np.abs(self.z)
+            a = abs(self.z)
         else:  # Ufull = X_l V = U S, z = V^T x~: a_i = s_i z_i, b_i = |u_i^T Y_l| = |Ufull_i^T Y_l| / s_i
-            s = np.sqrt(lam.clip(min=0))
-            a = np.abs(self.z) * s
-            bn = bn / np.where(s > 0, s, np.inf)
-        lk = np.where(keep, lam, np.inf)
+            s = ns.sqrt(lam.clip(min=0))
+            a = abs(self.z) * s
+            bn = bn / ns.where(s > 0, s, np.inf)
+        lk = ns.where(keep, lam, np.inf)
         mask = keep[:, :, None] & ~keep[:, None, :]  # kept i, discarded j: lambda_i > lambda_j
         W2 = lam[:, :, None] - lam[:, None, :]
-        np.multiply(W2, W2, out=W2)
-        W2 = np.divide(1.0, W2, out=np.zeros_like(W2), where=mask)  # 1 / (lambda_i - lambda_j)^2
+        W2 *= W2
+        W2 = ns.where(mask, 1.0 / ns.where(mask, W2, 1.0), 0.0)  # 1 / (lambda_i - lambda_j)^2
         # |sum_ij E_ji C_ij| <= ||E||_2 ||C||_* <= eps_K sum_i ||C_i,:||_2 (first order, E = U^T dK U)
-        wa = np.sqrt((W2 @ (a * a)[:, :, None])[..., 0])
-        wb = np.sqrt((W2 @ (bn * bn)[:, :, None])[..., 0])
+        wa = ns.sqrt((W2 @ (a * a)[:, :, None])[..., 0])
+        wb = ns.sqrt((W2 @ (bn * bn)[:, :, None])[..., 0])
         mix = ((bn / lk) * wa + (a / lk) * wb).sum(-1)
         wt = (a * bn / lk**2).sum(-1)
         return eps_k[:, 0] * (mix + wt)
 
     def _fallback(self, bad, Yn, y):
-        """SVD path for the rows in mask ``bad``, in row order. Rows that failed the source checks
-        are decomposed once per batch and reused by every target (pairwise tables)."""
-        ns = NumpyBackend()
-        out = np.empty(Yn.shape[0])
+        """SVD path (on the backend's device) for the rows in mask ``bad``, in row order. Rows that
+        failed the source checks are decomposed once per batch and reused by every target
+        (pairwise tables)."""
+        ns = self.ns
+        out = ns.zeros((Yn.shape[0],), like=Yn)
         src_bad = ~self.ok
-        if src_bad.any():
+        if bool(src_bad.any()):
             if self._svd is None:
-                sel = np.flatnonzero(src_bad)
+                sel = ns.nonzero(src_bad)
                 self._svd = (sel, LocalSource(ns, self.Xn[sel], self.x[sel], self.n1, self.alphas, "exact"))
             sel, src = self._svd
             out[sel] = src.errors(Yn[sel], y[sel])
-        extra = np.flatnonzero(bad & ~src_bad)
-        if extra.size:
+        extra = ns.nonzero(bad & ~src_bad)
+        if extra.shape[0]:
             out[extra] = LocalSource(ns, self.Xn[extra], self.x[extra], self.n1, self.alphas,
                                      "exact").errors(Yn[extra], y[extra])
         return out[bad]

@@ -214,21 +214,13 @@ class LocalProblem:
                 nbr = knn_indices(self.Xtr, self.Xte[a:b], self.k, self.tie_key, train_sq=self._train_sq,
                                   train_f32=self._train_f32)
                 nbr = nbr[:, self.fold_order]
-                # exact mode: once most batches could not be certified (rank-deficient data), the
-                # remaining ones go straight to the SVD engine instead of trying the Gram one first
                 if self.fast_gram:
                     src = FastGramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, torch=torch)
                     for out, (Ytr, Yte) in zip(outs, targets):
                         out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                         fallbacks.append(src.n_redo)
                     return
-                svd = engine == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1])
-                if svd:
-                    src = LocalSource(ns, np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS, self.mode)
-                else:
-                    src = GramSource(np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], self.n1, ALPHAS,
-                                     certify=self.mode == "exact", torch=torch)
-                    skipped[0 if src.skip else 1] += 1
+                src, svd = self._source(ns, np.take(self.Xtr, nbr, axis=0), self.Xte[a:b], skipped, torch)
                 for out, (Ytr, Yte) in zip(outs, targets):
                     out[a:b] = src.errors(np.take(Ytr, nbr, axis=0), Yte[a:b])
                     fallbacks.append(b - a if svd and engine != "svd" else getattr(src, "n_fallback", 0))
@@ -248,10 +240,25 @@ class LocalProblem:
                 if torch is not None:
                     torch.set_num_threads(torch_threads)
             self.n_fallback = sum(fallbacks)
+            self.gram_batches = skipped[1]
             return outs
         return self._run_torch(targets, outs)
 
+    def _source(self, ns, Xn, x, skipped, torch=None):
+        """(X-side source of one batch, True when it is the SVD path): the Gram engine when
+        ``engine="gram"`` (certified in exact mode), on the backend ``ns`` (NumPy or torch), else
+        the SVD path. In exact mode, once most batches could not be certified (rank-deficient
+        data; ``skipped`` counts [uncertifiable, certified] batches), the remaining ones go
+        straight to the SVD path instead of trying the Gram one first."""
+        if self.engine == "svd" or (self.mode == "exact" and skipped[0] >= 2 and skipped[0] > skipped[1]):
+            return LocalSource(ns, Xn, x, self.n1, ALPHAS, self.mode), True
+        src = GramSource(Xn, x, self.n1, ALPHAS, certify=self.mode == "exact", torch=torch, ns=ns)
+        skipped[0 if src.skip else 1] += 1
+        return src, False
+
     def _run_torch(self, targets, outs):
+        """:meth:`run` on the torch backend's device: batches of ``batch_size`` test rows, the same
+        engine choice as on the CPU (:meth:`_source`), float64 throughout."""
         from mlipspace.metrics._knn import knn_indices_torch
 
         ns = self.bk
@@ -260,11 +267,16 @@ class LocalProblem:
         key = ns.index(self.tie_key)
         order = ns.index(self.fold_order)
         Ys = [(ns.asarray(a), ns.asarray(b)) for a, b in targets]
+        skipped = [0, 0]  # batches (not certifiable, Gram-certified)
+        fallbacks = []
         for a, b in self.batches:
             nbr = knn_indices_torch(Xtr, Xte[a:b], self.k, key)[:, order]
-            src = LocalSource(ns, Xtr[nbr], Xte[a:b], self.n1, ALPHAS, self.mode)
+            src, svd = self._source(ns, Xtr[nbr], Xte[a:b], skipped)
             for out, (Ytr, Yte) in zip(outs, Ys):
                 out[a:b] = ns.to_numpy(src.errors(Ytr[nbr], Yte[a:b]))
+                fallbacks.append(b - a if svd and self.engine != "svd" else getattr(src, "n_fallback", 0))
+        self.n_fallback = sum(fallbacks)
+        self.gram_batches = skipped[1]
         return outs
 
 
