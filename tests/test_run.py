@@ -54,7 +54,7 @@ def test_run_writes_report_results_and_chemiscope(study):
     assert {"cross-model", "layers", "layers-cross", "cumulant-orders"} <= analyses
     levels = {r["level"] for r in res["records"] if r["analysis"] == "cross-model"}
     assert levels == {"atom", "atom-ungrouped", "structure"}
-    assert {r["metric"] for r in res["records"] if r["analysis"] == "cross-model"} == {"gfre", "lfre", "cka", "mknn", "procrustes"}
+    assert {r["metric"] for r in res["records"] if r["analysis"] == "cross-model"} == {"gfre", "lfre", "cka", "cka_debiased", "cknna", "mknn", "procrustes"}
     assert all(r["n_seeds"] == (1 if r["level"] == "atom-ungrouped" else 2)  # the study split: one seed, as the study
                for r in res["records"] if r["analysis"] == "cross-model")
     # every number has its interval, or no number and the reason

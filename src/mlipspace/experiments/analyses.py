@@ -122,7 +122,7 @@ class Analysis:
 
 
 #: Similarity measures the study reports beside GFRE/LFRE (cheap: no fit, test rows only).
-SIMILARITY_DEFAULT = ("cka", "mknn", "procrustes")
+SIMILARITY_DEFAULT = ("cka", "cka_debiased", "cknna", "mknn", "procrustes")
 
 
 def _names(metrics: Sequence[str]) -> str:
