@@ -72,8 +72,17 @@ def test_rare_element_gets_no_value_but_the_reason():
     acc.add(np.ones((1, 2 * n)), {"element": elem}, groups, seed=0)
     recs = by_group(acc.records(), "element")
     assert recs["Au"]["value"] is None and recs["Au"]["ci_low"] is None
-    assert recs["Au"]["reason"] == (f"not enough data (need {MIN_TEST_GROUPS}, have 3): test structures per split")
+    assert recs["Au"]["reason"] == (f"not enough data (need {MIN_TEST_GROUPS}, have 3): test structures holding "
+                                    "this group, over all splits")
     assert recs["Si"]["value"] == pytest.approx(1.0)
+    # the splits of several seeds pool their test structures: Au in 3 + 3 + 4 distinct ones is enough
+    for seed, shift in ((1, 12), (2, 24)):
+        more = elem.copy()
+        if seed == 2:
+            more[7] = "Au"
+        acc.add(np.ones((1, 2 * n)), {"element": more}, groups + shift, seed=seed)
+    recs = by_group(acc.records(), "element")
+    assert recs["Au"]["value"] == pytest.approx(1.0) and recs["Au"]["ci_low"] <= 1.0 <= recs["Au"]["ci_high"]
 
 
 def test_pair_outside_its_regime_keeps_its_reason_for_every_group():

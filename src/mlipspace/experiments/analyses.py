@@ -147,8 +147,8 @@ def _cross(level: str, subsets: Mapping[str, str] | None = None, seeds: int | No
 def _per_atom(ctx: Context, advance) -> dict:
     from mlipspace.experiments import per_atom as pa
 
-    return pa.as_json(pa.per_atom(ctx.last, ctx.rows, ctx.all_frames, n_test=ctx.cfg.n_test, dataset=ctx.dataset,
-                                  fingerprints=ctx.fingerprints))
+    return pa.as_json(pa.per_atom(ctx.last, ctx.rows, ctx.all_frames, seeds=ctx.seeds, n_test=ctx.cfg.n_test,
+                                  dataset=ctx.dataset, fingerprints=ctx.fingerprints))
 
 
 def _write_per_atom(ctx: Context, out: dict) -> None:
@@ -315,7 +315,8 @@ STUDY: tuple[Analysis, ...] = (
     Analysis("similarity (atom)", lambda c: f"{_names(SIMILARITY_DEFAULT)} of {c.n_pairs // 2} model pairs × "
              f"{len(c.seeds)} seeds, permutation null", _cross("atom", metrics=SIMILARITY_DEFAULT), _two_models,
              key=lambda c: ("similarity",)),
-    Analysis("per-atom", lambda c: f"pointwise GFRE of every test atom, {c.n_pairs} pairs, seed 0", _per_atom,
+    Analysis("per-atom", lambda c: f"pointwise GFRE of every test atom, {c.n_pairs} pairs × {len(c.seeds)} seeds",
+             _per_atom,
              _two_models, after=_write_per_atom),
     Analysis("variants", lambda c: f"{len(_variant_pairs(c)) // 2} same-architecture pairs", _variants),
     Analysis("fine-tuning", lambda c: "CHGNet-r2SCAN vs parent and independent models", _finetune),

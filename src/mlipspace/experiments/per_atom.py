@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlipspace.errors import InputError
+from mlipspace.intervals import MIN_TEST_GROUPS
 
 #: Analysis name of the records.
 ANALYSIS = "per-atom"
@@ -104,10 +105,11 @@ class GroupErrors:
         self.est: dict[tuple, object] = {}
         self.reasons: dict[tuple, str] = {}
         self.sizes: dict[tuple, tuple[int, int]] = {}
+        self.structures: dict[tuple, set] = {}  # test structures holding each group, over all splits
 
     def add(self, errors: np.ndarray, labels: Mapping[str, np.ndarray], groups: np.ndarray, seed: int, *,
             n_train: int = 0, pair_reasons: Mapping[tuple, str | None] | None = None) -> None:
-        from mlipspace.intervals import Estimate, test_regime
+        from mlipspace.intervals import Estimate
 
         E = np.asarray(errors, dtype=np.float64)
         groups = np.asarray(groups)
@@ -118,12 +120,13 @@ class GroupErrors:
             for value in np.unique(lab):
                 mask = lab == value
                 key = (field, value.item() if hasattr(value, "item") else value)
-                self.sizes.setdefault(key, (int(n_train), int(mask.sum())))
-                why = test_regime(len(np.unique(groups[mask])))
+                n_train0, n_bin = self.sizes.get(key, (int(n_train), 0))
+                self.sizes[key] = (n_train0, n_bin + int(mask.sum()))
+                self.structures.setdefault(key, set()).update(groups[mask].tolist())
                 for p in self.pairs:
-                    if bad[p] or why:
-                        self.reasons.setdefault(p + key, bad[p] or why)
-                if why or not ok:
+                    if bad[p]:
+                        self.reasons.setdefault(p + key, bad[p])
+                if not ok:
                     continue
                 vals, reps = group_replicates(E[ok][:, mask], groups[mask], seed)
                 for j, i in enumerate(ok):
@@ -133,12 +136,18 @@ class GroupErrors:
         """One record per pair and group (``value: None`` with the reason outside the valid regime)."""
         from mlipspace.records import record
 
+        from mlipspace.intervals import not_enough
+
         out = []
         for p in self.pairs:
             for key, (n_train, n_bin) in self.sizes.items():
                 fields = {key[0]: key[1], "n_train": n_train, "n_test": n_bin, **common}
-                if p + key in self.reasons:
-                    out.append(record(ANALYSIS, p[0], p[1], self.metric, [], reason=self.reasons[p + key], **fields))
+                n_struct = len(self.structures[key])
+                why = self.reasons.get(p + key) or (not_enough("test structures holding this group, over all splits",
+                                                                MIN_TEST_GROUPS, n_struct)
+                                                     if n_struct < MIN_TEST_GROUPS else None)
+                if why:
+                    out.append(record(ANALYSIS, p[0], p[1], self.metric, [], reason=why, **fields))
                 else:
                     f = self.est[p + key].fields()
                     out.append(record(ANALYSIS, p[0], p[1], self.metric, f.pop("values"), **f, **fields))
