@@ -85,10 +85,10 @@ def heatmap(
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if cbar_label:
         cb.set_label(cbar_label)
+    if H is not None:  # in the title block, where the tick labels cannot cover it
+        title = (title + "\n" if title else "") + f"±: half-width of the 95 % interval; red box: wider than ±{wide:g}"
     if title:
-        ax.set_title(title)
-    if H is not None:
-        fig.text(0.01, 0.005, f"±: half-width of the 95 % interval; red box: wider than ±{wide:g}", fontsize=7)
+        ax.set_title(title, fontsize=9 if H is not None else None)
     return save(fig, stem)
 
 
