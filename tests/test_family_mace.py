@@ -140,7 +140,7 @@ def test_bad_options_name_the_file(built, suffix, error, match):
 
 
 def test_unknown_head_lists_the_heads(built):
-    with pytest.raises(ModelUnavailableError, match=r"mace-heads\.model.*no head 'pbe'.*omat, Default"):
+    with pytest.raises(ModelUnavailableError, match=r"mace-heads\.model.*unknown head 'pbe'; valid heads: omat, Default"):
         remote(built["spec_heads"] + "?head=pbe")
 
 

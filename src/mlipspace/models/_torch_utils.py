@@ -449,6 +449,22 @@ class CheckpointExtractor(TorchExtractor):
         checkpoint, options = cls.spec_options(spec)
         return cls(spec.name, checkpoint, device=resolve_device(device), **options)
 
+    def _choose_head(self, valid: Sequence[str], head: str | None, *, default: str | None = None) -> str:
+        """The model output ``head`` among ``valid`` (in the family's own word, ``HEAD_ALIAS``): the
+        only one, else ``default`` when given; otherwise a ModelUnavailableError naming the choices."""
+        word = self.HEAD_ALIAS or "head"
+        if head is None:
+            if len(valid) == 1:
+                return valid[0]
+            if default is not None:
+                return default
+            raise ModelUnavailableError(f"{self.label} checkpoint {self.checkpoint!r} has several {word}s: choose "
+                                        f"one with ?{word}=, one of {', '.join(valid)}")
+        if head not in valid:
+            raise ModelUnavailableError(f"{self.label} checkpoint {self.checkpoint!r}: unknown {word} {head!r}; "
+                                        f"valid {word}s: {', '.join(valid)}")
+        return head
+
     def _check_frame(self, atoms: Atoms) -> str | None:
         """Why this model cannot take ``atoms`` (e.g. a missing charge/spin), or ``None``."""
         return None

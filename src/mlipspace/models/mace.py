@@ -172,21 +172,8 @@ class MACEExtractor(CheckpointExtractor):
 
         heads = list(getattr(model, "heads", None) or ["Default"])
         self.heads = heads
-        if head is None:
-            if len(heads) == 1:
-                head = heads[0]
-            else:
-                default = [h for h in heads if h.lower() == "default"]
-                if not default:
-                    raise ModelUnavailableError(
-                        f"MACE checkpoint {self.checkpoint!r} has heads {heads} and none is 'default': "
-                        f"choose one with ?head=NAME (one of {', '.join(heads)})"
-                    )
-                head = default[0]
-        elif head not in heads:
-            raise ModelUnavailableError(
-                f"MACE checkpoint {self.checkpoint!r} has no head {head!r}; its heads are {', '.join(heads)}"
-            )
+        default = next((h for h in heads if h.lower() == "default"), None)  # MACE's own default head
+        head = self._choose_head(heads, head, default=default)
         self.head = head
         self.head_index = heads.index(head)
 

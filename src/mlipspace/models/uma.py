@@ -122,17 +122,7 @@ class UMAExtractor(CheckpointExtractor):
         self.device = device
         unit = load_unit(checkpoint, device)
         valid = sorted(unit.dataset_to_tasks)
-        if task is None:
-            if len(valid) != 1:
-                raise ModelUnavailableError(
-                    f"UMA checkpoint {self.checkpoint!r} has several tasks: choose one with ?task=, one of "
-                    f"{', '.join(valid)}"
-                )
-            task = valid[0]
-        if task not in valid:
-            raise ModelUnavailableError(
-                f"UMA checkpoint {self.checkpoint!r}: unknown task {task!r}; valid tasks: {', '.join(valid)}"
-            )
+        task = self._choose_head(valid, task)
         self.task = task
         energy_tasks = [t for t in unit.dataset_to_tasks[task] if t.property == "energy" and t.level == "system"]
         if len(energy_tasks) != 1:
