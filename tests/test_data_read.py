@@ -265,7 +265,7 @@ def test_fingerprint_sensitive_to_content_only():
 def test_cli_describe_and_export(tmp_path):
     from typer.testing import CliRunner
 
-    from mlipspace.commands._app import app
+    from mlipspace.commands.apps import app
     from mlipspace.commands import data as _  # noqa: F401  (registers the commands)
 
     path = _write(tmp_path / "in.xyz", _labelled(3))

@@ -17,7 +17,7 @@ from mlipspace.commands import (  # noqa: F401  (imported to register their comm
     store,
     study,
 )
-from mlipspace.commands._app import app
+from mlipspace.commands.apps import app
 from mlipspace.errors import MlipspaceError
 
 

@@ -1,1 +1,1 @@
-"""CLI commands, one module per area; each registers its commands on the apps in :mod:`._app`."""
+"""CLI commands, one module per area; each registers its commands on the apps in :mod:`.apps`."""

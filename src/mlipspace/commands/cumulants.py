@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import app
+from mlipspace.commands.apps import app
 
 
 def _models(model: str) -> list[str]:

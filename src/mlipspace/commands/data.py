@@ -11,7 +11,7 @@ from ase.data import chemical_symbols
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import ENERGY_KEY, FORCES_KEY, data_app
+from mlipspace.commands.apps import ENERGY_KEY, FORCES_KEY, data_app
 
 
 def describe_frames(frames) -> dict:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import env_app
+from mlipspace.commands.apps import env_app
 
 
 def env_rows() -> list[dict]:

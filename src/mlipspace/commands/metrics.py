@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mlipspace.commands._app import app
+from mlipspace.commands.apps import app
 
 
 def _load(path: Path, what: str, *, mmap: bool = False):

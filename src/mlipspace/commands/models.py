@@ -16,7 +16,7 @@ from ase.data import chemical_symbols
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import app
+from mlipspace.commands.apps import app
 
 
 def _element_summary(elements) -> dict | None:

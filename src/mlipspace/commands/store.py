@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import ENERGY_KEY, FORCES_KEY, app, store_app
+from mlipspace.commands.apps import ENERGY_KEY, FORCES_KEY, app, store_app
 
 
 def _human(n: int | None) -> str:

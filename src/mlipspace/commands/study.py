@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipspace.commands._app import ENERGY_KEY, FORCES_KEY, app
+from mlipspace.commands.apps import ENERGY_KEY, FORCES_KEY, app
 
 _SEEDS = typer.Option(3, "--seeds", help="Number of seeded grouped splits (value = mean, spread = std over seeds).")
 _STORE = typer.Option(..., "--store", "-s", help="Feature store directory (filled by `mlipspace run` or `mlipspace extract`).")
