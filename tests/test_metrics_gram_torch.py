@@ -14,21 +14,16 @@ from mlipspace.metrics import pairwise, pointwise_lfre
 
 torch = pytest.importorskip("torch")
 
+from test_metrics_gram import correlated as _correlated  # noqa: E402
+from test_metrics_gram import split  # noqa: E402
+
 TOL = 1e-8  # vs scikit-matter
 ROW_TOL = 1e-10  # vs the NumPy Gram engine, row by row
 
 
 def correlated(n=260, dx=10, dy=12, seed=0, noise=0.3):
-    rng = np.random.default_rng(seed)
-    Z = rng.standard_normal((n, 4))
-    X = Z @ rng.standard_normal((4, dx)) + noise * rng.standard_normal((n, dx))
-    Y = np.tanh(Z @ rng.standard_normal((4, dy))) + 0.02 * rng.standard_normal((n, dy))
-    return X, Y
-
-
-def split(n, n_test=40, seed=2):
-    test = np.random.default_rng(seed).choice(n, n_test, replace=False)
-    return np.setdiff1d(np.arange(n), test), test
+    """The CPU Gram tests' spaces, noisier by default (more rows near the certificate's edges)."""
+    return _correlated(n=n, dx=dx, dy=dy, seed=seed, noise=noise)
 
 
 def lfre_problem(X, Y, k, train, test, device, batch_size=None, engine="gram"):

@@ -318,8 +318,8 @@ def _similarity_split(results, pairs, metric, rows, row_groups, seed, why_test, 
             continue
         if e is not None:
             acc = est.setdefault(key, Estimate("mean"))
-            acc.values += e.values
-            acc.reps += e.reps
+            for value, reps in zip(e.values, e.reps):
+                acc.add_replicates(value, reps)
         else:
             est.setdefault(key, []).append(value)
         nulls.setdefault(key, []).append(null)
