@@ -111,6 +111,10 @@ def test_readout_energies_of_sevennet_equal_its_own(one_torch_thread):
         work = atoms.copy()
         work.calc = calc
         assert abs(e - work.get_potential_energy()) <= 1e-5 * abs(e)
+    # one species: the readout's data comes from two isolated atoms of it, and each row keeps its own energy
+    si = np.asarray(fs.rows["Z"]) == np.asarray(fs.rows["Z"])[0]
+    alone = s0.readout(fs.layers["last"][si], np.asarray(fs.rows["Z"])[si])
+    np.testing.assert_allclose(alone, s0.readout(fs.layers["last"], fs.rows["Z"])[si], rtol=1e-6)
 
 
 def test_report_section_states_the_correlation_and_its_uncertainty(tmp_path, rows):

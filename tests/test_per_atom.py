@@ -150,6 +150,41 @@ def test_per_atom_end_to_end_and_npz_round_trip(tmp_path):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_per_atom_regroups_the_cross_model_errors_without_refitting(monkeypatch):
+    """The study passes the cross-model step's pointwise errors on: same records, no second fit."""
+    import json
+
+    from mlipspace.experiments.cross_model import cross_model
+    from mlipspace.metrics import _pairwise
+
+    frames = crystals(48)
+    rows = row_table(frames)
+    feats = spaces(rows)
+    kw = dict(seeds=[0, 1], n_test=len(rows["Z"]) // 2)
+    fresh = per_atom(feats, rows, frames, dataset="toy", **kw)
+    kept: dict = {}
+    cross_model(feats, rows, metrics=("gfre", "lfre"), pointwise=kept, **kw)
+    assert sorted(kept) == [("gfre", 0), ("gfre", 1), ("lfre", 0), ("lfre", 1)]
+
+    def refit(*a, **k):
+        raise AssertionError("per_atom refitted errors it was given")
+
+    monkeypatch.setattr("mlipspace.metrics.pairwise", refit)
+    reused = per_atom(feats, rows, frames, dataset="toy", errors=kept, **kw)
+    assert json.dumps(as_json_of(reused)) == json.dumps(as_json_of(fresh))
+    # errors of another split are not used: it fits them itself
+    monkeypatch.setattr("mlipspace.metrics.pairwise", _pairwise.pairwise)
+    other = {("gfre", 0): kept[("gfre", 1)], ("gfre", 1): kept[("gfre", 0)]}
+    assert json.dumps(as_json_of(per_atom(feats, rows, frames, dataset="toy", errors=other, **kw))) \
+        == json.dumps(as_json_of(fresh))
+
+
+def as_json_of(res):
+    from mlipspace.experiments.per_atom import as_json
+
+    return as_json(res)
+
+
 def test_per_atom_rejects_unknown_models_and_local_metrics():
     from mlipspace.errors import InputError
 

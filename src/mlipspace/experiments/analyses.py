@@ -33,6 +33,9 @@ class Context:
     console: object = None
     client: object = None
     records: list[dict] = field(default_factory=list)
+    #: Pointwise errors of the atom-level cross-model step, this run only (not cached): the per-atom
+    #: step regroups them instead of refitting (``{(metric, split index): (train, test, {pair: errors})}``).
+    pointwise: dict = field(default_factory=dict)
 
     @cached_property
     def seeds(self) -> list[int]:
@@ -133,14 +136,16 @@ def _names(metrics: Sequence[str]) -> str:
 
 
 def _cross(level: str, subsets: Mapping[str, str] | None = None, seeds: int | None = None,
-           metrics: Sequence[str] | None = None):
+           metrics: Sequence[str] | None = None, keep: bool = False):
+    """The cross-model comparison at ``level``; ``keep``: its pointwise errors go to ``ctx.pointwise``."""
     def compute(ctx: Context, advance) -> dict:
         from mlipspace.experiments.cross_model import cross_model
 
         common = ctx.common | ({"seeds": ctx.seeds[:seeds]} if seeds else {})
         return {"records": cross_model(ctx.compared, ctx.rows, metrics=metrics or ctx.metrics, level=level,
                                        order=ctx.cfg.order, n_test=ctx.cfg.n_test, progress=advance,
-                                       subsets=subsets, client=ctx.client, **common)}
+                                       subsets=subsets, client=ctx.client,
+                                       pointwise=ctx.pointwise if keep else None, **common)}
     return compute
 
 
@@ -148,7 +153,7 @@ def _per_atom(ctx: Context, advance) -> dict:
     from mlipspace.experiments import per_atom as pa
 
     return pa.as_json(pa.per_atom(ctx.last, ctx.rows, ctx.all_frames, seeds=ctx.seeds, n_test=ctx.cfg.n_test,
-                                  dataset=ctx.dataset, fingerprints=ctx.fingerprints))
+                                  dataset=ctx.dataset, fingerprints=ctx.fingerprints, errors=ctx.pointwise))
 
 
 def _write_per_atom(ctx: Context, out: dict) -> None:
@@ -303,7 +308,8 @@ def _finetune_live(ctx: Context, advance) -> dict:
 #: The study, in order. Records come out in this order (results.json is deterministic).
 STUDY: tuple[Analysis, ...] = (
     Analysis("cross-model (atom)", lambda c: f"{_names(c.metrics)} of {c.n_pairs} ordered pairs × {len(c.seeds)} "
-             "seeds; coverage of the test atoms", _cross("atom", {"coverage": "covered"}), _two_models,
+             "seeds; coverage of the test atoms", _cross("atom", {"coverage": "covered"}, keep=True),
+             _two_models,
              steps=lambda c: len(c.seeds) * len(c.metrics), key=lambda c: ("atom",)),
     Analysis("cross-model (structure)", lambda c: f"{_names(c.metrics)} of {c.n_pairs} ordered pairs × "
              f"{len(c.seeds)} seeds, cumulants of order {c.cfg.order}", _cross("structure"), _two_models,

@@ -107,6 +107,7 @@ def pair_errors(
     k: int | None = None,
     subsets: TestSubsets | None = None,
     client=None,
+    pointwise: dict | None = None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
@@ -121,6 +122,9 @@ def pair_errors(
     analysis. ``client``: a Dask client; the (seed, metric, pair or source) units then run as tasks
     reading their features from the store (``features`` a
     :class:`~mlipspace.experiments.distributed.StoreFeatures`), with identical records.
+    ``pointwise``: a dict that receives, per ``(metric, split index)`` of a GFRE/GFRD/LFRE, the
+    split's ``(train, test rows, {(source, target): errors})`` (for analyses that regroup the same
+    errors, e.g. :mod:`mlipspace.experiments.per_atom`, instead of refitting them).
     ``progress`` is called once per (split, metric).
     """
     from mlipspace.experiments.distributed import StoreFeatures, run_units
@@ -155,7 +159,8 @@ def pair_errors(
                 calls = _fre_plan(feats, pairs, metric, train, te, k, info, reasons, why_test)
                 todo = [u for use, wanted in calls
                         for u in _fre_units(feats, use, wanted, metric, train, te, k, lfre_mode, client is not None)]
-                blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks):
+                kept = None if pointwise is None else pointwise.setdefault((metric, seed), (train, te, {}))[2]
+                blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks, kept):
                                _fre_accumulate(res, *a, est)))
             units += todo
     results = run_units(units, client)
@@ -274,11 +279,14 @@ def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_u
     return units
 
 
-def _fre_accumulate(results, calls, metric, test_groups, seed, masks, est) -> None:
-    """Add one split's pointwise errors to ``est``, pair by pair in the order of the pairwise calls."""
+def _fre_accumulate(results, calls, metric, test_groups, seed, masks, kept, est) -> None:
+    """Add one split's pointwise errors to ``est``, pair by pair in the order of the pairwise calls
+    (and to ``kept``, a dict, when given)."""
     got = {}
     for r in results:
         got.update(r)
+    if kept is not None:
+        kept.update(got)
     for use, wanted in calls:
         for s, t in ((s, t) for s in use for t in use if s != t and (s, t) in wanted):
             pw = got[(s, t)]
@@ -429,6 +437,7 @@ def cross_model(
     subsets: Mapping[str, str] | None = None,
     progress=None,
     client=None,
+    pointwise: dict | None = None,
 ) -> list[dict]:
     """GFRE/LFRE of every ordered pair of models (source ≠ target) on ``layer`` features.
 
@@ -444,6 +453,7 @@ def cross_model(
     added as records of that analysis.
     ``client``: run on a Dask cluster (``features`` a
     :class:`~mlipspace.experiments.distributed.StoreFeatures`; see :func:`pair_errors`).
+    ``pointwise``: a dict that receives each split's pointwise errors (see :func:`pair_errors`).
     Returns one record per (source, target, metric), ``analysis="cross-model"``.
     """
     names = list(features)
@@ -463,7 +473,7 @@ def cross_model(
         feats, pairs, splits, groups=groups, metrics=metrics, level=level, layer=layer, dataset=dataset,
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, extra=extra,
         progress=progress,
-        subsets=TestSubsets(subsets, rows["frame"]) if subsets else None, client=client,
+        subsets=TestSubsets(subsets, rows["frame"]) if subsets else None, client=client, pointwise=pointwise,
     )
 
 

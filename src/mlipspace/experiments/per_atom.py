@@ -166,12 +166,15 @@ def per_atom(
     layer: str = "last",
     dataset: str = "",
     fingerprints: Mapping[str, Mapping] | None = None,
+    errors: Mapping[tuple[str, int], tuple] | None = None,
 ) -> dict:
     """Pointwise ``metric`` of every test atom for each ordered pair, grouped by element/subset/coordination.
 
     ``features``: model -> (n_atoms, d), rows described by ``rows``; ``frames[f]``: the structure of
     frame id ``f`` (for coordination numbers). Splits: :func:`~mlipspace.experiments._common.atom_splits`
-    (grouped by structure), one per seed; one :func:`mlipspace.metrics.pairwise` call per split.
+    (grouped by structure), one per seed; one :func:`mlipspace.metrics.pairwise` call per split, unless
+    ``errors`` already holds that split's errors: ``{(metric, split index): (train, test, {pair: errors})}``
+    as :func:`mlipspace.experiments.cross_model.cross_model` keeps them (used when its split and pairs match).
     Returns ``{"records": [...], **arrays}`` with the raw arrays of the first split (see
     :data:`NPZ_KEYS`, :func:`write_per_atom`).
     """
@@ -190,11 +193,13 @@ def per_atom(
         raise InputError(f"per-atom errors need pairs of the given models ({', '.join(names)}), got {pairs}")
     acc = GroupErrors(pairs, metric)
     raw: dict = {}
-    for seed, (train, test) in zip(seeds, atom_splits(rows, seeds, n_test)):
-        recs = pairwise({m: features[m] for m in use}, metric, train_idx=train, test_idx=test, diagonal=False,
-                        pointwise=True)
-        by = {(r["source"], r["target"]): r["pointwise"] for r in recs}
+    for i, (seed, (train, test)) in enumerate(zip(seeds, atom_splits(rows, seeds, n_test))):
         bad = {p: ridge_regime(len(train), np.shape(features[p[0]])[1]) for p in pairs}
+        by = _known_errors((errors or {}).get((metric, i)), train, test, [p for p in pairs if not bad[p]])
+        if by is None:
+            recs = pairwise({m: features[m] for m in use}, metric, train_idx=train, test_idx=test, diagonal=False,
+                            pointwise=True)
+            by = {(r["source"], r["target"]): r["pointwise"] for r in recs}
         E = np.stack([np.full(len(test), np.nan) if bad[p] else by[p] for p in pairs])
         labels = _labels(rows, test, row_coordination(rows, frames, test))
         if not raw:
@@ -202,6 +207,16 @@ def per_atom(
         acc.add(E, labels, np.asarray(rows["frame"])[test], seed, n_train=len(train), pair_reasons=bad)
     records = acc.records(layer=layer, dataset=dataset, fingerprints=fingerprints, level="atom")
     return {"records": records, **raw}
+
+
+def _known_errors(known, train, test, pairs) -> dict | None:
+    """The errors of ``pairs`` from ``known`` = ``(train, test, {pair: errors})`` if it is this split
+    and holds every pair, else None."""
+    if known is None:
+        return None
+    k_train, k_test, by = known
+    same = np.array_equal(k_train, train) and np.array_equal(k_test, test)
+    return by if same and all(p in by for p in pairs) else None
 
 
 def _raw(rows, test, coord, E, pairs, models, seed, metric) -> dict:
