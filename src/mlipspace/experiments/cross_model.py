@@ -108,6 +108,7 @@ def pair_errors(
     subsets: TestSubsets | None = None,
     client=None,
     pointwise: dict | None = None,
+    n_jobs: int | None = None,
 ) -> list[dict]:
     """Records of ``metric(source -> target)`` for each ordered pair, over the given splits.
 
@@ -121,20 +122,20 @@ def pair_errors(
     (:class:`TestSubsets`) adds the FREs over subsets of the test atoms as records of their own
     analysis. ``client``: a Dask client; the (seed, metric, pair or source) units then run as tasks
     reading their features from the store (``features`` a
-    :class:`~mlipspace.experiments.distributed.StoreFeatures`), with identical records.
+    :class:`~mlipspace.experiments.distributed.StoreFeatures`), with identical records. Without a
+    client, ``n_jobs`` threads (:func:`mlipspace.metrics.effective_n_jobs`: None = every core) share
+    the same units (GFRE/GFRD per unordered pair, similarity per pair; LFRE, threaded itself, alone).
     ``pointwise``: a dict that receives, per ``(metric, split index)`` of a GFRE/GFRD/LFRE, the
     split's ``(train, test rows, {(source, target): errors})`` (for analyses that regroup the same
     errors, e.g. :mod:`mlipspace.experiments.per_atom`, instead of refitting them).
     ``progress`` is called once per (split, metric).
     """
-    from mlipspace.experiments.distributed import StoreFeatures, run_units
+    from mlipspace.experiments.distributed import run_units
+    from mlipspace.metrics import effective_n_jobs
 
-    for m in metrics:
-        if m not in COMPARE_METRICS:
-            raise InputError(f"unknown metric {m!r}; choose from {', '.join(COMPARE_METRICS)}")
-    if client is not None and not isinstance(features, StoreFeatures) and any(len(s) < 3 for s in splits):
-        raise InputError("a distributed comparison reads its features from the store: pass them as "
-                         "mlipspace.experiments.distributed.StoreFeatures")
+    jobs = 1 if client is not None else effective_n_jobs(n_jobs)
+    split_up = client is not None or jobs > 1
+    _check_plan(features, splits, metrics, client)
     pairs = list(dict.fromkeys(pairs))
     est: dict[tuple[str, str, str], Estimate | list] = {}
     nulls: dict[tuple[str, str, str], list[float]] = {}
@@ -142,34 +143,59 @@ def pair_errors(
     reasons: dict[tuple[str, str, str], str] = {}
     blocks, units = [], []  # per (seed, metric): how to accumulate its units' results, in serial order
     for seed, split in enumerate(splits):
-        train, test = split[0], split[1]
-        feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
-        n_rows = len(feats[next(iter(feats))]) if groups is None else len(groups)
-        rows_groups = np.arange(n_rows) if groups is None else np.asarray(groups)
-        for metric in metrics:
-            te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
-            why_test = test_regime(len(np.unique(rows_groups[te])))
-            if metric in SIMILARITY_METRICS:
-                todo = _similarity_units(feats, pairs, metric, te, rows_groups[te], seed, client is not None)
-                blocks.append((len(todo), lambda res, a=(pairs, metric, te, rows_groups[te], seed, why_test):
-                               _similarity_split(res, *a, est, nulls, info, reasons)))
-            else:
-                masks = (lambda src, tr=train, t=test, r=te, f=feats, s=seed: subsets.masks(s, src, f, tr, t, r)) \
-                    if subsets is not None else None
-                calls = _fre_plan(feats, pairs, metric, train, te, k, info, reasons, why_test)
-                todo = [u for use, wanted in calls
-                        for u in _fre_units(feats, use, wanted, metric, train, te, k, lfre_mode, client is not None)]
-                kept = None if pointwise is None else pointwise.setdefault((metric, seed), (train, te, {}))[2]
-                blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks, kept):
-                               _fre_accumulate(res, *a, est)))
-            units += todo
-    results = run_units(units, client)
+        todo, more = _split_units(seed, split, features, pairs, groups, metrics, lfre_max_test, lfre_mode, k,
+                                  subsets, client is not None, split_up, pointwise, (est, nulls, info, reasons))
+        units += todo
+        blocks += more
+    results = run_units(units, client, jobs)
     for size, accumulate in blocks:
         accumulate([next(results) for _ in range(size)])
         if progress is not None:
             progress()
     return _pair_records(pairs, metrics, est, nulls, info, reasons, analysis=analysis, level=level, layer=layer,
                          dataset=dataset, fingerprints=fingerprints, extra=extra, subsets=subsets)
+
+
+def _split_units(seed, split, features, pairs, groups, metrics, lfre_max_test, lfre_mode, k, subsets, on_cluster,
+                 split_up, pointwise, acc) -> tuple[list, list]:
+    """The units of one split of :func:`pair_errors` and, per metric, ``(unit count, accumulate)``
+    that folds their results into ``acc`` = ``(est, nulls, info, reasons)``."""
+    est, nulls, info, reasons = acc
+    train, test = split[0], split[1]
+    feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
+    n_rows = len(feats[next(iter(feats))]) if groups is None else len(groups)
+    rows_groups = np.arange(n_rows) if groups is None else np.asarray(groups)
+    units, blocks = [], []
+    for metric in metrics:
+        te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
+        why_test = test_regime(len(np.unique(rows_groups[te])))
+        if metric in SIMILARITY_METRICS:
+            todo = _similarity_units(feats, pairs, metric, te, rows_groups[te], seed, split_up)
+            blocks.append((len(todo), lambda res, a=(pairs, metric, te, rows_groups[te], seed, why_test):
+                           _similarity_split(res, *a, est, nulls, info, reasons)))
+        else:
+            masks = (lambda src, tr=train, t=test, r=te, f=feats, s=seed: subsets.masks(s, src, f, tr, t, r)) \
+                if subsets is not None else None
+            calls = _fre_plan(feats, pairs, metric, train, te, k, info, reasons, why_test)
+            todo = [u for use, wanted in calls for u in _fre_units(
+                feats, use, wanted, metric, train, te, k, lfre_mode, on_cluster if metric == "lfre" else split_up)]
+            kept = None if pointwise is None else pointwise.setdefault((metric, seed), (train, te, {}))[2]
+            blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks, kept):
+                           _fre_accumulate(res, *a, est)))
+        units += todo
+    return units, blocks
+
+
+def _check_plan(features, splits, metrics, client) -> None:
+    """InputError for an unknown metric, or a distributed run whose features are not in the store."""
+    from mlipspace.experiments.distributed import StoreFeatures
+
+    for m in metrics:
+        if m not in COMPARE_METRICS:
+            raise InputError(f"unknown metric {m!r}; choose from {', '.join(COMPARE_METRICS)}")
+    if client is not None and not isinstance(features, StoreFeatures) and any(len(s) < 3 for s in splits):
+        raise InputError("a distributed comparison reads its features from the store: pass them as "
+                         "mlipspace.experiments.distributed.StoreFeatures")
 
 
 def _pair_records(pairs, metrics, est, nulls, info, reasons, *, analysis, level, layer, dataset, fingerprints,
@@ -263,11 +289,13 @@ def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_u
     from mlipspace.experiments.distributed import Unit
 
     kw = dict(k=k, lfre_mode=lfre_mode)
+    threaded = metric != "lfre"  # LFRE runs its own threads over test batches: not in the pool
     if not split_up:
-        return [Unit(fre_pointwise, features, use, (use, metric, train, test), dict(kw, pairs=wanted))]
+        return [Unit(fre_pointwise, features, use, (use, metric, train, test), dict(kw, pairs=wanted), threaded)]
     if metric == "lfre":
         return [Unit(fre_pointwise, features, use, (use, metric, train, test),
-                     dict(kw, pairs=[p for p in wanted if p[0] == s])) for s in dict.fromkeys(p[0] for p in wanted)]
+                     dict(kw, pairs=[p for p in wanted if p[0] == s]), threaded)
+                for s in dict.fromkeys(p[0] for p in wanted)]
     units, done = [], set()
     for s, t in wanted:
         if frozenset((s, t)) in done:
@@ -438,6 +466,7 @@ def cross_model(
     progress=None,
     client=None,
     pointwise: dict | None = None,
+    n_jobs: int | None = None,
 ) -> list[dict]:
     """GFRE/LFRE of every ordered pair of models (source ≠ target) on ``layer`` features.
 
@@ -453,7 +482,8 @@ def cross_model(
     added as records of that analysis.
     ``client``: run on a Dask cluster (``features`` a
     :class:`~mlipspace.experiments.distributed.StoreFeatures`; see :func:`pair_errors`).
-    ``pointwise``: a dict that receives each split's pointwise errors (see :func:`pair_errors`).
+    ``pointwise``: a dict that receives each split's pointwise errors; ``n_jobs``: threads without a
+    client (see :func:`pair_errors`).
     Returns one record per (source, target, metric), ``analysis="cross-model"``.
     """
     names = list(features)
@@ -474,6 +504,7 @@ def cross_model(
         fingerprints=fingerprints, lfre_max_test=lfre_max_test, lfre_mode=lfre_mode, extra=extra,
         progress=progress,
         subsets=TestSubsets(subsets, rows["frame"]) if subsets else None, client=client, pointwise=pointwise,
+        n_jobs=n_jobs,
     )
 
 

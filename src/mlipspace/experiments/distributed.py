@@ -80,6 +80,8 @@ class Unit:
     names: list[str]
     args: tuple = ()
     kwargs: dict | None = None
+    #: False for a unit that runs its own threads (LFRE): run_units then runs it alone, not in its pool
+    threaded: bool = True
 
 
 def run_unit(func: Callable, features, names: Sequence[str], args: tuple, kwargs: dict | None):
@@ -96,12 +98,30 @@ def _value(x):
     return x
 
 
-def run_units(units: Sequence[Unit], client=None) -> Iterator:
-    """The results of ``units`` in their order: computed here one by one, or submitted all at once
-    as Dask tasks on ``client`` and yielded in order as they complete."""
+def _run_here(u: Unit):
+    return u.func({n: u.features[n] for n in u.names}, *u.args, **(u.kwargs or {}))
+
+
+def run_units(units: Sequence[Unit], client=None, n_jobs: int = 1) -> Iterator:
+    """The results of ``units`` in their order: computed here (on ``n_jobs`` threads: NumPy's work
+    releases the GIL; a unit with ``threaded=False`` runs alone), or submitted all at once as Dask
+    tasks on ``client``, and yielded in order as they complete. Every unit computes the same either way."""
     if client is None:
-        for u in units:
-            yield u.func({n: u.features[n] for n in u.names}, *u.args, **(u.kwargs or {}))
+        if n_jobs <= 1:
+            yield from map(_run_here, units)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_jobs) as pool:
+            pending: list = []
+            for u in units:
+                if u.threaded:
+                    pending.append(pool.submit(_run_here, u))
+                    continue
+                yield from (f.result() for f in pending)  # the pool drains before a unit with threads of its own
+                pending = []
+                yield _run_here(u)
+            yield from (f.result() for f in pending)
         return
     shared: dict[int, object] = {}
     keep_alive = []  # the scattered objects' ids stay valid while the map runs

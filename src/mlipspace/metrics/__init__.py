@@ -12,7 +12,7 @@ shared with the CLI: :func:`check_rows` (same row count), :func:`resolve_split` 
 """
 
 from mlipspace.metrics._checks import check_rows, resolve_split
-from mlipspace.metrics._config import config_context, get_config, set_config
+from mlipspace.metrics._config import config_context, effective_n_jobs, get_config, set_config
 from mlipspace.metrics._pairwise import pairwise
 from mlipspace.metrics._registry import TRANSFORMATIONS, Measure
 from mlipspace.metrics.reconstruction import (
@@ -52,6 +52,7 @@ __all__ = [
     "cknna",
     "config_context",
     "default_k",
+    "effective_n_jobs",
     "get_config",
     "gfrd",
     "gfre",

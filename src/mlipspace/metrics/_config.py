@@ -23,6 +23,7 @@ Settings (defaults first; none changes a value beyond the engines' certified tol
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -75,3 +76,14 @@ def resolve(**given) -> dict:
     out = get_config()
     out.update(_check({k: v for k, v in given.items() if v is not None}))
     return out
+
+
+def effective_n_jobs(n_jobs: int | None) -> int:
+    """Threads of a call's own parallel loop (LFRE's test batches, the study's independent pairs):
+    ``n_jobs`` when positive, else (None, 0, negative) every core this process may run on."""
+    if n_jobs is not None and n_jobs > 0:
+        return int(n_jobs)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)

@@ -37,7 +37,6 @@ on float64 data). Exact neighbour-distance ties are broken by the lower row inde
 from __future__ import annotations
 
 import math
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -54,7 +53,7 @@ from mlipspace.metrics._checks import (
     resolve_split,
 )
 from mlipspace.metrics._backend import get_backend
-from mlipspace.metrics._config import resolve
+from mlipspace.metrics._config import effective_n_jobs, resolve
 from mlipspace.metrics._global import global_measure
 from mlipspace.metrics._gram import FastGramSource, GramSource, _torch_eigh
 from mlipspace.metrics._knn import knn_indices
@@ -144,15 +143,6 @@ def default_k(d_x: int, d_y: int, n_train: int) -> int:
     return int(min(d_x, d_y, cap))
 
 
-def _n_workers(n_jobs: int | None) -> int:
-    if n_jobs is not None and n_jobs > 0:
-        return int(n_jobs)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class LocalProblem:
     """A source space prepared for LFRE: scaled training/test rows of X, neighbours, batches.
 
@@ -174,7 +164,7 @@ class LocalProblem:
         f1, f2 = kfold_halves(k)
         self.n1 = f1.size
         self.fold_order = np.concatenate([f1, f2])  # neighbours gathered fold by fold
-        self.n_jobs = _n_workers(n_jobs) if self.backend == "numpy" else 1
+        self.n_jobs = effective_n_jobs(n_jobs) if self.backend == "numpy" else 1
         if batch_size is None:
             batch_size = 64 if self.backend == "numpy" else 512
         self.batch_size = int(batch_size)
