@@ -2,10 +2,12 @@
 
 Builds a store of ``--models`` synthetic models (widths 64..512, as the bundled models) on ``--atoms``
 atoms, written straight into a FeatureStore, then runs the atom-level GFRE comparison of every
-ordered pair (i) serially, as ``mlipspace compare`` does, and (ii) with ``--workers`` Dask worker
-processes whose tasks read their two matrices from the store. Prints both wall times, their ratio,
-whether the records are identical, the per-task costs (task stream) and the peak memory (RSS
-high-water mark) of each worker and of the driver.
+ordered pair (i) serially (one process, one thread), (ii) with ``--workers`` Dask worker processes
+whose tasks read their two matrices from the store (each worker keeping the scaled matrices it has
+read, :class:`mlipspace.experiments.distributed.ScaledCache`) and (iii) for reference on
+``--workers`` threads of one process (``mlipspace compare`` without ``--workers``). Prints the wall
+times, the ratios, whether the records are identical, the per-task costs (task stream) and the peak
+memory (RSS high-water mark) of each worker and of the driver.
 
     PYTHONPATH=src python benchmarks/bench_compare_dask.py --atoms 100000 --models 10 --workers 2
 """
@@ -96,9 +98,14 @@ def main() -> None:
 
     with blas_threads(1):
         t0 = time.perf_counter()
-        serial = cross_model(feats, rows, **opts)
+        serial = cross_model(feats, rows, n_jobs=1, **opts)
         t_serial = time.perf_counter() - t0
-    print(f"serial: {t_serial:.1f} s for {len(serial)} pair records")
+        print(f"serial (1 thread): {t_serial:.1f} s for {len(serial)} pair records", flush=True)
+        t0 = time.perf_counter()
+        threaded = cross_model(feats, rows, n_jobs=args.workers, **opts)
+        t_threads = time.perf_counter() - t0
+    print(f"{args.workers} threads, one process: {t_threads:.1f} s ({t_serial / t_threads:.2f}x); records identical: "
+          f"{json.dumps(threaded) == json.dumps(serial)}", flush=True)
 
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=40, env={v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -126,21 +126,69 @@ def test_tasks_read_their_features_from_the_store(tmp_path):
     feats, rows = load_features(st, key, st.models(key))
     keep = rows["frame"] % 7 != 3  # a row mask, as the study's outlier screen gives
     feats, rows = {m: x[keep] for m, x in feats.items()}, {k: v[keep] for k, v in rows.items()}
+    opts = dict(metrics=("gfre", "gfrd", "lfre", "procrustes"), seeds=[0, 1])
     with blas_threads():  # as the serial commands do; the workers use the same thread count
-        serial = cross_model(feats, rows, metrics=("gfre", "gfrd", "lfre", "procrustes"), seeds=[0, 1])
+        serial = cross_model(feats, rows, n_jobs=1, **opts)
+        threads = cross_model(feats, rows, n_jobs=2, **opts)  # `compare` without --workers: units on threads
     client, cluster = _cluster()
     try:
         rec = _Recording(client)
         with get_task_stream(client) as ts:
             dist = cross_model(StoreFeatures(StoreSpec(str(st.path), key, "last", keep), list(feats), feats), rows,
-                               metrics=("gfre", "gfrd", "lfre", "procrustes"), seeds=[0, 1], client=rec)
+                               client=rec, **opts)
+        cached = client.run(_cached_spaces)
     finally:
         client.close()
         cluster.close()
-    assert json.dumps(dist) == json.dumps(serial)
+    assert json.dumps(dist) == json.dumps(serial) == json.dumps(threads)
+    # each worker kept the scaled spaces it read: at most one entry per (model, split) in all
+    assert 0 < sum(cached.values()) <= 2 * len(feats) * len(cached), cached
     assert len(ts.data) >= len(rec.sizes) > 2 * 4  # several units per (seed, metric), all run on the cluster
     smallest_matrix = min(x.nbytes for x in feats.values())
     assert max(rec.sizes) < smallest_matrix / 10, (max(rec.sizes), smallest_matrix)
+
+
+def _cached_spaces() -> int:
+    from mlipspace.experiments.distributed import worker_cache
+
+    return len(worker_cache()._items)
+
+
+def test_scaled_cache_keeps_the_recent_spaces_within_its_bytes():
+    from mlipspace.experiments.distributed import ScaledCache
+
+    cache = ScaledCache(max_bytes=3 * 800)
+    view = cache.view("store", "key", "last", "split-0")
+    for name in "abcd":
+        view[name] = np.zeros((10, 10))  # 800 bytes each
+    assert "a" not in view and all(n in view for n in "bcd")  # least recently used dropped
+    view["b"]  # noqa: B018 - a read makes it recent
+    view["e"] = np.zeros((10, 10))
+    assert "c" not in view and all(n in view for n in "bde")
+    view["huge"] = np.zeros((100, 100))  # larger than the cache: not kept, nothing dropped
+    assert "huge" not in view and all(n in view for n in "bde")
+    assert "b" not in cache.view("store", "key", "last", "split-1")  # another split: its own spaces
+
+
+def test_pairwise_reuses_the_scaled_spaces_it_is_given():
+    from mlipspace.metrics import pairwise
+
+    rng = np.random.default_rng(0)
+    feats = {n: rng.normal(size=(60, d)) for n, d in (("a", 3), ("b", 4), ("c", 5))}
+    split = dict(train_idx=np.arange(40), test_idx=np.arange(40, 60), pointwise=True, diagonal=False)
+    whole = pairwise(feats, "gfre", **split)
+    shared: dict = {}
+    part = pairwise({n: feats[n] for n in "ab"}, "gfre", scaled=shared, **split)
+    assert set(shared) == {"a", "b"}
+
+    class Unreadable(dict):
+        def __getitem__(self, name):
+            raise AssertionError(f"{name} was read again")
+
+    again = pairwise(Unreadable(a=None, b=None), "gfre", scaled=shared, **split)
+    for r in part + again:
+        w = next(x for x in whole if (x["source"], x["target"]) == (r["source"], r["target"]))
+        assert r["value"] == w["value"] and np.array_equal(r["pointwise"], w["pointwise"])
 
 
 def test_client_without_a_store_is_refused():

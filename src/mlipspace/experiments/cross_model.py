@@ -165,6 +165,8 @@ def _split_units(seed, split, features, pairs, groups, metrics, lfre_max_test, l
     feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
     n_rows = len(feats[next(iter(feats))]) if groups is None else len(groups)
     rows_groups = np.arange(n_rows) if groups is None else np.asarray(groups)
+    from mlipspace.experiments.distributed import ON_WORKER
+
     units, blocks = [], []
     for metric in metrics:
         te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test
@@ -177,10 +179,12 @@ def _split_units(seed, split, features, pairs, groups, metrics, lfre_max_test, l
             masks = (lambda src, tr=train, t=test, r=te, f=feats, s=seed: subsets.masks(s, src, f, tr, t, r)) \
                 if subsets is not None else None
             calls = _fre_plan(feats, pairs, metric, train, te, k, info, reasons, why_test)
-            todo = [u for use, wanted in calls for u in _fre_units(
-                feats, use, wanted, metric, train, te, k, lfre_mode, on_cluster if metric == "lfre" else split_up)]
+            apart = on_cluster if metric == "lfre" else split_up
+            shared = ON_WORKER if on_cluster else {} if apart else None  # the split's scaled spaces
+            todo = [u for use, wanted in calls
+                    for u in _fre_units(feats, use, wanted, metric, train, te, k, lfre_mode, apart, shared)]
             kept = None if pointwise is None else pointwise.setdefault((metric, seed), (train, te, {}))[2]
-            blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks, kept):
+            blocks.append((len(todo), lambda res, a=(calls, metric, rows_groups[te], seed, masks, kept, shared):
                            _fre_accumulate(res, *a, est)))
         units += todo
     return units, blocks
@@ -248,17 +252,38 @@ def _subset_record(name: str, key, e: Estimate | None, info: Mapping, more: Mapp
 
 def fre_pointwise(features: Mapping[str, np.ndarray], names: Sequence[str], metric: str, train: np.ndarray,
                   test: np.ndarray, *, pairs: Sequence[tuple[str, str]] | None = None, k: int | None = None,
-                  lfre_mode: str = "exact") -> dict[tuple[str, str], np.ndarray]:
+                  lfre_mode: str = "exact", scaled=None) -> dict[tuple[str, str], np.ndarray]:
     """``{(source, target): pointwise errors}`` of ``metric`` for ``pairs`` of ``names`` (default: all
     ordered pairs) on one split: the unit of work of :func:`pair_errors`, run here or as a Dask task
-    (:mod:`mlipspace.experiments.distributed`)."""
+    (:mod:`mlipspace.experiments.distributed`). ``scaled``: the split's scaled spaces shared by its
+    units (a dict; ``distributed.ON_WORKER``: the worker's cache), see :func:`mlipspace.metrics.pairwise`."""
+    from mlipspace.experiments.distributed import scaled_spaces
     from mlipspace.metrics import pairwise
 
     pin_eigensolver()  # here, so that serial runs and every worker use the same eigensolver
-    recs = pairwise({g: features[g] for g in names}, metric, train_idx=train, test_idx=test, diagonal=False,
+    recs = pairwise(_Names(features, names), metric, train_idx=train, test_idx=test, diagonal=False,
                     k=k if metric == "lfre" else None, pointwise=True,
-                    mode=lfre_mode if metric == "lfre" else "exact", pairs=pairs)
+                    mode=lfre_mode if metric == "lfre" else "exact", pairs=pairs,
+                    scaled=scaled_spaces(features, train, scaled))
     return {(r["source"], r["target"]): r["pointwise"] for r in recs}
+
+
+class _Names(Mapping):
+    """``names`` of ``features``, read on access (a space found scaled in a cache is never read)."""
+
+    def __init__(self, features: Mapping, names: Sequence[str]):
+        self.features, self.names = features, list(names)
+
+    def __getitem__(self, name):
+        if name not in self.names:
+            raise KeyError(name)
+        return self.features[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _fre_plan(features, pairs, metric, train, test, k, info, reasons, why_test) -> list[tuple[list, list]]:
@@ -282,13 +307,14 @@ def _fre_plan(features, pairs, metric, train, test, k, info, reasons, why_test) 
     return [(list(dict.fromkeys(n for p in todo for n in p)), todo)] if todo else []
 
 
-def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_up: bool) -> list:
-    """The units of one pairwise call: the call itself, or (``split_up``, for a cluster) one unit per
-    unordered pair (GFRE/GFRD: a pair reads two matrices) or per source (LFRE: its neighbour search
-    serves all its targets). Every pair's errors are the same either way."""
+def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_up: bool, scaled=None) -> list:
+    """The units of one pairwise call: the call itself, or (``split_up``, for a cluster or threads) one
+    unit per unordered pair (GFRE/GFRD: a pair reads two matrices) or per source (LFRE: its neighbour
+    search serves all its targets), sharing the split's ``scaled`` spaces. Every pair's errors are the
+    same either way."""
     from mlipspace.experiments.distributed import Unit
 
-    kw = dict(k=k, lfre_mode=lfre_mode)
+    kw = dict(k=k, lfre_mode=lfre_mode, scaled=scaled)
     threaded = metric != "lfre"  # LFRE runs its own threads over test batches: not in the pool
     if not split_up:
         return [Unit(fre_pointwise, features, use, (use, metric, train, test), dict(kw, pairs=wanted), threaded)]
@@ -302,14 +328,18 @@ def _fre_units(features, use, wanted, metric, train, test, k, lfre_mode, split_u
             continue
         done.add(frozenset((s, t)))
         names = [n for n in use if n in (s, t)]
-        units.append(Unit(fre_pointwise, features, names, (names, metric, train, test),
-                          dict(kw, pairs=[p for p in ((s, t), (t, s)) if p in wanted])))
+        both = [p for p in ((s, t), (t, s)) if p in wanted]
+        width = features[s].shape[1] + features[t].shape[1]  # a fit costs ~ n (d_s + d_t)^2
+        units.append(Unit(fre_pointwise, features, names, (names, metric, train, test), dict(kw, pairs=both),
+                          cost=float(len(both) * width ** 2)))
     return units
 
 
-def _fre_accumulate(results, calls, metric, test_groups, seed, masks, kept, est) -> None:
+def _fre_accumulate(results, calls, metric, test_groups, seed, masks, kept, shared, est) -> None:
     """Add one split's pointwise errors to ``est``, pair by pair in the order of the pairwise calls
-    (and to ``kept``, a dict, when given)."""
+    (and to ``kept``, a dict, when given); the split's ``shared`` scaled spaces are no longer needed."""
+    if isinstance(shared, dict):
+        shared.clear()
     got = {}
     for r in results:
         got.update(r)

@@ -7,7 +7,7 @@ targets, so N spaces cost N neighbour searches and N x (batches) decompositions 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
              k: int | None = None, train_idx=None, test_idx=None, diagonal: bool = True,
              device: str = "auto", mode: str = "exact", n_jobs: int | None = None,
              pointwise: bool = False, pairs: Sequence[tuple[str, str]] | None = None,
-             **engines) -> list[dict]:
+             scaled: MutableMapping[str, np.ndarray] | None = None, **engines) -> list[dict]:
     """Reconstruction measures between every ordered pair (source -> target) of ``features``.
 
     ``features``: name -> (n, d) array, rows aligned across spaces. ``metric``: one of
@@ -32,7 +32,10 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
     :func:`~mlipspace.metrics.default_k` per pair. Same split for all pairs (scikit-matter default
     when no indices are given). ``engines``: ``engine``, ``fast_precision``, ``knn_precision``,
     ``svd_driver`` (see :mod:`mlipspace.metrics._config`). ``pairs`` restricts the work to those
-    ordered pairs (default: all, diagonal included unless ``diagonal=False``).
+    ordered pairs (default: all, diagonal included unless ``diagonal=False``). ``scaled``: a dict the
+    caller keeps for one set of features and one training split; each space's checked and scaled
+    copy is stored there, and later calls take it from there instead of reading ``features[name]``
+    (calls over a few pairs each, e.g. on a cluster, then scale each space once; same results).
 
     Returns records ``{"source", "target", "metric", "value", "n_train", "n_test"}`` (plus ``"k"``
     for LFRE and ``"pointwise"`` when ``pointwise=True``), diagonal included unless
@@ -46,16 +49,18 @@ def pairwise(features: Mapping[str, np.ndarray], metric: str | Sequence[str] = "
     if not isinstance(features, Mapping) or len(features) == 0:
         raise InputError("features must be a non-empty dict of name -> (n, d) array")
     names = [str(k) for k in features]
-    arrays = {name: as_matrix(features[key], name) for name, key in zip(names, features)}
-    n = {a.shape[0] for a in arrays.values()}
-    if len(n) != 1:
-        sizes = ", ".join(f"{k}: {a.shape[0]}" for k, a in arrays.items())
+    cache = {} if scaled is None else scaled
+    got = {name: cache.get(name) for name in names}  # read once: a bounded cache may drop entries meanwhile
+    arrays = {name: as_matrix(features[key], name) for name, key in zip(names, features) if got[name] is None}
+    shapes = {name: (A if A is not None else arrays[name]).shape for name, A in got.items()}
+    if len({sh[0] for sh in shapes.values()}) != 1:
+        sizes = ", ".join(f"{k}: {sh[0]}" for k, sh in shapes.items())
         raise InputError(f"feature spaces have different row counts ({sizes}); rows must be aligned")
-    train, test = resolve_split(n.pop(), train_idx, test_idx)
-    scaled = {}
+    train, test = resolve_split(shapes[names[0]][0], train_idx, test_idx)
     for name, A in arrays.items():
         _, mean, scale = _scale(A, train, name)
-        scaled[name] = (A - mean) / scale
+        got[name] = cache[name] = (A - mean) / scale
+    scaled = got
     every = [(s, t) for s in names for t in names if diagonal or s != t]
     if pairs is None:
         pairs = every
