@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--no-threads", action="store_true", help="Skip the reference run on threads of one process")
     ap.add_argument("--tmp", default=None, help="Folder for the store (default: a temporary one)")
     args = ap.parse_args()
 
@@ -101,11 +102,12 @@ def main() -> None:
         serial = cross_model(feats, rows, n_jobs=1, **opts)
         t_serial = time.perf_counter() - t0
         print(f"serial (1 thread): {t_serial:.1f} s for {len(serial)} pair records", flush=True)
-        t0 = time.perf_counter()
-        threaded = cross_model(feats, rows, n_jobs=args.workers, **opts)
-        t_threads = time.perf_counter() - t0
-    print(f"{args.workers} threads, one process: {t_threads:.1f} s ({t_serial / t_threads:.2f}x); records identical: "
-          f"{json.dumps(threaded) == json.dumps(serial)}", flush=True)
+        if not args.no_threads:
+            t0 = time.perf_counter()
+            threaded = cross_model(feats, rows, n_jobs=args.workers, **opts)
+            t_threads = time.perf_counter() - t0
+            print(f"{args.workers} threads, one process: {t_threads:.1f} s ({t_serial / t_threads:.2f}x); records "
+                  f"identical: {json.dumps(threaded) == json.dumps(serial)}", flush=True)
 
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=40, env={v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",

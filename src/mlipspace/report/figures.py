@@ -21,6 +21,7 @@ def _plt():
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "mlipspace"
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: editable for a paper, and ~25 % faster to write
     plt.rcParams["font.size"] = 9
     return plt
 
