@@ -173,3 +173,19 @@ def test_rank_intervals_groups_by_all_earlier_bounds_not_the_previous_one():
     got = _rank_intervals(X_train, np.zeros((1, 1)), approx, np.array([[0, 1, 2]]), tol,
                           np.ones((1, 3), dtype=bool), np.arange(3), 3)
     np.testing.assert_array_equal(got, [[1, 2, 0]])
+
+
+def test_nearest_distance_matches_brute_force_and_skips_same_group_rows():
+    from mlipspace.metrics import nearest_distance
+
+    rng = np.random.default_rng(5)
+    R = rng.normal(size=(300, 6))
+    Q = np.vstack([R[:5], rng.normal(size=(40, 6))])  # exact copies first: distance 0 (a twin)
+    D = np.sqrt(((Q[:, None, :] - R[None, :, :]) ** 2).sum(-1))
+    got = nearest_distance(Q, R, chunk=16)
+    np.testing.assert_allclose(got, D.min(axis=1), atol=1e-7)
+    assert np.all(got[:5] < 1e-6)
+    qg, rg = rng.integers(0, 20, size=len(Q)), rng.integers(0, 20, size=len(R))
+    masked = np.where(qg[:, None] == rg[None, :], np.inf, D)
+    np.testing.assert_allclose(nearest_distance(Q, R, qg, rg, chunk=7), masked.min(axis=1), atol=1e-7)
+    assert np.isinf(nearest_distance(Q[:1], R[:3], [0], [0, 0, 0]))[0]

@@ -137,20 +137,6 @@ TWIN_DISTANCE = 1e-6
 COVERAGE_PERCENTILE = 99.0
 
 
-def nearest_distance(Q: np.ndarray, R: np.ndarray, q_groups=None, r_groups=None, chunk: int = 512) -> np.ndarray:
-    """Euclidean distance of each row of ``Q`` to its nearest row of ``R``; with groups given, rows
-    of the same group (structure) are not counted as neighbours."""
-    r_sq = np.einsum("ij,ij->i", R, R)
-    out = np.empty(len(Q))
-    for a in range(0, len(Q), chunk):
-        q = Q[a:a + chunk]
-        d2 = np.einsum("ij,ij->i", q, q)[:, None] + r_sq[None, :] - 2.0 * (q @ R.T)
-        if q_groups is not None:
-            d2[np.asarray(q_groups[a:a + chunk])[:, None] == np.asarray(r_groups)[None, :]] = np.inf
-        out[a:a + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
-    return out
-
-
 def test_neighbourhood(X: np.ndarray, train: np.ndarray, test: np.ndarray, groups: np.ndarray, seed: int, *,
                        max_reference: int = 1000) -> dict[str, np.ndarray]:
     """Per test row of ``X`` (scaled on the training rows, as the FREs are): ``twin`` (a training row
@@ -162,6 +148,8 @@ def test_neighbourhood(X: np.ndarray, train: np.ndarray, test: np.ndarray, group
     mean = Xtr.mean(axis=0)
     scale = np.sqrt(np.mean(np.einsum("ij,ij->i", Xtr - mean, Xtr - mean))) or 1.0
     Xtr, Xte = (Xtr - mean) / scale, (X[test] - mean) / scale
+    from mlipspace.metrics import nearest_distance
+
     d_test = nearest_distance(Xte, Xtr)
     ref = subsample(np.arange(len(train)), max_reference, seed)
     d_ref = nearest_distance(Xtr[ref], Xtr, groups[train][ref], groups[train])

@@ -13,6 +13,7 @@ shared with the CLI: :func:`check_rows` (same row count), :func:`resolve_split` 
 
 from mlipspace.metrics._checks import check_rows, resolve_split
 from mlipspace.metrics._config import config_context, effective_n_jobs, get_config, set_config
+from mlipspace.metrics._knn import nearest_distance
 from mlipspace.metrics._pairwise import pairwise
 from mlipspace.metrics._registry import TRANSFORMATIONS, Measure
 from mlipspace.metrics.reconstruction import (
@@ -61,6 +62,7 @@ __all__ = [
     "mmd",
     "mmd_permutation_test",
     "mutual_knn",
+    "nearest_distance",
     "pairwise",
     "pointwise_gfrd",
     "pointwise_gfre",

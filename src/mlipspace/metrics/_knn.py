@@ -174,6 +174,24 @@ def _knn_two_pass(X_train, X_test, k, tie_key, train_sq, chunk):
     return _rank(X_train, X_test, rows, cols, tie_key, k, nt)
 
 
+def nearest_distance(Q: np.ndarray, R: np.ndarray, q_groups=None, r_groups=None, *, chunk: int = 512) -> np.ndarray:
+    """Euclidean distance of each row of ``Q`` to its nearest row of ``R`` (blocks of ``chunk`` rows of
+    ``Q``, the expanded formula of :func:`knn_indices`' first pass); with ``q_groups``/``r_groups``
+    (e.g. the structure of each row) rows of the same group are not neighbours (inf when no other
+    group is left). Used for symmetry twins and the training coverage of test atoms."""
+    Q = np.asarray(Q, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    r_sq = np.einsum("ij,ij->i", R, R)
+    out = np.empty(len(Q))
+    for a in range(0, len(Q), chunk):
+        q = Q[a:a + chunk]
+        d2 = _sqdist(q, R, np.einsum("ij,ij->i", q, q), r_sq)
+        if q_groups is not None:
+            d2[np.asarray(q_groups[a:a + chunk])[:, None] == np.asarray(r_groups)[None, :]] = np.inf
+        out[a:a + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    return out
+
+
 def _sqdist(A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     D = A @ B.T
     D *= -2.0
