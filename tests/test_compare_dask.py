@@ -168,6 +168,9 @@ def test_scaled_cache_keeps_the_recent_spaces_within_its_bytes():
     view["huge"] = np.zeros((100, 100))  # larger than the cache: not kept, nothing dropped
     assert "huge" not in view and all(n in view for n in "bde")
     assert "b" not in cache.view("store", "key", "last", "split-1")  # another split: its own spaces
+    assert sorted(view) == ["b", "d", "e"] and len(view) == 3 and len(cache.view("other")) == 0
+    del view["d"]
+    assert sorted(view) == ["b", "e"] and cache._bytes == 2 * 800
 
 
 def test_pairwise_reuses_the_scaled_spaces_it_is_given():

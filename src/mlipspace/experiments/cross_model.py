@@ -160,13 +160,13 @@ def _split_units(seed, split, features, pairs, groups, metrics, lfre_max_test, l
                  split_up, pointwise, acc) -> tuple[list, list]:
     """The units of one split of :func:`pair_errors` and, per metric, ``(unit count, accumulate)``
     that folds their results into ``acc`` = ``(est, nulls, info, reasons)``."""
+    from mlipspace.experiments.distributed import ON_WORKER
+
     est, nulls, info, reasons = acc
     train, test = split[0], split[1]
     feats = split[2] if len(split) > 2 else features  # per-split features (e.g. fitted compressions)
     n_rows = len(feats[next(iter(feats))]) if groups is None else len(groups)
     rows_groups = np.arange(n_rows) if groups is None else np.asarray(groups)
-    from mlipspace.experiments.distributed import ON_WORKER
-
     units, blocks = [], []
     for metric in metrics:
         te = subsample(test, lfre_max_test, seed) if metric == "lfre" else test

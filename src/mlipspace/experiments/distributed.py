@@ -103,6 +103,17 @@ class ScaledCache:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
 
+    def drop(self, key) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+
+    def names(self, split: tuple) -> list:
+        """The last key part of the entries whose key starts with ``split``, oldest first."""
+        with self._lock:
+            return [key[-1] for key in self._items if key[:-1] == split]
+
     def view(self, *split) -> MutableMapping:
         """The spaces of one split (``split``: hashable parts naming the features and the training rows)."""
         return _SplitView(self, split)
@@ -123,14 +134,16 @@ class _SplitView(MutableMapping):
     def __setitem__(self, name, value) -> None:
         self.cache.put(self.split + (name,), value)
 
-    def __delitem__(self, name) -> None:  # pragma: no cover - pairwise never deletes
-        raise TypeError("entries of a ScaledCache are dropped by the cache, not deleted")
+    def __delitem__(self, name) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.cache.drop(self.split + (name,))
 
-    def __iter__(self):  # pragma: no cover - pairwise never iterates
-        return iter([])
+    def __iter__(self):
+        return iter(self.cache.names(self.split))
 
-    def __len__(self) -> int:  # pragma: no cover
-        return 0
+    def __len__(self) -> int:
+        return len(self.cache.names(self.split))
 
 
 _PROCESS_CACHE: list[ScaledCache] = []  # this worker process's cache, made on first use
